@@ -1,0 +1,47 @@
+//! Encoder latency and throughput on the real default model (all-MiniLM-L6-v2).
+//!
+//! `cargo bench -p router-core --bench encoder`: single-prompt latency at 16, 64, 256 and 512
+//! input tokens (512 is truncated to the model's 256) and the throughput of a batch of 32.
+
+use candle_core::Device;
+use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
+use router_core::encoder::{Encoder, EncoderSource, Truncation, resolve};
+
+/// A text of exactly `tokens` tokens, [CLS] and [SEP] included.
+fn text_of(encoder: &Encoder, tokens: usize) -> String {
+    const WORDS: [&str; 8] = [
+        "route", "model", "quality", "cost", "prompt", "band", "cheap", "best",
+    ];
+    let mut words: Vec<&str> = Vec::new();
+    let mut text = String::new();
+    while encoder.count_tokens(&text).unwrap_or(usize::MAX) < tokens {
+        words.push(WORDS[words.len() % WORDS.len()]);
+        text = words.join(" ");
+    }
+    text
+}
+
+fn bench(c: &mut Criterion) {
+    let encoder = resolve(&EncoderSource::default())
+        .and_then(|r| Encoder::load(&r, &Device::Cpu, Truncation::Head))
+        .unwrap_or_else(|e| panic!("cannot load the encoder: {e}"));
+    let mut group = c.benchmark_group("encode_one");
+    for tokens in [16, 64, 256, 512] {
+        let text = text_of(&encoder, tokens);
+        group.bench_with_input(BenchmarkId::from_parameter(tokens), &text, |b, text| {
+            b.iter(|| encoder.embed(&[text.as_str()]))
+        });
+    }
+    group.finish();
+
+    let mut group = c.benchmark_group("encode_batch32");
+    let texts: Vec<String> = (0..32).map(|i| text_of(&encoder, 12 + i % 24)).collect();
+    let refs: Vec<&str> = texts.iter().map(String::as_str).collect();
+    group.throughput(Throughput::Elements(32));
+    group.sample_size(10);
+    group.bench_function("short_12_to_35_tokens", |b| b.iter(|| encoder.embed(&refs)));
+    group.finish();
+}
+
+criterion_group!(benches, bench);
+criterion_main!(benches);

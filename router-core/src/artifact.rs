@@ -1,0 +1,364 @@
+//! The router artifact: a directory with `router.json` (the manifest) and `head.safetensors`.
+//!
+//! Written by `router-train`, read by `router-serve` and `router-eval` through [`Router::load`],
+//! which checks every invariant (format version, dimensions, model count, calibration length,
+//! tensor shapes) and fails with [`Error::Artifact`] naming the file.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::path::{Path, PathBuf};
+
+use candle_core::{Device, Tensor};
+use serde::{Deserialize, Serialize};
+
+use crate::encoder::{Encoder, EncoderSource, Pooling, Truncation};
+use crate::error::{Error, Result};
+use crate::heads::calibration::Platt;
+use crate::heads::{Head, HeadSpec};
+use crate::models::ModelInfo;
+
+pub const FORMAT_VERSION: u32 = 1;
+pub const MANIFEST_FILE: &str = "router.json";
+pub const HEAD_FILE: &str = "head.safetensors";
+
+/// The encoder a router was trained with; serving must use the same one.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EncoderSpec {
+    pub id: String,
+    pub revision: String,
+    pub weights_sha256: String,
+    pub dim: usize,
+    pub max_seq_length: usize,
+    pub truncation: Truncation,
+    pub pooling: Pooling,
+}
+
+/// What the scores in the training data meant, and how they were normalised to 0–1.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ScoreSpec {
+    /// `binary` (0/1), `probability` (0–1) or `graded` (any other range, normalised).
+    pub kind: String,
+    pub raw_min: f64,
+    pub raw_max: f64,
+    /// True when the range was detected from the data rather than given.
+    pub range_detected: bool,
+}
+
+/// Per-model validation metrics, after calibration.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ModelMetrics {
+    pub model: String,
+    pub n: usize,
+    /// ROC AUC against scores ≥ 0.5 as positives; null when one class is absent.
+    pub auc: Option<f64>,
+    pub brier: f64,
+    /// Expected calibration error over 10 equal-width bins.
+    pub ece: f64,
+}
+
+/// Where the router came from.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TrainingInfo {
+    pub files: Vec<String>,
+    /// sha256 over the normalised training table (prompt, model, score), order-independent.
+    pub data_fingerprint: String,
+    pub split_seed: u64,
+    pub test_fraction: f64,
+    pub validation_fraction: f64,
+    pub n_train: usize,
+    pub n_validation: usize,
+    pub n_test: usize,
+    pub hyperparameters: BTreeMap<String, f64>,
+    pub validation: Vec<ModelMetrics>,
+    pub seconds: BTreeMap<String, f64>,
+}
+
+/// `router.json`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Manifest {
+    pub format_version: u32,
+    pub name: String,
+    pub encoder: EncoderSpec,
+    pub head: HeadSpec,
+    /// Candidate models, in the order of the head's outputs.
+    pub models: Vec<ModelInfo>,
+    pub score: ScoreSpec,
+    /// Per-model Platt scaling, in model order.
+    pub calibration: Vec<Platt>,
+    pub training: TrainingInfo,
+    pub created_at: String,
+    pub tool: String,
+}
+
+impl Manifest {
+    /// Checks the invariants that do not need the tensors.
+    pub fn validate(&self, path: &Path) -> Result<()> {
+        let fail = |message: String| {
+            Err(Error::Artifact {
+                path: path.to_owned(),
+                message,
+            })
+        };
+        if self.format_version != FORMAT_VERSION {
+            return fail(format!(
+                "format version {} is not supported (this build reads {FORMAT_VERSION})",
+                self.format_version
+            ));
+        }
+        if self.models.len() < 2 {
+            return fail(format!(
+                "a router needs at least 2 models, this one has {}",
+                self.models.len()
+            ));
+        }
+        let mut seen = HashSet::new();
+        for m in &self.models {
+            if !seen.insert(m.name.as_str()) {
+                return fail(format!("model `{}` is listed twice", m.name));
+            }
+            let prices = [
+                m.input_price_per_1m,
+                m.output_price_per_1m,
+                m.expected_output_tokens,
+            ];
+            if prices.iter().any(|p| !p.is_finite() || *p < 0.0) {
+                return fail(format!(
+                    "model `{}` has a negative or non-finite price",
+                    m.name
+                ));
+            }
+        }
+        if self.calibration.len() != self.models.len() {
+            return fail(format!(
+                "{} calibration entries for {} models",
+                self.calibration.len(),
+                self.models.len()
+            ));
+        }
+        if self.encoder.dim == 0 {
+            return fail("encoder dimension is 0".to_owned());
+        }
+        Ok(())
+    }
+
+    pub fn model_index(&self, name: &str) -> Option<usize> {
+        self.models.iter().position(|m| m.name == name)
+    }
+}
+
+/// A loaded router: manifest, head and calibration, ready to predict.
+#[derive(Debug, Clone)]
+pub struct Router {
+    pub manifest: Manifest,
+    pub dir: PathBuf,
+    head: Head,
+    device: Device,
+}
+
+impl Router {
+    /// Loads on the CPU.
+    pub fn load(dir: &Path) -> Result<Self> {
+        Self::load_on(dir, &Device::Cpu)
+    }
+
+    pub fn load_on(dir: &Path, device: &Device) -> Result<Self> {
+        let manifest_path = dir.join(MANIFEST_FILE);
+        let text =
+            std::fs::read_to_string(&manifest_path).map_err(|e| Error::io(&manifest_path, e))?;
+        let manifest: Manifest = serde_json::from_str(&text).map_err(|e| Error::Artifact {
+            path: manifest_path.clone(),
+            message: format!("invalid manifest: {e}"),
+        })?;
+        manifest.validate(&manifest_path)?;
+        let head_path = dir.join(HEAD_FILE);
+        let tensors =
+            candle_core::safetensors::load(&head_path, device).map_err(|e| Error::Artifact {
+                path: head_path.clone(),
+                message: format!("cannot read tensors: {e}"),
+            })?;
+        let head = Head::from_tensors(
+            &manifest.head,
+            tensors,
+            manifest.encoder.dim,
+            manifest.models.len(),
+            device,
+        )
+        .map_err(|e| Error::Artifact {
+            path: head_path.clone(),
+            message: format!("does not match router.json: {e}"),
+        })?;
+        Ok(Self {
+            manifest,
+            dir: dir.to_owned(),
+            head,
+            device: device.clone(),
+        })
+    }
+
+    /// Writes `router.json` and `head.safetensors` into `dir` (created if needed), then loads it
+    /// back, so a written artifact is always a loadable one.
+    pub fn save(
+        dir: &Path,
+        manifest: &Manifest,
+        tensors: &HashMap<String, Tensor>,
+    ) -> Result<Self> {
+        manifest.validate(&dir.join(MANIFEST_FILE))?;
+        std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
+        let head_path = dir.join(HEAD_FILE);
+        candle_core::safetensors::save(tensors, &head_path).map_err(|e| Error::Artifact {
+            path: head_path.clone(),
+            message: format!("cannot write tensors: {e}"),
+        })?;
+        let manifest_path = dir.join(MANIFEST_FILE);
+        let json = serde_json::to_string_pretty(manifest).map_err(|source| Error::Json {
+            path: manifest_path.clone(),
+            what: "the manifest",
+            source,
+        })?;
+        std::fs::write(&manifest_path, json + "\n").map_err(|e| Error::io(&manifest_path, e))?;
+        Self::load(dir)
+    }
+
+    pub fn head(&self) -> &Head {
+        &self.head
+    }
+
+    pub fn n_models(&self) -> usize {
+        self.manifest.models.len()
+    }
+
+    pub fn model_names(&self) -> Vec<&str> {
+        self.manifest
+            .models
+            .iter()
+            .map(|m| m.name.as_str())
+            .collect()
+    }
+
+    /// Resolves and loads the encoder named in the manifest, and checks that its weights are
+    /// the ones the router was trained with.
+    pub fn load_encoder(&self, device: &Device) -> Result<Encoder> {
+        let spec = &self.manifest.encoder;
+        let source = EncoderSource::parse(&if spec.revision == "local"
+            || spec.revision == crate::encoder::DEFAULT_REVISION
+        {
+            spec.id.clone()
+        } else {
+            format!("{}@{}", spec.id, spec.revision)
+        });
+        self.load_encoder_from(&source, device)
+    }
+
+    /// Loads the encoder from `source`, checking it against the manifest.
+    pub fn load_encoder_from(&self, source: &EncoderSource, device: &Device) -> Result<Encoder> {
+        let spec = &self.manifest.encoder;
+        let encoder = Encoder::from_source(source, device, spec.truncation)?;
+        let fail = |message: String| Error::Artifact {
+            path: self.dir.join(MANIFEST_FILE),
+            message,
+        };
+        if encoder.weights_sha256() != spec.weights_sha256 {
+            return Err(fail(format!(
+                "the router was trained with encoder weights sha256 {}, but {} has {}",
+                spec.weights_sha256,
+                encoder.model_id(),
+                encoder.weights_sha256()
+            )));
+        }
+        if encoder.dim() != spec.dim || encoder.max_seq_length() != spec.max_seq_length {
+            return Err(fail(format!(
+                "encoder {} has dim {} / max_seq_length {}, the router expects {} / {}",
+                encoder.model_id(),
+                encoder.dim(),
+                encoder.max_seq_length(),
+                spec.dim,
+                spec.max_seq_length
+            )));
+        }
+        Ok(encoder)
+    }
+
+    /// Raw logits `(batch, n_models)` for embeddings `(batch, dim)`.
+    pub fn logits(&self, embeddings: &Tensor) -> Result<Tensor> {
+        self.head.logits(&embeddings.to_device(&self.device)?)
+    }
+
+    /// Calibrated predicted quality (0–1), one row per embedding, in model order.
+    pub fn predict(&self, embeddings: &[Vec<f32>]) -> Result<Vec<Vec<f32>>> {
+        if embeddings.is_empty() {
+            return Ok(Vec::new());
+        }
+        let dim = self.manifest.encoder.dim;
+        if let Some(bad) = embeddings.iter().find(|e| e.len() != dim) {
+            return Err(Error::InvalidInput(format!(
+                "embedding of dimension {}, the router expects {dim}",
+                bad.len()
+            )));
+        }
+        let flat: Vec<f32> = embeddings.iter().flatten().copied().collect();
+        let x = Tensor::from_vec(flat, (embeddings.len(), dim), &self.device)?;
+        self.predict_tensor(&x)
+    }
+
+    /// Like [`Router::predict`] for an embedding tensor `(batch, dim)`.
+    pub fn predict_tensor(&self, embeddings: &Tensor) -> Result<Vec<Vec<f32>>> {
+        let logits = self.logits(embeddings)?.to_vec2::<f32>()?;
+        Ok(logits
+            .into_iter()
+            .map(|row| {
+                row.iter()
+                    .zip(&self.manifest.calibration)
+                    .map(|(&z, platt)| platt.apply(z))
+                    .collect()
+            })
+            .collect())
+    }
+
+    /// Expected cost (USD) of each model for a prompt of `input_tokens` tokens.
+    pub fn expected_costs(&self, input_tokens: usize) -> Vec<f64> {
+        self.manifest
+            .models
+            .iter()
+            .map(|m| m.expected_cost(input_tokens))
+            .collect()
+    }
+}
+
+/// Seconds since the Unix epoch as an RFC 3339 UTC timestamp.
+pub fn rfc3339_utc(secs: u64) -> String {
+    let days = (secs / 86_400) as i64;
+    let rem = secs % 86_400;
+    // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1_460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!(
+        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}Z",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn timestamps_format_as_rfc3339() {
+        assert_eq!(rfc3339_utc(0), "1970-01-01T00:00:00Z");
+        // 2026-11-25T08:36:42Z
+        assert_eq!(rfc3339_utc(1_795_595_802), "2026-11-25T08:36:42Z");
+        assert_eq!(rfc3339_utc(951_782_400), "2000-02-29T00:00:00Z");
+    }
+}

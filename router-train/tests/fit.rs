@@ -1,0 +1,306 @@
+//! router-train end to end on a slice of the real llmrouter data with the real encoder, and
+//! every bad-input case.
+
+use std::path::{Path, PathBuf};
+
+use polars::prelude::*;
+use router_core::artifact::Router;
+use router_train::data::{LoadOptions, expand_inputs, load, read_frame};
+use router_train::{FitConfig, HeadChoice, TrainError, run_fit};
+
+fn repo_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .map(Path::to_owned)
+        .unwrap_or_default()
+}
+
+fn llmrouter() -> (PathBuf, PathBuf) {
+    let dir = repo_root().join("datasets/llmrouter");
+    (dir.join("labels.parquet"), dir.join("models.csv"))
+}
+
+/// The first `prompts` prompts (all their models) of llmrouter, as CSV in `dir`.
+fn slice_csv(dir: &Path, prompts: usize) -> anyhow::Result<PathBuf> {
+    let (labels, _) = llmrouter();
+    let df = read_frame(&labels)?;
+    let ids = df.column("prompt_id")?.str()?.clone();
+    let mut keep = std::collections::HashSet::new();
+    let mut mask = Vec::with_capacity(df.height());
+    for id in ids.iter() {
+        let id = id.unwrap_or_default().to_owned();
+        if keep.len() < prompts {
+            keep.insert(id.clone());
+        }
+        mask.push(keep.contains(&id));
+    }
+    let mask = BooleanChunked::from_slice("keep".into(), &mask);
+    let mut slice = df.filter(&mask)?;
+    let path = dir.join("slice.csv");
+    CsvWriter::new(std::fs::File::create(&path)?).finish(&mut slice)?;
+    Ok(path)
+}
+
+fn quick_config(data: &Path, prices: &Path, out: &Path, cache: &Path) -> FitConfig {
+    let mut config = FitConfig::new(
+        vec![data.display().to_string()],
+        prices.to_owned(),
+        out.to_owned(),
+    );
+    config.cache_dir = Some(cache.to_owned());
+    config.net.max_epochs = 30;
+    config.net.patience = 5;
+    config.head = HeadChoice::Mlp {
+        hidden: 64,
+        dropout: 0.1,
+    };
+    config
+}
+
+#[test]
+fn fit_save_load_predicts_the_same_numbers() -> anyhow::Result<()> {
+    let tmp = tempfile::tempdir()?;
+    let data = slice_csv(tmp.path(), 300)?;
+    let (_, prices) = llmrouter();
+    let out = tmp.path().join("router");
+    let cache = tmp.path().join("cache");
+    let config = quick_config(&data, &prices, &out, &cache);
+    let report = run_fit(&config)?;
+    assert_eq!(report.manifest.models.len(), 9);
+    assert!(report.embedded.encoded > 0);
+    assert_eq!(report.manifest.training.validation.len(), 9);
+    assert!(report.to_string().contains("AUC"));
+
+    let router = Router::load(&out)?;
+    let encoder = router.load_encoder(&candle_core::Device::Cpu)?;
+    let texts: Vec<&str> = report
+        .validation_prompts
+        .iter()
+        .map(String::as_str)
+        .collect();
+    let predicted = router.predict(&encoder.embed(&texts)?)?;
+    assert_eq!(predicted.len(), report.validation_predictions.len());
+    for (a, b) in predicted.iter().zip(&report.validation_predictions) {
+        for (x, y) in a.iter().zip(b) {
+            assert!((x - y).abs() <= 1e-5, "{x} vs {y}");
+        }
+    }
+    // Predictions are qualities: inside 0–1.
+    assert!(predicted.iter().flatten().all(|p| (0.0..=1.0).contains(p)));
+
+    // A second run on the same data encodes nothing.
+    let again = run_fit(&config)?;
+    assert_eq!(again.embedded.encoded, 0);
+    assert!(again.embedded.cached > 0);
+    Ok(())
+}
+
+#[test]
+fn same_seed_same_weights_and_every_head_fits() -> anyhow::Result<()> {
+    let tmp = tempfile::tempdir()?;
+    let data = slice_csv(tmp.path(), 200)?;
+    let (_, prices) = llmrouter();
+    let cache = tmp.path().join("cache");
+    let weights = |name: &str, head: HeadChoice| -> anyhow::Result<Vec<u8>> {
+        let out = tmp.path().join(name);
+        let mut config = quick_config(&data, &prices, &out, &cache);
+        config.head = head;
+        run_fit(&config)?;
+        Router::load(&out)?;
+        Ok(std::fs::read(out.join("head.safetensors"))?)
+    };
+    let mlp = HeadChoice::Mlp {
+        hidden: 32,
+        dropout: 0.2,
+    };
+    assert_eq!(weights("a", mlp.clone())?, weights("b", mlp)?);
+    let mf = HeadChoice::Mf { dim: 16 };
+    assert_eq!(weights("mf1", mf.clone())?, weights("mf2", mf)?);
+    let knn = weights(
+        "knn",
+        HeadChoice::Knn {
+            k: None,
+            alpha: None,
+        },
+    )?;
+    assert!(!knn.is_empty());
+    Ok(())
+}
+
+fn write(dir: &Path, name: &str, text: &str) -> anyhow::Result<PathBuf> {
+    let path = dir.join(name);
+    std::fs::write(&path, text)?;
+    Ok(path)
+}
+
+const PRICES: &str = "model,input_price_per_1M,output_price_per_1M\na,1,2\nb,3,4\n";
+
+/// Runs `fit` on `csv` with the two-model price table; errors happen before any encoding.
+fn fit_csv(csv: &str, skip_invalid: bool) -> Result<router_train::FitReport, TrainError> {
+    let tmp = tempfile::tempdir().map_err(|e| TrainError::NoRows(e.to_string()))?;
+    let dir = tmp.path();
+    let data = dir.join("logs.csv");
+    std::fs::write(&data, csv).map_err(|e| TrainError::NoRows(e.to_string()))?;
+    let prices = dir.join("models.csv");
+    std::fs::write(&prices, PRICES).map_err(|e| TrainError::NoRows(e.to_string()))?;
+    let mut config = FitConfig::new(vec![data.display().to_string()], prices, dir.join("out"));
+    config.load.skip_invalid = skip_invalid;
+    config.cache_dir = None;
+    run_fit(&config)
+}
+
+fn message(r: Result<router_train::FitReport, TrainError>) -> String {
+    match r {
+        Ok(_) => "unexpectedly succeeded".to_owned(),
+        Err(e) => e.to_string(),
+    }
+}
+
+#[test]
+fn missing_column_names_file_and_column() {
+    let e = message(fit_csv("prompt,model\nhi,a\n", false));
+    assert!(
+        e.contains("logs.csv") && e.contains("`score`") && e.contains("found: prompt, model"),
+        "{e}"
+    );
+}
+
+#[test]
+fn non_numeric_and_nan_scores_name_the_row() {
+    let e = message(fit_csv("prompt,model,score\nhi,a,1\nhi,b,abc\n", false));
+    assert!(
+        e.contains("logs.csv")
+            && e.contains("row 2")
+            && e.contains("`score`")
+            && e.contains("`abc`"),
+        "{e}"
+    );
+    let e = message(fit_csv("prompt,model,score\nhi,a,1\nhi,b,NaN\n", false));
+    assert!(e.contains("row 2") && e.contains("NaN"), "{e}");
+}
+
+#[test]
+fn empty_file_and_unknown_extension() -> anyhow::Result<()> {
+    let e = message(fit_csv("", false));
+    assert!(e.contains("logs.csv") && e.contains("empty"), "{e}");
+    let e = message(fit_csv("prompt,model,score\n", false));
+    assert!(e.contains("empty"), "{e}");
+    let tmp = tempfile::tempdir()?;
+    let path = write(tmp.path(), "logs.xlsx", "x")?;
+    let err = load(&[path], &LoadOptions::default()).err();
+    assert!(
+        matches!(err, Some(TrainError::UnknownExtension { .. })),
+        "{err:?}"
+    );
+    Ok(())
+}
+
+#[test]
+fn model_without_price_and_single_model() {
+    let e = message(fit_csv("prompt,model,score\nhi,a,1\nhi,c,0\n", false));
+    assert!(
+        e.contains("model `c` has no price") && e.contains("models.csv"),
+        "{e}"
+    );
+    let e = message(fit_csv("prompt,model,score\nhi,a,1\nho,a,0\n", false));
+    assert!(e.contains("single model"), "{e}");
+}
+
+#[test]
+fn skip_invalid_counts_instead_of_failing() -> anyhow::Result<()> {
+    let tmp = tempfile::tempdir()?;
+    let path = write(
+        tmp.path(),
+        "logs.csv",
+        "prompt,model,score\nhi,a,1\nhi,b,oops\nho,b,0\n,a,1\n",
+    )?;
+    let opts = LoadOptions {
+        skip_invalid: true,
+        ..LoadOptions::default()
+    };
+    let table = load(&[path], &opts)?;
+    assert_eq!(table.n_skipped, 2);
+    assert_eq!(table.n_rows, 2);
+    Ok(())
+}
+
+#[test]
+fn missing_cells_are_masked_and_duplicates_averaged() -> anyhow::Result<()> {
+    let tmp = tempfile::tempdir()?;
+    // "hi" has two rows for a (averaged), none for b; the whitespace variant is the same prompt.
+    let path = write(
+        tmp.path(),
+        "logs.jsonl",
+        concat!(
+            r#"{"prompt": "hi", "model": "a", "score": 1}"#,
+            "\n",
+            r#"{"prompt": " hi ", "model": "a", "score": 0}"#,
+            "\n",
+            r#"{"prompt": "ho", "model": "b", "score": 1}"#,
+            "\n",
+        ),
+    )?;
+    let table = load(&[path], &LoadOptions::default())?;
+    assert_eq!(table.prompts.len(), 2);
+    assert_eq!(table.n_duplicates, 1);
+    assert_eq!(table.cell(0, 0), Some(0.5));
+    assert_eq!(table.cell(0, 1), None, "a missing cell is not a zero");
+    assert_eq!(table.counts[0], 2);
+    Ok(())
+}
+
+#[test]
+fn graded_scores_are_detected_and_normalised() -> anyhow::Result<()> {
+    let tmp = tempfile::tempdir()?;
+    let path = write(
+        tmp.path(),
+        "judge.csv",
+        "prompt,model,score\nq1,a,1\nq1,b,10\nq2,a,5.5\n",
+    )?;
+    let table = load(std::slice::from_ref(&path), &LoadOptions::default())?;
+    assert_eq!(table.score.kind, "graded");
+    assert!(table.score.range_detected);
+    assert_eq!((table.score.raw_min, table.score.raw_max), (1.0, 10.0));
+    assert_eq!(table.cell(1, 0), Some(0.5));
+    // An explicit range is used as given, and a score outside it is an error naming the row.
+    let opts = LoadOptions {
+        score_range: Some((0.0, 5.0)),
+        ..LoadOptions::default()
+    };
+    let err = load(&[path], &opts)
+        .err()
+        .map(|e| e.to_string())
+        .unwrap_or_default();
+    assert!(err.contains("row 2") && err.contains("outside"), "{err}");
+    Ok(())
+}
+
+#[test]
+fn globs_expand_and_missing_globs_fail() -> anyhow::Result<()> {
+    let tmp = tempfile::tempdir()?;
+    write(tmp.path(), "part-1.csv", "prompt,model,score\nq1,a,1\n")?;
+    write(tmp.path(), "part-2.csv", "prompt,model,score\nq1,b,0\n")?;
+    let pattern = format!("{}/part-*.csv", tmp.path().display());
+    let files = expand_inputs(&[pattern])?;
+    assert_eq!(files.len(), 2);
+    let table = load(&files, &LoadOptions::default())?;
+    assert_eq!(table.models, vec!["a", "b"]);
+    let missing = format!("{}/nothing-*.csv", tmp.path().display());
+    assert!(matches!(
+        expand_inputs(&[missing]),
+        Err(TrainError::NoFiles(_))
+    ));
+    Ok(())
+}
+
+#[test]
+fn corrupt_parquet_is_a_read_error_naming_the_file() -> anyhow::Result<()> {
+    let tmp = tempfile::tempdir()?;
+    let path = write(tmp.path(), "broken.parquet", "PAR1 this is not parquet")?;
+    let err = load(&[path], &LoadOptions::default()).err();
+    assert!(
+        matches!(&err, Some(TrainError::Read { path, .. }) if path.ends_with("broken.parquet")),
+        "{err:?}"
+    );
+    Ok(())
+}
