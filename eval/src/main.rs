@@ -1,1 +1,161 @@
-fn main() {}
+//! `router-eval`: offline savings-versus-quality reports for LLM routers.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Args, Parser, Subcommand};
+use router_eval::bench::{BenchConfig, run_bench};
+use router_eval::{EvalConfig, run_eval};
+
+#[derive(Parser)]
+#[command(
+    name = "router-eval",
+    version,
+    about = "Savings versus quality of LLM routers on held-out prompts",
+    args_conflicts_with_subcommands = true
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
+    #[command(flatten)]
+    report: ReportArgs,
+    #[command(flatten)]
+    common: CommonArgs,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Train every head on every dataset and write the benchmark summary table.
+    Bench(BenchArgs),
+}
+
+#[derive(Args)]
+struct ReportArgs {
+    /// Router artifact directories; several compare heads in one report.
+    #[arg(long, env = "ROUTER_EVAL_ROUTER", value_delimiter = ',')]
+    router: Vec<PathBuf>,
+    /// Labelled data (Parquet, CSV, JSONL; files or globs), same columns as router-train.
+    #[arg(long, env = "ROUTER_EVAL_DATA", value_delimiter = ',')]
+    data: Vec<String>,
+    /// Price table overriding the routers' prices (also disables logged cost_usd).
+    #[arg(long, env = "ROUTER_EVAL_PRICES")]
+    prices: Option<PathBuf>,
+    /// Output directory for report.json, report.md, report.html and the SVG plots.
+    #[arg(long, env = "ROUTER_EVAL_OUT")]
+    out: Option<PathBuf>,
+    /// Evaluate on every prompt of the data (for data the routers never saw) instead of their
+    /// test split.
+    #[arg(long)]
+    all_prompts: bool,
+}
+
+#[derive(Args)]
+struct CommonArgs {
+    /// Band (0–1 quality points) at which routing shares and per-task numbers are reported.
+    #[arg(long, default_value_t = 0.05, global = true)]
+    report_band: f64,
+    /// Bootstrap resamples for the 95 % intervals.
+    #[arg(long, default_value_t = 1000, global = true)]
+    bootstrap: usize,
+    /// Seed of the bootstrap.
+    #[arg(long, default_value_t = 0, global = true)]
+    seed: u64,
+    /// Embedding cache directory (default: $ROUTER_CACHE_DIR or ~/.cache/llm-router/embeddings).
+    #[arg(long, env = "ROUTER_CACHE_DIR", global = true)]
+    cache_dir: Option<PathBuf>,
+    /// Device for the encoder: cpu, cuda or cuda:N.
+    #[arg(long, env = "ROUTER_DEVICE", default_value = "cpu", global = true)]
+    device: String,
+    /// Hide progress bars.
+    #[arg(long, global = true)]
+    quiet: bool,
+    /// Log filter (tracing EnvFilter syntax).
+    #[arg(long, env = "RUST_LOG", default_value = "warn", global = true)]
+    log: String,
+}
+
+#[derive(Args)]
+struct BenchArgs {
+    /// Folder of datasets, one sub-folder each with labels.parquet and models.csv.
+    #[arg(long, default_value = "datasets")]
+    datasets: PathBuf,
+    /// Only these datasets (comma-separated folder names).
+    #[arg(long, value_delimiter = ',')]
+    only: Vec<String>,
+    /// Heads to train.
+    #[arg(long, value_delimiter = ',', default_value = "mlp,mf,knn")]
+    heads: Vec<String>,
+    /// Output folder: routers/, one report folder per dataset, summary.md.
+    #[arg(long, default_value = "eval/results")]
+    out: PathBuf,
+}
+
+fn eval_config(
+    common: &CommonArgs,
+    routers: Vec<PathBuf>,
+    data: Vec<String>,
+    out: PathBuf,
+) -> anyhow::Result<EvalConfig> {
+    anyhow::ensure!(
+        (0.0..=1.0).contains(&common.report_band),
+        "--report-band must be in [0, 1]"
+    );
+    anyhow::ensure!(common.bootstrap > 0, "--bootstrap must be at least 1");
+    let mut config = EvalConfig::new(routers, data, out);
+    config.report_band = common.report_band;
+    config.bootstrap = common.bootstrap;
+    config.seed = common.seed;
+    if let Some(dir) = &common.cache_dir {
+        config.cache_dir = Some(dir.clone());
+    }
+    config.device.clone_from(&common.device);
+    config.progress = !common.quiet;
+    Ok(config)
+}
+
+fn run(cli: Cli) -> anyhow::Result<()> {
+    match cli.command {
+        Some(Command::Bench(args)) => {
+            let eval = eval_config(&cli.common, Vec::new(), Vec::new(), args.out.clone())?;
+            let summary = run_bench(&BenchConfig {
+                datasets: args.datasets,
+                only: args.only,
+                heads: args.heads,
+                out: args.out,
+                eval,
+            })?;
+            println!("{summary}");
+        }
+        None => {
+            let r = cli.report;
+            anyhow::ensure!(
+                !r.router.is_empty(),
+                "--router is required (or use the `bench` subcommand)"
+            );
+            anyhow::ensure!(!r.data.is_empty(), "--data is required");
+            let out = r.out.ok_or_else(|| anyhow::anyhow!("--out is required"))?;
+            let mut config = eval_config(&cli.common, r.router, r.data, out.clone())?;
+            config.prices = r.prices;
+            config.all_prompts = r.all_prompts;
+            let report = run_eval(&config)?;
+            println!("{}", report.headline_table());
+            println!("report written to {}", out.join("report.html").display());
+        }
+    }
+    Ok(())
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::new(&cli.common.log))
+        .with_writer(std::io::stderr)
+        .init();
+    match run(cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

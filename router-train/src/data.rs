@@ -12,6 +12,7 @@ use std::path::{Path, PathBuf};
 
 use polars::prelude::*;
 use router_core::artifact::ScoreSpec;
+use router_core::models::CHARS_PER_TOKEN;
 use router_core::split::normalize_prompt;
 
 use crate::error::{Result, TrainError};
@@ -23,6 +24,8 @@ pub struct LoadOptions {
     pub skip_invalid: bool,
     /// Raw score range to normalise from; detected from the data when `None`.
     pub score_range: Option<(f64, f64)>,
+    /// Keep only the first N distinct prompts (in file order), for quick experiments.
+    pub max_prompts: Option<usize>,
 }
 
 /// One distinct prompt.
@@ -57,6 +60,11 @@ pub struct Table {
     pub mask: Vec<f32>,
     /// Rows that were averaged into each cell.
     pub counts: Vec<u32>,
+    /// Mean logged `cost_usd` of each cell; NaN where the logs have none.
+    pub cell_cost_usd: Vec<f64>,
+    /// Mean logged output tokens of each cell (`output_tokens`, else `output_chars / 4`);
+    /// NaN where the logs have none.
+    pub cell_output_tokens: Vec<f64>,
     pub usage: Vec<ModelUsage>,
     pub score: ScoreSpec,
     pub n_rows: usize,
@@ -388,6 +396,10 @@ fn detect_score(rows: &[Row]) -> ScoreSpec {
     }
 }
 
+fn mean_or_nan(&(sum, n): &(f64, u32)) -> f64 {
+    if n > 0 { sum / f64::from(n) } else { f64::NAN }
+}
+
 /// Reads every file, validates, normalises scores and aggregates to a table.
 pub fn load(files: &[PathBuf], opts: &LoadOptions) -> Result<Table> {
     let mut rows = Vec::new();
@@ -452,6 +464,9 @@ pub fn load(files: &[PathBuf], opts: &LoadOptions) -> Result<Table> {
     let mut sums: Vec<f64> = Vec::new();
     let mut weights: Vec<f64> = Vec::new();
     let mut counts: Vec<u32> = Vec::new();
+    // (sum, n) of logged cost and output tokens per cell.
+    let mut cost_acc: Vec<(f64, u32)> = Vec::new();
+    let mut tokens_acc: Vec<(f64, u32)> = Vec::new();
     let mut usage = vec![ModelUsage::default(); m];
     let mut n_duplicates = 0;
     let span = score.raw_max - score.raw_min;
@@ -459,6 +474,7 @@ pub fn load(files: &[PathBuf], opts: &LoadOptions) -> Result<Table> {
         let normalized = normalize_prompt(&r.prompt);
         let p = match prompt_index.get(&normalized) {
             Some(&p) => p,
+            None if opts.max_prompts.is_some_and(|max| prompts.len() >= max) => continue,
             None => {
                 let p = prompts.len();
                 prompt_index.insert(normalized.clone(), p);
@@ -470,6 +486,8 @@ pub fn load(files: &[PathBuf], opts: &LoadOptions) -> Result<Table> {
                 sums.extend(std::iter::repeat_n(0.0, m));
                 weights.extend(std::iter::repeat_n(0.0, m));
                 counts.extend(std::iter::repeat_n(0, m));
+                cost_acc.extend(std::iter::repeat_n((0.0, 0), m));
+                tokens_acc.extend(std::iter::repeat_n((0.0, 0), m));
                 p
             }
         };
@@ -482,6 +500,17 @@ pub fn load(files: &[PathBuf], opts: &LoadOptions) -> Result<Table> {
         sums[cell] += r.weight * normalized_score;
         weights[cell] += r.weight;
         counts[cell] += 1;
+        if let Some(cost) = r.cost_usd {
+            cost_acc[cell].0 += cost;
+            cost_acc[cell].1 += 1;
+        }
+        if let Some(tokens) = r
+            .output_tokens
+            .or(r.output_chars.map(|c| c / CHARS_PER_TOKEN))
+        {
+            tokens_acc[cell].0 += tokens;
+            tokens_acc[cell].1 += 1;
+        }
         let u = &mut usage[mi];
         u.output_tokens.extend(r.output_tokens);
         u.output_chars.extend(r.output_chars);
@@ -509,6 +538,8 @@ pub fn load(files: &[PathBuf], opts: &LoadOptions) -> Result<Table> {
         scores,
         mask,
         counts,
+        cell_cost_usd: cost_acc.iter().map(mean_or_nan).collect(),
+        cell_output_tokens: tokens_acc.iter().map(mean_or_nan).collect(),
         usage,
         score,
         n_rows: rows.len(),

@@ -75,6 +75,9 @@ struct FitArgs {
     /// Skip rows with invalid values (counted in the summary) instead of failing.
     #[arg(long, env = "ROUTER_TRAIN_SKIP_INVALID")]
     skip_invalid: bool,
+    /// Use only the first N distinct prompts of the data (quick experiments).
+    #[arg(long)]
+    max_prompts: Option<usize>,
     /// Fraction of prompts held out for testing (by a hash of the normalised text).
     #[arg(long, default_value_t = 0.2, env = "ROUTER_TRAIN_TEST_FRACTION")]
     test_fraction: f64,
@@ -169,6 +172,7 @@ impl FitArgs {
                 .as_deref()
                 .map(parse_score_range)
                 .transpose()?,
+            max_prompts: self.max_prompts,
         };
         config.test_fraction = self.test_fraction;
         config.validation_fraction = self.validation_fraction;

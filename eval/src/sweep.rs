@@ -1,0 +1,418 @@
+//! The band sweep on test prompts, the baselines, and bootstrap intervals.
+
+use std::collections::BTreeMap;
+
+use router_core::policy::choose;
+use serde::Serialize;
+
+use crate::metrics::{self, PgrPoint, Point};
+
+/// The test prompts, with every model's realised score and cost, in the router's model order.
+#[derive(Debug, Clone)]
+pub struct EvalSet {
+    pub models: Vec<String>,
+    pub prompts: Vec<String>,
+    pub tasks: Vec<Option<String>>,
+    /// Realised (normalised) score, `n × models`; meaningful where `mask`.
+    pub scores: Vec<f32>,
+    pub mask: Vec<bool>,
+    /// Realised cost in USD, `n × models`.
+    pub costs: Vec<f64>,
+    /// Index of the best single model, chosen on the *training* prompts.
+    pub best_single: usize,
+    /// Mean training score per model (what chose `best_single`).
+    pub train_quality: Vec<f64>,
+    /// Models evaluated on (almost) every prompt: the only fair single-model baselines.
+    pub full_coverage: Vec<bool>,
+}
+
+impl EvalSet {
+    pub fn n(&self) -> usize {
+        self.prompts.len()
+    }
+
+    pub fn m(&self) -> usize {
+        self.models.len()
+    }
+}
+
+/// One band of the sweep.
+#[derive(Debug, Clone, Serialize)]
+pub struct CurvePoint {
+    pub band: f64,
+    pub quality: f64,
+    pub cost: f64,
+    /// Mean calibrated predicted quality of the chosen models.
+    pub predicted_quality: f64,
+    /// Predicted drop from band 0 (the promise) and the drop measured.
+    pub predicted_drop: f64,
+    pub measured_drop: f64,
+    /// Share of traffic per model.
+    pub shares: BTreeMap<String, f64>,
+}
+
+/// The bands swept: 0 to 1 in steps of 0.005.
+pub fn bands() -> Vec<f64> {
+    (0..=200).map(|i| f64::from(i) / 200.0).collect()
+}
+
+/// Per band, the model chosen for each prompt.
+pub fn choices(
+    set: &EvalSet,
+    predictions: &[f32],
+    expected_costs: &[f64],
+    bands: &[f64],
+) -> router_core::Result<Vec<Vec<usize>>> {
+    let m = set.m();
+    bands
+        .iter()
+        .map(|&band| {
+            (0..set.n())
+                .map(|i| {
+                    let row = i * m..(i + 1) * m;
+                    choose(
+                        &predictions[row.clone()],
+                        &expected_costs[row],
+                        band,
+                        Some(&set.mask[i * m..(i + 1) * m]),
+                    )
+                    .map(|d| d.chosen)
+                })
+                .collect()
+        })
+        .collect()
+}
+
+/// Realised per-prompt (score, cost) of a choice vector.
+fn realised(set: &EvalSet, chosen: &[usize]) -> (Vec<f64>, Vec<f64>) {
+    let m = set.m();
+    chosen
+        .iter()
+        .enumerate()
+        .map(|(i, &c)| (f64::from(set.scores[i * m + c]), set.costs[i * m + c]))
+        .unzip()
+}
+
+/// The oracle's per-prompt choice: best score, cheapest among ties.
+pub fn oracle_choice(set: &EvalSet) -> Vec<usize> {
+    let m = set.m();
+    (0..set.n())
+        .map(|i| {
+            (0..m)
+                .filter(|&j| set.mask[i * m + j])
+                .max_by(|&a, &b| {
+                    set.scores[i * m + a]
+                        .total_cmp(&set.scores[i * m + b])
+                        .then(set.costs[i * m + b].total_cmp(&set.costs[i * m + a]))
+                })
+                .unwrap_or(0)
+        })
+        .collect()
+}
+
+/// Weighted mean.
+fn wmean(values: &[f64], weights: &[f64]) -> f64 {
+    let (s, w) = values
+        .iter()
+        .zip(weights)
+        .fold((0.0, 0.0), |(s, w), (v, x)| (s + v * x, w + x));
+    if w > 0.0 { s / w } else { f64::NAN }
+}
+
+/// Everything needed to compute the headline numbers for one resample (weights over prompts).
+pub struct Precomputed {
+    /// Per band: realised per-prompt scores and costs.
+    pub band_scores: Vec<Vec<f64>>,
+    pub band_costs: Vec<Vec<f64>>,
+    pub best_scores: Vec<f64>,
+    pub best_costs: Vec<f64>,
+    pub best_mask: Vec<f64>,
+    pub oracle_scores: Vec<f64>,
+    /// Per full-coverage single model: per-prompt cost (for the AIQ cost range).
+    pub single_costs: Vec<Vec<f64>>,
+}
+
+/// Headline numbers of one router, for one weighting of the prompts.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Headline {
+    pub best_quality: f64,
+    pub best_cost: f64,
+    pub oracle_quality: f64,
+    pub savings_at_parity: Option<f64>,
+    pub savings_within: BTreeMap<String, Option<f64>>,
+    pub quality_at_best_cost: Option<f64>,
+    pub headroom_captured: Option<f64>,
+    pub aiq: Option<f64>,
+}
+
+pub const WITHIN: [(&str, f64); 3] = [("0.01", 0.01), ("0.05", 0.05), ("0.10", 0.10)];
+
+impl Precomputed {
+    pub fn new(set: &EvalSet, band_choices: &[Vec<usize>]) -> Self {
+        let m = set.m();
+        let (band_scores, band_costs) = band_choices.iter().map(|c| realised(set, c)).unzip();
+        let b = set.best_single;
+        let best_mask: Vec<f64> = (0..set.n())
+            .map(|i| f64::from(u8::from(set.mask[i * m + b])))
+            .collect();
+        let best_scores = (0..set.n())
+            .map(|i| f64::from(set.scores[i * m + b]))
+            .collect();
+        let best_costs = (0..set.n()).map(|i| set.costs[i * m + b]).collect();
+        let (oracle_scores, _) = realised(set, &oracle_choice(set));
+        let single_costs = (0..m)
+            .filter(|&j| set.full_coverage[j])
+            .map(|j| (0..set.n()).map(|i| set.costs[i * m + j]).collect())
+            .collect();
+        Self {
+            band_scores,
+            band_costs,
+            best_scores,
+            best_costs,
+            best_mask,
+            oracle_scores,
+            single_costs,
+        }
+    }
+
+    /// The router's curve points under `weights`.
+    pub fn points(&self, weights: &[f64]) -> Vec<Point> {
+        self.band_scores
+            .iter()
+            .zip(&self.band_costs)
+            .map(|(s, c)| Point {
+                cost: wmean(c, weights),
+                quality: wmean(s, weights),
+            })
+            .collect()
+    }
+
+    pub fn headline(&self, weights: &[f64]) -> Headline {
+        let points = self.points(weights);
+        let best_w: Vec<f64> = weights
+            .iter()
+            .zip(&self.best_mask)
+            .map(|(w, m)| w * m)
+            .collect();
+        let best_quality = wmean(&self.best_scores, &best_w);
+        let best_cost = wmean(&self.best_costs, &best_w);
+        let oracle_quality = wmean(&self.oracle_scores, weights);
+        let quality_at_best_cost = metrics::quality_at_cost(&points, best_cost);
+        let gap = oracle_quality - best_quality;
+        let single: Vec<f64> = self
+            .single_costs
+            .iter()
+            .map(|c| wmean(c, weights))
+            .collect();
+        let c_min = single.iter().copied().fold(f64::INFINITY, f64::min);
+        let c_max = single.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+        Headline {
+            best_quality,
+            best_cost,
+            oracle_quality,
+            savings_at_parity: metrics::savings_reaching(&points, best_quality, best_cost),
+            savings_within: WITHIN
+                .iter()
+                .map(|&(k, x)| {
+                    (
+                        (*k).to_owned(),
+                        metrics::savings_reaching(&points, best_quality * (1.0 - x), best_cost),
+                    )
+                })
+                .collect(),
+            quality_at_best_cost,
+            headroom_captured: quality_at_best_cost
+                .filter(|_| gap > 1e-12)
+                .map(|q| (q - best_quality) / gap),
+            aiq: metrics::aiq(&points, c_min, c_max),
+        }
+    }
+}
+
+/// The full band curve with shares and the band promise.
+pub fn curve(
+    set: &EvalSet,
+    predictions: &[f32],
+    bands: &[f64],
+    band_choices: &[Vec<usize>],
+    pre: &Precomputed,
+) -> Vec<CurvePoint> {
+    let m = set.m();
+    let n = set.n() as f64;
+    let ones = vec![1.0; set.n()];
+    let points = pre.points(&ones);
+    let predicted: Vec<f64> = band_choices
+        .iter()
+        .map(|c| {
+            c.iter()
+                .enumerate()
+                .map(|(i, &j)| f64::from(predictions[i * m + j]))
+                .sum::<f64>()
+                / n
+        })
+        .collect();
+    bands
+        .iter()
+        .enumerate()
+        .map(|(b, &band)| {
+            let mut counts = vec![0usize; m];
+            for &j in &band_choices[b] {
+                counts[j] += 1;
+            }
+            CurvePoint {
+                band,
+                quality: points[b].quality,
+                cost: points[b].cost,
+                predicted_quality: predicted[b],
+                predicted_drop: predicted[0] - predicted[b],
+                measured_drop: points[0].quality - points[b].quality,
+                shares: set
+                    .models
+                    .iter()
+                    .zip(&counts)
+                    .filter(|&(_, &c)| c > 0)
+                    .map(|(name, &c)| (name.clone(), c as f64 / n))
+                    .collect(),
+            }
+        })
+        .collect()
+}
+
+/// Two-model data: RouteLLM's PGR points (strong = the dearer model on average).
+pub fn pgr_points(
+    set: &EvalSet,
+    band_choices: &[Vec<usize>],
+    pre: &Precomputed,
+) -> Option<(Vec<PgrPoint>, usize)> {
+    if set.m() != 2 {
+        return None;
+    }
+    let ones = vec![1.0; set.n()];
+    let mean_cost = |j: usize| (0..set.n()).map(|i| set.costs[i * 2 + j]).sum::<f64>();
+    let strong = usize::from(mean_cost(1) > mean_cost(0));
+    let quality = |j: usize| {
+        let (s, c) = (0..set.n())
+            .filter(|&i| set.mask[i * 2 + j])
+            .fold((0.0, 0.0), |(s, c), i| {
+                (s + f64::from(set.scores[i * 2 + j]), c + 1.0)
+            });
+        s / c
+    };
+    let (q_strong, q_weak) = (quality(strong), quality(1 - strong));
+    if (q_strong - q_weak).abs() < 1e-12 {
+        return None;
+    }
+    let points = pre.points(&ones);
+    Some((
+        band_choices
+            .iter()
+            .zip(points)
+            .map(|(c, p)| PgrPoint {
+                strong_share: c.iter().filter(|&&j| j == strong).count() as f64 / set.n() as f64,
+                pgr: (p.quality - q_weak) / (q_strong - q_weak),
+            })
+            .collect(),
+        strong,
+    ))
+}
+
+/// Bootstrap percentile intervals (95 %) of the headline numbers over `resamples` resamples
+/// of the test prompts, seeded. A resample where a target is never reached counts as "never"
+/// (the lowest value); an interval end that falls there is `None`.
+pub fn bootstrap(
+    pre: &Precomputed,
+    n: usize,
+    resamples: usize,
+    seed: u64,
+) -> BTreeMap<String, [Option<f64>; 2]> {
+    let mut rng = router_train::fit::SplitMix::new(seed);
+    let mut samples: BTreeMap<&str, Vec<f64>> = BTreeMap::new();
+    let mut weights = vec![0.0; n];
+    for _ in 0..resamples {
+        weights.iter_mut().for_each(|w| *w = 0.0);
+        for _ in 0..n {
+            weights[(rng.next_u64() % n as u64) as usize] += 1.0;
+        }
+        let h = pre.headline(&weights);
+        let never = f64::NEG_INFINITY;
+        samples
+            .entry("savings_at_parity")
+            .or_default()
+            .push(h.savings_at_parity.unwrap_or(never));
+        samples.entry("savings_within_0.05").or_default().push(
+            h.savings_within
+                .get("0.05")
+                .copied()
+                .flatten()
+                .unwrap_or(never),
+        );
+        samples
+            .entry("quality_at_best_cost")
+            .or_default()
+            .push(h.quality_at_best_cost.unwrap_or(never));
+        samples
+            .entry("aiq")
+            .or_default()
+            .push(h.aiq.unwrap_or(never));
+    }
+    samples
+        .into_iter()
+        .map(|(k, mut v)| {
+            v.sort_by(f64::total_cmp);
+            let at = |q: f64| {
+                let x = v[((v.len() - 1) as f64 * q).round() as usize];
+                x.is_finite().then_some(x)
+            };
+            (k.to_owned(), [at(0.025), at(0.975)])
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Three prompts, two models (cheap 0, dear 1): the oracle takes the cheap model where
+    /// both are right (a tie) and the dear one only where it alone is right.
+    fn toy() -> EvalSet {
+        EvalSet {
+            models: vec!["cheap".into(), "dear".into()],
+            prompts: vec!["a".into(), "b".into(), "c".into()],
+            tasks: vec![None; 3],
+            scores: vec![1.0, 1.0, 0.0, 1.0, 0.0, 0.0],
+            mask: vec![true; 6],
+            costs: vec![1.0, 10.0, 1.0, 10.0, 1.0, 10.0],
+            best_single: 1,
+            train_quality: vec![0.3, 0.6],
+            full_coverage: vec![true, true],
+        }
+    }
+
+    #[test]
+    fn oracle_breaks_ties_by_cost() {
+        assert_eq!(oracle_choice(&toy()), vec![0, 1, 0]);
+    }
+
+    #[test]
+    fn perfect_predictions_reach_the_oracle() {
+        let set = toy();
+        // Predictions equal to the true scores: band 0 picks the best, cheapest among ties.
+        let pred = set.scores.clone();
+        let bands = [0.0, 1.0];
+        let ch = choices(&set, &pred, &set.costs, &bands).unwrap();
+        assert_eq!(ch[0], vec![0, 1, 0]);
+        assert_eq!(ch[1], vec![0, 0, 0]);
+        let pre = Precomputed::new(&set, &ch);
+        let h = pre.headline(&[1.0; 3]);
+        // Best single (dear): quality 2/3, cost 10. Router at band 0: quality 2/3, cost 4.
+        assert!((h.best_quality - 2.0 / 3.0).abs() < 1e-12);
+        assert_eq!(h.savings_at_parity, Some(0.6));
+        assert_eq!(
+            h.headroom_captured, None,
+            "no headroom: oracle = best single"
+        );
+        let pgr = pgr_points(&set, &ch, &pre).map(|(p, strong)| (p[0], strong));
+        // 1 of 3 calls to the strong model recovers the whole gap.
+        assert_eq!(pgr.map(|(p, s)| (p.pgr, s)), Some((1.0, 1)));
+    }
+}
