@@ -26,6 +26,8 @@ fn bench(c: &mut Criterion) {
         .and_then(|r| Encoder::load(&r, &Device::Cpu, Truncation::Head))
         .unwrap_or_else(|e| panic!("cannot load the encoder: {e}"));
     let mut group = c.benchmark_group("encode_one");
+    group.sample_size(20);
+    group.measurement_time(std::time::Duration::from_secs(5));
     for tokens in [16, 64, 256, 512] {
         let text = text_of(&encoder, tokens);
         group.bench_with_input(BenchmarkId::from_parameter(tokens), &text, |b, text| {

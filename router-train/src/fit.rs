@@ -177,6 +177,8 @@ pub enum HeadChoice {
         k: Option<usize>,
         alpha: Option<f32>,
     },
+    /// Every member fitted alone, their logits averaged.
+    Ensemble(Vec<HeadChoice>),
 }
 
 /// Fits a head on `train`, early-stopping (or tuning) on `val`.
@@ -251,6 +253,32 @@ pub fn fit_head(
             })
         }
         HeadChoice::Knn { k, alpha } => fit_knn(train, val, &prior, k, alpha, &device),
+        HeadChoice::Ensemble(ref members) => {
+            let mut specs = Vec::with_capacity(members.len());
+            let mut tensors = HashMap::new();
+            let mut hyperparameters = BTreeMap::new();
+            for member in members {
+                let fitted = fit_head(member, train, val, params)?;
+                let kind = fitted.spec.kind();
+                hyperparameters.extend(
+                    fitted
+                        .hyperparameters
+                        .into_iter()
+                        .map(|(k, v)| (format!("{kind}.{k}"), v)),
+                );
+                tensors.extend(fitted.tensors);
+                specs.push(fitted.spec);
+            }
+            let spec = HeadSpec::Ensemble { members: specs };
+            let head =
+                Head::from_tensors(&spec, tensors.clone(), train.dim, train.models, &device)?;
+            Ok(Fitted {
+                spec,
+                head,
+                tensors,
+                hyperparameters,
+            })
+        }
     }
 }
 

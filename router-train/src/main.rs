@@ -37,6 +37,8 @@ enum HeadKind {
     Mlp,
     Mf,
     Knn,
+    /// The mean of the mlp, mf and knn heads' logits, calibrated together.
+    Ensemble,
 }
 
 #[derive(clap::Args)]
@@ -161,6 +163,17 @@ impl FitArgs {
                 k: self.knn_k,
                 alpha: self.knn_alpha,
             },
+            HeadKind::Ensemble => HeadChoice::Ensemble(vec![
+                HeadChoice::Mlp {
+                    hidden: self.hidden,
+                    dropout: self.dropout,
+                },
+                HeadChoice::Mf { dim: self.mf_dim },
+                HeadChoice::Knn {
+                    k: self.knn_k,
+                    alpha: self.knn_alpha,
+                },
+            ]),
         };
         config.encoder = EncoderSource::parse(&self.encoder);
         config.device = self.device;

