@@ -31,9 +31,14 @@ fn head_choice(name: &str) -> Result<HeadChoice> {
             k: None,
             alpha: None,
         },
+        "ensemble" => HeadChoice::Ensemble(vec![
+            head_choice("mlp")?,
+            head_choice("mf")?,
+            head_choice("knn")?,
+        ]),
         other => {
             return Err(EvalError::Invalid(format!(
-                "unknown head `{other}` (mlp, mf, knn)"
+                "unknown head `{other}` (mlp, mf, knn, ensemble)"
             )));
         }
     })

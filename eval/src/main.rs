@@ -82,8 +82,8 @@ struct BenchArgs {
     /// Only these datasets (comma-separated folder names).
     #[arg(long, value_delimiter = ',')]
     only: Vec<String>,
-    /// Heads to train.
-    #[arg(long, value_delimiter = ',', default_value = "mlp,mf,knn")]
+    /// Heads to train: mlp, mf, knn, ensemble.
+    #[arg(long, value_delimiter = ',', default_value = "mlp,mf,knn,ensemble")]
     heads: Vec<String>,
     /// Output folder: routers/, one report folder per dataset, summary.md.
     #[arg(long, default_value = "eval/results")]

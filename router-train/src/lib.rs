@@ -74,10 +74,17 @@ impl FitConfig {
             data,
             prices,
             out,
-            head: HeadChoice::Mlp {
-                hidden: 256,
-                dropout: 0.2,
-            },
+            head: HeadChoice::Ensemble(vec![
+                HeadChoice::Mlp {
+                    hidden: 256,
+                    dropout: 0.2,
+                },
+                HeadChoice::Mf { dim: 64 },
+                HeadChoice::Knn {
+                    k: None,
+                    alpha: None,
+                },
+            ]),
             encoder: EncoderSource::default(),
             device: "cpu".to_owned(),
             truncation: Truncation::Head,
@@ -158,6 +165,7 @@ fn expected_output_tokens(
     model: usize,
     price: &Price,
     encoder: &Encoder,
+    token_counts: &mut HashMap<usize, usize>,
 ) -> Result<(f64, String)> {
     let usage = &table.usage[model];
     let mean = |v: &[f64]| v.iter().sum::<f64>() / v.len() as f64;
@@ -175,7 +183,14 @@ fn expected_output_tokens(
         for &(p, cost, input_tokens) in &usage.costs {
             let input = match input_tokens {
                 Some(t) => t,
-                None => encoder.count_tokens(&table.prompts[p].text)? as f64,
+                None => match token_counts.get(&p) {
+                    Some(&n) => n as f64,
+                    None => {
+                        let n = encoder.count_tokens(&table.prompts[p].text)?;
+                        token_counts.insert(p, n);
+                        n as f64
+                    }
+                },
             };
             solved.push(((cost * 1e6 - input * price.input_per_1m) / price.output_per_1m).max(0.0));
         }
@@ -265,9 +280,11 @@ pub fn run_fit(config: &FitConfig) -> Result<FitReport> {
 
     let prior = train.prior();
     let mut models = Vec::with_capacity(table.n_models());
+    // Prompt token counts, shared by every model whose output length is back-solved from cost.
+    let mut token_counts = HashMap::new();
     for (m, name) in table.models.iter().enumerate() {
         let (expected_output_tokens, source) =
-            expected_output_tokens(&table, m, &model_prices[m], &encoder)?;
+            expected_output_tokens(&table, m, &model_prices[m], &encoder, &mut token_counts)?;
         models.push(ModelInfo {
             name: name.clone(),
             input_price_per_1m: model_prices[m].input_per_1m,

@@ -60,7 +60,12 @@ struct FitArgs {
     #[arg(long, env = "ROUTER_TRAIN_OUT")]
     out: PathBuf,
     /// Quality head.
-    #[arg(long, value_enum, default_value = "mlp", env = "ROUTER_TRAIN_HEAD")]
+    #[arg(
+        long,
+        value_enum,
+        default_value = "ensemble",
+        env = "ROUTER_TRAIN_HEAD"
+    )]
     head: HeadKind,
     /// Encoder: a hub id (optionally `@revision`) or a local directory.
     #[arg(long, env = "ROUTER_ENCODER", default_value = router_core::encoder::DEFAULT_ENCODER)]
