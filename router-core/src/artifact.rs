@@ -352,7 +352,155 @@ pub fn rfc3339_utc(secs: u64) -> String {
 
 #[cfg(test)]
 mod tests {
+    use std::collections::{BTreeMap, HashMap};
+
+    use candle_core::{Device, Tensor};
+
     use super::*;
+    use crate::encoder::{Pooling, Truncation};
+
+    fn model(name: &str) -> ModelInfo {
+        ModelInfo {
+            name: name.into(),
+            input_price_per_1m: 1.0,
+            output_price_per_1m: 2.0,
+            expected_output_tokens: 100.0,
+            output_tokens_source: "default".into(),
+            train_mean_score: 0.5,
+            n_train: 10,
+        }
+    }
+
+    fn manifest() -> Manifest {
+        Manifest {
+            format_version: FORMAT_VERSION,
+            name: "tiny".into(),
+            encoder: EncoderSpec {
+                id: "test/encoder".into(),
+                revision: "main".into(),
+                weights_sha256: "0".repeat(64),
+                dim: 4,
+                max_seq_length: 16,
+                truncation: Truncation::Head,
+                pooling: Pooling::Mean,
+            },
+            head: HeadSpec::Mf { dim: 2 },
+            models: vec![model("a"), model("b")],
+            score: ScoreSpec {
+                kind: "binary".into(),
+                raw_min: 0.0,
+                raw_max: 1.0,
+                range_detected: true,
+            },
+            calibration: vec![Platt::IDENTITY; 2],
+            training: TrainingInfo {
+                files: vec![],
+                data_fingerprint: String::new(),
+                split_seed: 0,
+                test_fraction: 0.2,
+                validation_fraction: 0.1,
+                n_train: 1,
+                n_validation: 1,
+                n_test: 1,
+                hyperparameters: BTreeMap::new(),
+                validation: vec![],
+                seconds: BTreeMap::new(),
+            },
+            created_at: rfc3339_utc(0),
+            tool: "test".into(),
+        }
+    }
+
+    /// Tensors of a 4-dimensional, 2-model MF head with known values.
+    fn tensors() -> HashMap<String, Tensor> {
+        let dev = Device::Cpu;
+        let t = |v: Vec<f32>, shape: &[usize]| Tensor::from_vec(v, shape, &dev).unwrap();
+        HashMap::from([
+            (
+                "mf.proj.weight".to_owned(),
+                t(vec![1., 0., 0., 0., 0., 1., 0., 0.], &[2, 4]),
+            ),
+            ("mf.models".to_owned(), t(vec![1., 0., 0., 1.], &[2, 2])),
+            ("mf.bias".to_owned(), t(vec![0.5, -0.5], &[2])),
+        ])
+    }
+
+    #[test]
+    fn saved_artifacts_load_and_predict() {
+        let dir = tempfile::tempdir().unwrap();
+        let router = Router::save(dir.path(), &manifest(), &tensors()).unwrap();
+        // x = e1: logits = [1 + 0.5, 0 − 0.5] → σ(1.5), σ(−0.5).
+        let p = router.predict(&[vec![1.0, 0.0, 0.0, 0.0]]).unwrap();
+        assert!((p[0][0] - 0.817_574_5).abs() < 1e-6 && (p[0][1] - 0.377_540_7).abs() < 1e-6);
+        assert!(
+            router.predict(&[vec![1.0, 0.0]]).is_err(),
+            "wrong dimension"
+        );
+    }
+
+    fn load_error(edit: impl Fn(&mut Manifest), tensors: &HashMap<String, Tensor>) -> String {
+        let dir = tempfile::tempdir().unwrap();
+        Router::save(dir.path(), &manifest(), &self::tensors()).unwrap();
+        let mut m = manifest();
+        edit(&mut m);
+        std::fs::write(
+            dir.path().join(MANIFEST_FILE),
+            serde_json::to_string(&m).unwrap(),
+        )
+        .unwrap();
+        candle_core::safetensors::save(tensors, dir.path().join(HEAD_FILE)).unwrap();
+        match Router::load(dir.path()) {
+            Ok(_) => "loaded".to_owned(),
+            Err(e) => e.to_string(),
+        }
+    }
+
+    #[test]
+    fn every_broken_invariant_is_a_typed_error() {
+        let good = tensors();
+        let e = load_error(|m| m.format_version = 99, &good);
+        assert!(e.contains("format version 99"), "{e}");
+        let e = load_error(|m| m.calibration.pop().map(|_| ()).unwrap_or(()), &good);
+        assert!(e.contains("1 calibration entries for 2 models"), "{e}");
+        let e = load_error(|m| m.models.truncate(1), &good);
+        assert!(e.contains("at least 2 models"), "{e}");
+        let e = load_error(|m| m.models[1].name = "a".into(), &good);
+        assert!(e.contains("listed twice"), "{e}");
+        // The manifest says 8 dimensions; the tensors have 4.
+        let e = load_error(|m| m.encoder.dim = 8, &good);
+        assert!(
+            e.contains("head.safetensors") && e.contains("does not match"),
+            "{e}"
+        );
+        let e = load_error(|_| {}, &HashMap::new());
+        assert!(e.contains("head.safetensors"), "{e}");
+    }
+
+    #[test]
+    fn garbage_files_name_themselves() {
+        let dir = tempfile::tempdir().unwrap();
+        Router::save(dir.path(), &manifest(), &tensors()).unwrap();
+        std::fs::write(dir.path().join(HEAD_FILE), b"junk").unwrap();
+        let e = Router::load(dir.path())
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
+        assert!(e.contains("head.safetensors"), "{e}");
+        std::fs::write(dir.path().join(MANIFEST_FILE), b"{").unwrap();
+        let e = Router::load(dir.path())
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
+        assert!(
+            e.contains("router.json") && e.contains("invalid manifest"),
+            "{e}"
+        );
+        let e = Router::load(&dir.path().join("nowhere"))
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
+        assert!(e.contains("nowhere"), "{e}");
+    }
 
     #[test]
     fn timestamps_format_as_rfc3339() {

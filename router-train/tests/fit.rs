@@ -304,3 +304,38 @@ fn corrupt_parquet_is_a_read_error_naming_the_file() -> anyhow::Result<()> {
     );
     Ok(())
 }
+
+#[test]
+fn toml_prices_read_and_bad_prices_fail() -> anyhow::Result<()> {
+    let tmp = tempfile::tempdir()?;
+    let path = write(
+        tmp.path(),
+        "prices.toml",
+        "[models.a]\ninput_price_per_1M = 1.5\noutput_price_per_1M = 2\n\n[models.\"org/b\"]\ninput_price_per_1M = 0\noutput_price_per_1M = 0.5\n",
+    )?;
+    let prices = router_train::prices::load_prices(&path)?;
+    assert_eq!(prices["a"].input_per_1m, 1.5);
+    assert_eq!(prices["org/b"].output_per_1m, 0.5);
+    // A typo is an error, not a silent default.
+    let typo = write(
+        tmp.path(),
+        "typo.toml",
+        "[models.a]\ninput_price_per_1m = 1\noutput_price_per_1M = 2\n",
+    )?;
+    let err = router_train::prices::load_prices(&typo)
+        .err()
+        .map(|e| e.to_string())
+        .unwrap_or_default();
+    assert!(err.contains("typo.toml"), "{err}");
+    let negative = write(
+        tmp.path(),
+        "neg.csv",
+        "model,input_price_per_1M,output_price_per_1M\na,-1,2\n",
+    )?;
+    let err = router_train::prices::load_prices(&negative)
+        .err()
+        .map(|e| e.to_string())
+        .unwrap_or_default();
+    assert!(err.contains("negative"), "{err}");
+    Ok(())
+}
