@@ -19,6 +19,8 @@ pub struct NetParams {
     pub max_epochs: usize,
     pub patience: usize,
     pub seed: u64,
+    /// Cross-validation folds (see [`fit_cross`]); below 2, one train/validation split.
+    pub folds: usize,
 }
 
 /// A split's inputs: embeddings `(n, dim)`, targets and mask `(n, models)`, row-major.
@@ -32,6 +34,25 @@ pub struct SplitData {
 }
 
 impl SplitData {
+    /// The rows `rows`, in that order.
+    pub fn subset(&self, rows: &[usize]) -> Self {
+        let (d, m) = (self.dim, self.models);
+        let mut out = Self {
+            x: Vec::with_capacity(rows.len() * d),
+            y: Vec::with_capacity(rows.len() * m),
+            mask: Vec::with_capacity(rows.len() * m),
+            n: rows.len(),
+            dim: d,
+            models: m,
+        };
+        for &i in rows {
+            out.x.extend_from_slice(&self.x[i * d..(i + 1) * d]);
+            out.y.extend_from_slice(&self.y[i * m..(i + 1) * m]);
+            out.mask.extend_from_slice(&self.mask[i * m..(i + 1) * m]);
+        }
+        out
+    }
+
     fn tensors(&self, device: &Device) -> Result<(Tensor, Tensor, Tensor)> {
         Ok((
             Tensor::from_slice(&self.x, (self.n, self.dim), device)?,
@@ -396,6 +417,217 @@ fn fit_knn(
     })
 }
 
+/// Cross-fitting on train + validation together: `mlp` and `mf` are trained `folds` times, each
+/// time without one fold (early-stopping on it) and predicting it; the head is the mean of the
+/// `folds` models (bagging). `knn` is fitted on everything, with k and α chosen on its
+/// leave-one-out predictions. Returns the head and its out-of-fold logits for every row, which
+/// calibration then fits on: `folds` times more data than a validation split, and no row is
+/// predicted by a model that saw it.
+pub fn fit_cross(
+    choice: &HeadChoice,
+    data: &SplitData,
+    folds: usize,
+    params: &NetParams,
+) -> Result<(Fitted, Vec<Vec<f32>>)> {
+    let device = Device::Cpu;
+    match choice {
+        HeadChoice::Knn { k, alpha } => fit_knn_loo(data, *k, *alpha, &device),
+        HeadChoice::Ensemble(members) => {
+            let mut specs = Vec::with_capacity(members.len());
+            let mut tensors = HashMap::new();
+            let mut hyperparameters = BTreeMap::new();
+            let mut oof = vec![vec![0.0f32; data.models]; data.n];
+            for member in members {
+                let (fitted, member_oof) = fit_cross(member, data, folds, params)?;
+                let kind = fitted.spec.kind();
+                hyperparameters.extend(
+                    fitted
+                        .hyperparameters
+                        .into_iter()
+                        .map(|(k, v)| (format!("{kind}.{k}"), v)),
+                );
+                tensors.extend(fitted.tensors);
+                specs.push(fitted.spec);
+                for (row, member_row) in oof.iter_mut().zip(member_oof) {
+                    for (a, b) in row.iter_mut().zip(member_row) {
+                        *a += b / members.len() as f32;
+                    }
+                }
+            }
+            let spec = HeadSpec::Ensemble { members: specs };
+            let head = Head::from_tensors(&spec, tensors.clone(), data.dim, data.models, &device)?;
+            Ok((
+                Fitted {
+                    spec,
+                    head,
+                    tensors,
+                    hyperparameters,
+                },
+                oof,
+            ))
+        }
+        HeadChoice::Mlp { .. } | HeadChoice::Mf { .. } => {
+            let folds = folds.clamp(2, data.n.max(2));
+            let mut order: Vec<usize> = (0..data.n).collect();
+            SplitMix::new(params.seed ^ 0xF01D).shuffle(&mut order);
+            let mut fold_of = vec![0usize; data.n];
+            for (pos, &row) in order.iter().enumerate() {
+                fold_of[row] = pos % folds;
+            }
+            let mut oof = vec![vec![0.0f32; data.models]; data.n];
+            let mut tensors = HashMap::new();
+            let mut hyperparameters = BTreeMap::from([("folds".to_owned(), folds as f64)]);
+            let mut member = None;
+            for k in 0..folds {
+                let held: Vec<usize> = (0..data.n).filter(|&i| fold_of[i] == k).collect();
+                let kept: Vec<usize> = (0..data.n).filter(|&i| fold_of[i] != k).collect();
+                let (train, val) = (data.subset(&kept), data.subset(&held));
+                let fold_params = NetParams {
+                    seed: params.seed.wrapping_add(k as u64),
+                    ..params.clone()
+                };
+                let fitted = fit_head(choice, &train, &val, &fold_params)?;
+                let x = Tensor::from_slice(&val.x, (val.n, val.dim), &device)?;
+                for (&row, logits) in held.iter().zip(fitted.head.logits(&x)?.to_vec2::<f32>()?) {
+                    oof[row] = logits;
+                }
+                for (name, v) in fitted.hyperparameters {
+                    let mean = hyperparameters.entry(name).or_insert(0.0);
+                    *mean += v / folds as f64;
+                }
+                tensors.extend(
+                    fitted
+                        .tensors
+                        .into_iter()
+                        .map(|(n, t)| (format!("fold{k}.{n}"), t)),
+                );
+                member = Some(fitted.spec);
+            }
+            hyperparameters.insert("folds".to_owned(), folds as f64);
+            let member =
+                member.ok_or_else(|| candle_core::Error::Msg("no fold was fitted".into()))?;
+            let spec = HeadSpec::Bagged {
+                folds,
+                member: Box::new(member),
+            };
+            let head = Head::from_tensors(&spec, tensors.clone(), data.dim, data.models, &device)?;
+            Ok((
+                Fitted {
+                    spec,
+                    head,
+                    tensors,
+                    hyperparameters,
+                },
+                oof,
+            ))
+        }
+    }
+}
+
+/// kNN on all rows; k and α chosen by the masked BCE of leave-one-out predictions (each row's
+/// neighbours exclude itself), which are also the out-of-fold logits.
+fn fit_knn_loo(
+    data: &SplitData,
+    k: Option<usize>,
+    alpha: Option<f32>,
+    device: &Device,
+) -> Result<(Fitted, Vec<Vec<f32>>)> {
+    let (n, m) = (data.n, data.models);
+    let prior = data.prior();
+    let ks: Vec<usize> = k.map_or_else(|| vec![5, 10, 20, 50, 100], |k| vec![k]);
+    let alphas: Vec<f32> = alpha.map_or_else(|| vec![0.0, 1.0, 3.0, 10.0, 30.0], |a| vec![a]);
+    let kmax = ks
+        .iter()
+        .copied()
+        .max()
+        .unwrap_or(20)
+        .min(n.saturating_sub(1))
+        .max(1);
+    let keys = Tensor::from_slice(&data.x, (n, data.dim), device)?;
+    // Each row's kmax nearest other rows, nearest first, computed in chunks.
+    let mut neighbours: Vec<Vec<usize>> = Vec::with_capacity(n);
+    let chunk = 256;
+    for start in (0..n).step_by(chunk) {
+        let len = chunk.min(n - start);
+        let sims = keys
+            .narrow(0, start, len)?
+            .matmul(&keys.t()?)?
+            .to_vec2::<f32>()?;
+        for (offset, row) in sims.iter().enumerate() {
+            let me = start + offset;
+            let mut idx: Vec<usize> = (0..n).filter(|&j| j != me).collect();
+            let take = kmax.min(idx.len());
+            if take > 0 && take < idx.len() {
+                idx.select_nth_unstable_by(take - 1, |&a, &b| row[b].total_cmp(&row[a]));
+            }
+            idx.truncate(take);
+            idx.sort_by(|&a, &b| row[b].total_cmp(&row[a]));
+            neighbours.push(idx);
+        }
+    }
+    let logits_for = |k: usize, alpha: f32| -> Vec<Vec<f32>> {
+        neighbours
+            .iter()
+            .map(|nb| {
+                (0..m)
+                    .map(|model| {
+                        let (mut sum, mut count) = (0.0f32, 0.0f32);
+                        for &j in nb.iter().take(k) {
+                            let w = data.mask[j * m + model];
+                            sum += w * data.y[j * m + model];
+                            count += w;
+                        }
+                        logit((sum + alpha * prior[model]) / (count + alpha).max(1e-6))
+                    })
+                    .collect()
+            })
+            .collect()
+    };
+    let loss_of = |logits: &[Vec<f32>]| -> f64 {
+        let (mut total, mut count) = (0.0f64, 0.0f64);
+        for (i, row) in logits.iter().enumerate() {
+            for (model, &z) in row.iter().enumerate() {
+                let w = f64::from(data.mask[i * m + model]);
+                if w > 0.0 {
+                    let (z, y) = (f64::from(z), f64::from(data.y[i * m + model]));
+                    total += w * (z.max(0.0) + (-z.abs()).exp().ln_1p() - y * z);
+                    count += w;
+                }
+            }
+        }
+        total / count.max(1.0)
+    };
+    let mut best: Option<(f64, usize, f32, Vec<Vec<f32>>)> = None;
+    for &k in &ks {
+        for &a in &alphas {
+            let logits = logits_for(k, a);
+            let loss = loss_of(&logits);
+            if best.as_ref().is_none_or(|b| loss < b.0) {
+                best = Some((loss, k, a, logits));
+            }
+        }
+    }
+    let (loss, k, alpha, oof) = best.unwrap_or_else(|| (f64::NAN, 20, 0.0, logits_for(20, 0.0)));
+    let knn = Knn::new(keys, data.y.clone(), data.mask.clone(), prior, k, alpha)?;
+    let tensors = knn.tensors()?;
+    Ok((
+        Fitted {
+            spec: HeadSpec::Knn { k, alpha },
+            head: Head::Knn(knn),
+            tensors,
+            hyperparameters: BTreeMap::from([
+                ("k".into(), k as f64),
+                ("alpha".into(), f64::from(alpha)),
+                ("leave_one_out_loss".into(), loss),
+            ]),
+        },
+        oof,
+    ))
+}
+
+/// Platt slopes above this are capped (see [`fit_platt`]).
+pub const MAX_PLATT_SLOPE: f32 = 1.0;
+
 /// Per-model Platt parameters fitted on the validation split's logits.
 pub fn calibrate(logits: &[Vec<f32>], val: &SplitData) -> Vec<Platt> {
     (0..val.models)
@@ -410,7 +642,7 @@ pub fn calibrate(logits: &[Vec<f32>], val: &SplitData) -> Vec<Platt> {
                 }
             }
             // A ridge of one pseudo-observation per 100 keeps tiny validation sets sane.
-            fit_platt(&z, &y, &w, 1.0 + z.len() as f64 / 100.0)
+            fit_platt(&z, &y, &w, 1.0 + z.len() as f64 / 100.0, MAX_PLATT_SLOPE)
         })
         .collect()
 }

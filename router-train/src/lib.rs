@@ -101,6 +101,7 @@ impl FitConfig {
                 max_epochs: 200,
                 patience: 15,
                 seed: 0,
+                folds: 0,
             },
             progress: false,
         }
@@ -268,17 +269,37 @@ pub fn run_fit(config: &FitConfig) -> Result<FitReport> {
     let dim = encoder.dim();
     let train = split_data(&table, &train_rows, &embeddings, dim);
     let val = split_data(&table, &val_rows, &embeddings, dim);
-    let fitted = fit::fit_head(&config.head, &train, &val, &config.net)?;
+    let val_x = candle_core::Tensor::from_slice(&val.x, (val.n, dim), &candle_core::Device::Cpu)?;
+    // Cross-fitting trains on train + validation and calibrates on out-of-fold logits; without
+    // it, the head trains on train and calibrates on validation.
+    let count_per_model = |d: &SplitData| -> Vec<usize> {
+        (0..d.models)
+            .map(|m| (0..d.n).filter(|&i| d.mask[i * d.models + m] > 0.0).count())
+            .collect()
+    };
+    let (fitted, fit_data, fit_logits, prior, n_trained) = if config.net.folds >= 2 {
+        let all_rows: Vec<usize> = train_rows.iter().chain(&val_rows).copied().collect();
+        let all = split_data(&table, &all_rows, &embeddings, dim);
+        let (fitted, oof) = fit::fit_cross(&config.head, &all, config.net.folds, &config.net)?;
+        let (prior, n_trained) = (all.prior(), count_per_model(&all));
+        (fitted, all, oof, prior, n_trained)
+    } else {
+        let fitted = fit::fit_head(&config.head, &train, &val, &config.net)?;
+        let logits = fitted.head.logits(&val_x)?.to_vec2::<f32>()?;
+        let (prior, n_trained) = (train.prior(), count_per_model(&train));
+        (fitted, val, logits, prior, n_trained)
+    };
     lap(&mut stages, "fit");
 
-    let val_x = candle_core::Tensor::from_slice(&val.x, (val.n, dim), &candle_core::Device::Cpu)?;
-    let val_logits = fitted.head.logits(&val_x)?.to_vec2::<f32>()?;
-    let calibration: Vec<Platt> = fit::calibrate(&val_logits, &val);
-    let calibrated = fit::apply_calibration(&val_logits, &calibration);
-    let validation = model_metrics(&table, &val, &calibrated);
+    let calibration: Vec<Platt> = fit::calibrate(&fit_logits, &fit_data);
+    let calibrated = fit::apply_calibration(&fit_logits, &calibration);
+    let validation = model_metrics(&table, &fit_data, &calibrated);
+    // What the final head predicts for the validation prompts (out-of-fold numbers are not
+    // what the artifact will say), for callers that check the artifact against memory.
+    let val_predictions =
+        fit::apply_calibration(&fitted.head.logits(&val_x)?.to_vec2::<f32>()?, &calibration);
     lap(&mut stages, "calibrate");
 
-    let prior = train.prior();
     let mut models = Vec::with_capacity(table.n_models());
     // Prompt token counts, shared by every model whose output length is back-solved from cost.
     let mut token_counts = HashMap::new();
@@ -292,9 +313,7 @@ pub fn run_fit(config: &FitConfig) -> Result<FitReport> {
             expected_output_tokens,
             output_tokens_source: source,
             train_mean_score: f64::from(prior[m]),
-            n_train: (0..train.n)
-                .filter(|&i| train.mask[i * train.models + m] > 0.0)
-                .count(),
+            n_train: n_trained[m],
         });
     }
     let name = config
@@ -332,7 +351,7 @@ pub fn run_fit(config: &FitConfig) -> Result<FitReport> {
             test_fraction: config.test_fraction,
             validation_fraction: config.validation_fraction,
             n_train: train.n,
-            n_validation: val.n,
+            n_validation: val_rows.len(),
             n_test,
             hyperparameters,
             validation,
@@ -355,7 +374,7 @@ pub fn run_fit(config: &FitConfig) -> Result<FitReport> {
             .iter()
             .map(|&p| table.prompts[p].text.clone())
             .collect(),
-        validation_predictions: calibrated,
+        validation_predictions: val_predictions,
     })
 }
 

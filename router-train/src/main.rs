@@ -136,6 +136,11 @@ struct FitArgs {
     /// Early stopping: epochs without validation improvement before stopping.
     #[arg(long, default_value_t = 15)]
     patience: usize,
+    /// Cross-fitting folds over train + validation: each net is trained once per fold and
+    /// averaged, and calibration fits on out-of-fold predictions. 0 or 1 (the default): train
+    /// on the train split, early-stop and calibrate on the validation split.
+    #[arg(long, default_value_t = 0)]
+    folds: usize,
     /// Hide the progress bar.
     #[arg(long)]
     quiet: bool,
@@ -208,6 +213,7 @@ impl FitArgs {
             max_epochs: self.epochs,
             patience: self.patience,
             seed: self.seed,
+            folds: self.folds,
         };
         config.progress = !self.quiet;
         Ok(config)

@@ -124,6 +124,61 @@ fn same_seed_same_weights_and_every_head_fits() -> anyhow::Result<()> {
         },
     )?;
     assert!(!knn.is_empty());
+    let ensemble = HeadChoice::Ensemble(vec![
+        HeadChoice::Mlp {
+            hidden: 32,
+            dropout: 0.2,
+        },
+        HeadChoice::Knn {
+            k: Some(10),
+            alpha: Some(1.0),
+        },
+    ]);
+    assert_eq!(
+        weights("ens1", ensemble.clone())?,
+        weights("ens2", ensemble)?
+    );
+    Ok(())
+}
+
+#[test]
+fn cross_fitting_bags_the_nets_and_reloads() -> anyhow::Result<()> {
+    let tmp = tempfile::tempdir()?;
+    let data = slice_csv(tmp.path(), 150)?;
+    let (_, prices) = llmrouter();
+    let out = tmp.path().join("cv");
+    let mut config = quick_config(&data, &prices, &out, &tmp.path().join("cache"));
+    config.net.folds = 3;
+    config.head = HeadChoice::Ensemble(vec![
+        HeadChoice::Mf { dim: 8 },
+        HeadChoice::Knn {
+            k: None,
+            alpha: None,
+        },
+    ]);
+    let report = run_fit(&config)?;
+    let spec = serde_json::to_value(&report.manifest.head)?;
+    assert_eq!(spec["members"][0]["kind"], "bagged");
+    assert_eq!(spec["members"][0]["folds"], 3);
+    // Calibration metrics come from out-of-fold predictions on train + validation.
+    let t = &report.manifest.training;
+    assert_eq!(t.validation[0].n, t.n_train + t.n_validation);
+    // The artifact on disk predicts what the in-memory head predicted.
+    let router = Router::load(&out)?;
+    let encoder = router.load_encoder(&candle_core::Device::Cpu)?;
+    let texts: Vec<&str> = report
+        .validation_prompts
+        .iter()
+        .map(String::as_str)
+        .collect();
+    let predicted = router.predict(&encoder.embed(&texts)?)?;
+    for (a, b) in predicted
+        .iter()
+        .flatten()
+        .zip(report.validation_predictions.iter().flatten())
+    {
+        assert!((a - b).abs() <= 1e-5, "{a} vs {b}");
+    }
     Ok(())
 }
 

@@ -38,6 +38,12 @@ pub enum HeadSpec {
     Ensemble {
         members: Vec<HeadSpec>,
     },
+    /// `folds` copies of `member`, each trained without one cross-validation fold, their
+    /// logits averaged; fold `k`'s tensors carry the prefix `fold{k}.`.
+    Bagged {
+        folds: usize,
+        member: Box<HeadSpec>,
+    },
 }
 
 impl HeadSpec {
@@ -47,6 +53,7 @@ impl HeadSpec {
             Self::Mf { .. } => "mf",
             Self::Knn { .. } => "knn",
             Self::Ensemble { .. } => "ensemble",
+            Self::Bagged { member, .. } => member.kind(),
         }
     }
 }
@@ -223,7 +230,8 @@ pub enum Head {
     Mlp(Mlp),
     Mf(Mf),
     Knn(Knn),
-    Ensemble(Vec<Head>),
+    /// The mean of its members' logits (an ensemble, or the folds of a bagged head).
+    Mean(Vec<Head>),
 }
 
 impl Head {
@@ -247,11 +255,38 @@ impl Head {
                         "an ensemble needs members of distinct, non-ensemble kinds".to_owned(),
                     ));
                 }
-                Self::Ensemble(
+                Self::Mean(
                     members
                         .iter()
                         .map(|m| {
                             Self::from_tensors(m, tensors.clone(), input_dim, n_models, device)
+                        })
+                        .collect::<Result<_>>()?,
+                )
+            }
+            HeadSpec::Bagged { folds, ref member } => {
+                if folds == 0
+                    || matches!(
+                        **member,
+                        HeadSpec::Bagged { .. } | HeadSpec::Ensemble { .. }
+                    )
+                {
+                    return Err(Error::InvalidInput(
+                        "a bagged head needs at least one fold of a plain head".to_owned(),
+                    ));
+                }
+                Self::Mean(
+                    (0..folds)
+                        .map(|k| {
+                            let prefix = format!("fold{k}.");
+                            let sub = tensors
+                                .iter()
+                                .filter_map(|(name, t)| {
+                                    name.strip_prefix(&prefix)
+                                        .map(|n| (n.to_owned(), t.clone()))
+                                })
+                                .collect();
+                            Self::from_tensors(member, sub, input_dim, n_models, device)
                         })
                         .collect::<Result<_>>()?,
                 )
@@ -312,7 +347,7 @@ impl Head {
             Self::Mlp(h) => h.forward_t(x, None),
             Self::Mf(h) => h.forward(x),
             Self::Knn(h) => h.forward_opts(x, false),
-            Self::Ensemble(members) => {
+            Self::Mean(members) => {
                 let mut sum = members
                     .first()
                     .ok_or_else(|| Error::InvalidInput("empty ensemble".to_owned()))?
