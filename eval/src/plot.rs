@@ -1,5 +1,6 @@
 //! SVG plots (plotters): the cost–quality plane and the band promise.
 
+use plotters::coord::ranged1d::ValueFormatter;
 use plotters::prelude::*;
 
 use crate::report::Report;
@@ -39,65 +40,50 @@ pub fn cost_quality_svg(report: &Report) -> Result<String> {
         let root = SVGBackend::with_string(&mut svg, (900, 560)).into_drawing_area();
         root.fill(&WHITE).map_err(plot_err)?;
         let caption = format!("Cost and quality on {} test prompts", report.n_prompts);
+        let mut builder = ChartBuilder::on(&root);
+        builder
+            .caption(caption, ("sans-serif", 20))
+            .margin(15)
+            .x_label_area_size(45)
+            .y_label_area_size(60);
         if hi / lo > 20.0 {
-            let mut chart = ChartBuilder::on(&root)
-                .caption(caption, ("sans-serif", 20))
-                .margin(15)
-                .x_label_area_size(45)
-                .y_label_area_size(60)
+            let mut chart = builder
                 .build_cartesian_2d((lo..hi).log_scale(), q_lo..q_hi)
                 .map_err(plot_err)?;
-            chart
-                .configure_mesh()
-                .x_desc("USD per 1,000 requests (log scale)")
-                .y_desc("mean quality")
-                .draw()
-                .map_err(plot_err)?;
-            draw_series(&mut chart, report, per_k)?;
-            chart
-                .configure_series_labels()
-                .position(SeriesLabelPosition::LowerRight)
-                .border_style(BLACK)
-                .background_style(WHITE.mix(0.8))
-                .draw()
-                .map_err(plot_err)?;
+            draw_cost_quality(
+                &mut chart,
+                report,
+                per_k,
+                "USD per 1,000 requests (log scale)",
+            )?;
         } else {
-            let mut chart = ChartBuilder::on(&root)
-                .caption(caption, ("sans-serif", 20))
-                .margin(15)
-                .x_label_area_size(45)
-                .y_label_area_size(60)
+            let mut chart = builder
                 .build_cartesian_2d(lo..hi, q_lo..q_hi)
                 .map_err(plot_err)?;
-            chart
-                .configure_mesh()
-                .x_desc("USD per 1,000 requests")
-                .y_desc("mean quality")
-                .draw()
-                .map_err(plot_err)?;
-            draw_series(&mut chart, report, per_k)?;
-            chart
-                .configure_series_labels()
-                .position(SeriesLabelPosition::LowerRight)
-                .border_style(BLACK)
-                .background_style(WHITE.mix(0.8))
-                .draw()
-                .map_err(plot_err)?;
+            draw_cost_quality(&mut chart, report, per_k, "USD per 1,000 requests")?;
         }
         root.present().map_err(plot_err)?;
     }
     Ok(svg)
 }
 
-fn draw_series<'a, DB, X>(
+/// Mesh, every series and the legend of the cost–quality chart, on a linear or log x axis.
+fn draw_cost_quality<'a, DB, X>(
     chart: &mut ChartContext<'a, DB, Cartesian2d<X, plotters::coord::types::RangedCoordf64>>,
     report: &Report,
     per_k: impl Fn(f64) -> f64,
+    x_desc: &str,
 ) -> Result<()>
 where
     DB: DrawingBackend + 'a,
-    X: Ranged<ValueType = f64>,
+    X: Ranged<ValueType = f64> + ValueFormatter<f64>,
 {
+    chart
+        .configure_mesh()
+        .x_desc(x_desc)
+        .y_desc("mean quality")
+        .draw()
+        .map_err(plot_err)?;
     let hull: Vec<(f64, f64)> = report
         .random_mix_hull
         .iter()
@@ -117,7 +103,7 @@ where
         chart
             .draw_series(LineSeries::new(line, color.stroke_width(2)))
             .map_err(plot_err)?
-            .label(format!("{} ({})", r.router, r.head))
+            .label(format!("{} ({})", short_name(&r.router), r.head))
             .legend(move |(x, y)| {
                 PathElement::new(vec![(x, y), (x + 18, y)], color.stroke_width(2))
             });
@@ -152,7 +138,21 @@ where
         .map_err(plot_err)?
         .label("oracle")
         .legend(|(x, y)| TriangleMarker::new((x + 9, y), 5, RGBColor(0, 120, 0).filled()));
+    chart
+        .configure_series_labels()
+        .position(SeriesLabelPosition::LowerRight)
+        .border_style(BLACK)
+        .background_style(WHITE.mix(0.8))
+        .draw()
+        .map_err(plot_err)?;
     Ok(())
+}
+
+/// The last component of a router's path, for legends.
+fn short_name(path: &str) -> String {
+    std::path::Path::new(path)
+        .file_name()
+        .map_or_else(|| path.to_owned(), |n| n.to_string_lossy().into_owned())
 }
 
 /// Predicted against measured quality drop per band.

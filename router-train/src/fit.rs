@@ -275,30 +275,11 @@ pub fn fit_head(
         }
         HeadChoice::Knn { k, alpha } => fit_knn(train, val, &prior, k, alpha, &device),
         HeadChoice::Ensemble(ref members) => {
-            let mut specs = Vec::with_capacity(members.len());
-            let mut tensors = HashMap::new();
-            let mut hyperparameters = BTreeMap::new();
-            for member in members {
-                let fitted = fit_head(member, train, val, params)?;
-                let kind = fitted.spec.kind();
-                hyperparameters.extend(
-                    fitted
-                        .hyperparameters
-                        .into_iter()
-                        .map(|(k, v)| (format!("{kind}.{k}"), v)),
-                );
-                tensors.extend(fitted.tensors);
-                specs.push(fitted.spec);
-            }
-            let spec = HeadSpec::Ensemble { members: specs };
-            let head =
-                Head::from_tensors(&spec, tensors.clone(), train.dim, train.models, &device)?;
-            Ok(Fitted {
-                spec,
-                head,
-                tensors,
-                hyperparameters,
-            })
+            let fitted = members
+                .iter()
+                .map(|m| fit_head(m, train, val, params))
+                .collect::<Result<Vec<_>>>()?;
+            combine(fitted, train.dim, train.models)
         }
     }
 }
@@ -417,6 +398,33 @@ fn fit_knn(
     })
 }
 
+/// An ensemble of fitted members: their specs, their tensors in one map (distinct prefixes) and
+/// their hyper-parameters under `kind.`.
+fn combine(members: Vec<Fitted>, dim: usize, models: usize) -> Result<Fitted> {
+    let mut specs = Vec::with_capacity(members.len());
+    let mut tensors = HashMap::new();
+    let mut hyperparameters = BTreeMap::new();
+    for fitted in members {
+        let kind = fitted.spec.kind();
+        hyperparameters.extend(
+            fitted
+                .hyperparameters
+                .into_iter()
+                .map(|(k, v)| (format!("{kind}.{k}"), v)),
+        );
+        tensors.extend(fitted.tensors);
+        specs.push(fitted.spec);
+    }
+    let spec = HeadSpec::Ensemble { members: specs };
+    let head = Head::from_tensors(&spec, tensors.clone(), dim, models, &Device::Cpu)?;
+    Ok(Fitted {
+        spec,
+        head,
+        tensors,
+        hyperparameters,
+    })
+}
+
 /// Cross-fitting on train + validation together: `mlp` and `mf` are trained `folds` times, each
 /// time without one fold (early-stopping on it) and predicting it; the head is the mean of the
 /// `folds` models (bagging). `knn` is fitted on everything, with k and α chosen on its
@@ -433,38 +441,18 @@ pub fn fit_cross(
     match choice {
         HeadChoice::Knn { k, alpha } => fit_knn_loo(data, *k, *alpha, &device),
         HeadChoice::Ensemble(members) => {
-            let mut specs = Vec::with_capacity(members.len());
-            let mut tensors = HashMap::new();
-            let mut hyperparameters = BTreeMap::new();
+            let mut fitted = Vec::with_capacity(members.len());
             let mut oof = vec![vec![0.0f32; data.models]; data.n];
             for member in members {
-                let (fitted, member_oof) = fit_cross(member, data, folds, params)?;
-                let kind = fitted.spec.kind();
-                hyperparameters.extend(
-                    fitted
-                        .hyperparameters
-                        .into_iter()
-                        .map(|(k, v)| (format!("{kind}.{k}"), v)),
-                );
-                tensors.extend(fitted.tensors);
-                specs.push(fitted.spec);
+                let (f, member_oof) = fit_cross(member, data, folds, params)?;
                 for (row, member_row) in oof.iter_mut().zip(member_oof) {
                     for (a, b) in row.iter_mut().zip(member_row) {
                         *a += b / members.len() as f32;
                     }
                 }
+                fitted.push(f);
             }
-            let spec = HeadSpec::Ensemble { members: specs };
-            let head = Head::from_tensors(&spec, tensors.clone(), data.dim, data.models, &device)?;
-            Ok((
-                Fitted {
-                    spec,
-                    head,
-                    tensors,
-                    hyperparameters,
-                },
-                oof,
-            ))
+            Ok((combine(fitted, data.dim, data.models)?, oof))
         }
         HeadChoice::Mlp { .. } | HeadChoice::Mf { .. } => {
             let folds = folds.clamp(2, data.n.max(2));
