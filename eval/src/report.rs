@@ -128,7 +128,8 @@ pub fn evaluate_router(
     config: &EvalConfig,
 ) -> Result<RouterReport> {
     let bands = sweep::bands();
-    let band_choices = sweep::choices(set, predictions, expected_costs, &bands)?;
+    let band_choices =
+        sweep::choices(set, predictions, expected_costs, &router.routable(), &bands)?;
     let pre = Precomputed::new(set, &band_choices);
     let ones = vec![1.0; set.n()];
     let headline = pre.headline(&ones);

@@ -56,14 +56,32 @@ pub fn bands() -> Vec<f64> {
     (0..=200).map(|i| f64::from(i) / 200.0).collect()
 }
 
-/// Per band, the model chosen for each prompt.
+/// Per band, the model chosen for each prompt, among the models the router may route to
+/// (`routable`) that were evaluated on that prompt; when none of those was, among every model
+/// evaluated on it.
 pub fn choices(
     set: &EvalSet,
     predictions: &[f32],
     expected_costs: &[f64],
+    routable: &[bool],
     bands: &[f64],
 ) -> router_core::Result<Vec<Vec<usize>>> {
     let m = set.m();
+    let allowed: Vec<Vec<bool>> = (0..set.n())
+        .map(|i| {
+            let evaluated = &set.mask[i * m..(i + 1) * m];
+            let both: Vec<bool> = evaluated
+                .iter()
+                .zip(routable)
+                .map(|(&e, &r)| e && r)
+                .collect();
+            if both.iter().any(|&a| a) {
+                both
+            } else {
+                evaluated.to_vec()
+            }
+        })
+        .collect();
     bands
         .iter()
         .map(|&band| {
@@ -74,7 +92,7 @@ pub fn choices(
                         &predictions[row.clone()],
                         &expected_costs[row],
                         band,
-                        Some(&set.mask[i * m..(i + 1) * m]),
+                        Some(&allowed[i]),
                     )
                     .map(|d| d.chosen)
                 })
@@ -399,7 +417,7 @@ mod tests {
         // Predictions equal to the true scores: band 0 picks the best, cheapest among ties.
         let pred = set.scores.clone();
         let bands = [0.0, 1.0];
-        let ch = choices(&set, &pred, &set.costs, &bands).unwrap();
+        let ch = choices(&set, &pred, &set.costs, &[true; 2], &bands).unwrap();
         assert_eq!(ch[0], vec![0, 1, 0]);
         assert_eq!(ch[1], vec![0, 0, 0]);
         let pre = Precomputed::new(&set, &ch);

@@ -318,6 +318,15 @@ impl Router {
             .collect())
     }
 
+    /// Which models the policy may route to (not dominated), in model order.
+    pub fn routable(&self) -> Vec<bool> {
+        self.manifest
+            .models
+            .iter()
+            .map(|m| m.dominated_by.is_none())
+            .collect()
+    }
+
     /// Expected cost (USD) of each model for a prompt of `input_tokens` tokens.
     pub fn expected_costs(&self, input_tokens: usize) -> Vec<f64> {
         self.manifest
@@ -368,6 +377,7 @@ mod tests {
             output_tokens_source: "default".into(),
             train_mean_score: 0.5,
             n_train: 10,
+            dominated_by: None,
         }
     }
 

@@ -26,6 +26,10 @@ pub struct ModelInfo {
     pub train_mean_score: f64,
     /// Number of training prompts with a score for this model.
     pub n_train: usize,
+    /// When set, a model that scored higher on the training prompts both answered and is no
+    /// dearer for any prompt length: the policy never routes here.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dominated_by: Option<String>,
 }
 
 impl ModelInfo {
@@ -51,6 +55,7 @@ mod tests {
             output_tokens_source: "default".into(),
             train_mean_score: 0.5,
             n_train: 1,
+            dominated_by: None,
         };
         // 1000 × 2 / 1e6 + 100 × 10 / 1e6 = 0.002 + 0.001
         assert!((m.expected_cost(1000) - 0.003).abs() < 1e-12);

@@ -61,7 +61,7 @@ impl Route {
             .next()
             .unwrap_or_default();
         let costs = self.router.expected_costs(tokens.untruncated_len);
-        let decision = choose(&quality, &costs, band, None)?;
+        let decision = choose(&quality, &costs, band, Some(&self.router.routable()))?;
         let names = self.router.model_names();
         let candidates = names
             .iter()

@@ -65,6 +65,9 @@ pub struct FitConfig {
     pub encode_batch_size: usize,
     pub net: NetParams,
     pub progress: bool,
+    /// Mark models that another model beats on the training prompts at no higher price for
+    /// any prompt length; the policy never routes to them.
+    pub prune_dominated: bool,
 }
 
 impl FitConfig {
@@ -104,6 +107,7 @@ impl FitConfig {
                 folds: 0,
             },
             progress: false,
+            prune_dominated: false,
         }
     }
 }
@@ -314,7 +318,14 @@ pub fn run_fit(config: &FitConfig) -> Result<FitReport> {
             output_tokens_source: source,
             train_mean_score: f64::from(prior[m]),
             n_train: n_trained[m],
+            dominated_by: None,
         });
+    }
+    if config.prune_dominated {
+        mark_dominated(
+            &mut models,
+            &fit_data_for_dominance(&table, &train_rows, &val_rows),
+        );
     }
     let name = config
         .out
@@ -376,6 +387,78 @@ pub fn run_fit(config: &FitConfig) -> Result<FitReport> {
             .collect(),
         validation_predictions: val_predictions,
     })
+}
+
+/// What dominance is judged on: the training and validation prompts' scores and masks
+/// (prompts × models) and their task labels.
+struct DominanceData {
+    scores: Vec<f32>,
+    mask: Vec<f32>,
+    tasks: Vec<Option<String>>,
+}
+
+fn fit_data_for_dominance(
+    table: &Table,
+    train_rows: &[usize],
+    val_rows: &[usize],
+) -> DominanceData {
+    let m = table.n_models();
+    let mut d = DominanceData {
+        scores: Vec::new(),
+        mask: Vec::new(),
+        tasks: Vec::new(),
+    };
+    for &p in train_rows.iter().chain(val_rows) {
+        d.scores
+            .extend_from_slice(&table.scores[p * m..(p + 1) * m]);
+        d.mask.extend_from_slice(&table.mask[p * m..(p + 1) * m]);
+        d.tasks.push(table.prompts[p].task.clone());
+    }
+    d
+}
+
+/// Model `j` is dominated by `i` when `i` is no dearer for any prompt length (input price and
+/// expected output cost both no higher) and, on the prompts both answered, scored higher
+/// overall (at least 30 prompts) and no lower on any task (tasks with at least 10 shared
+/// prompts), so a specialist that wins one kind of prompt is kept.
+fn mark_dominated(models: &mut [ModelInfo], d: &DominanceData) {
+    let m = models.len();
+    let n = d.tasks.len();
+    let out_cost = |x: &ModelInfo| x.expected_output_tokens * x.output_price_per_1m;
+    for j in 0..m {
+        let mut best: Option<(usize, f64)> = None;
+        for i in (0..m).filter(|&i| i != j) {
+            let cheaper = models[i].input_price_per_1m <= models[j].input_price_per_1m
+                && out_cost(&models[i]) <= out_cost(&models[j]);
+            if !cheaper {
+                continue;
+            }
+            // (sum of i, sum of j, count) overall and per task.
+            let mut overall = (0.0f64, 0.0f64, 0usize);
+            let mut per_task: HashMap<&str, (f64, f64, usize)> = HashMap::new();
+            for p in 0..n {
+                if d.mask[p * m + i] > 0.0 && d.mask[p * m + j] > 0.0 {
+                    let (si, sj) = (
+                        f64::from(d.scores[p * m + i]),
+                        f64::from(d.scores[p * m + j]),
+                    );
+                    overall = (overall.0 + si, overall.1 + sj, overall.2 + 1);
+                    if let Some(task) = &d.tasks[p] {
+                        let t = per_task.entry(task.as_str()).or_default();
+                        *t = (t.0 + si, t.1 + sj, t.2 + 1);
+                    }
+                }
+            }
+            let gap = (overall.0 - overall.1) / overall.2.max(1) as f64;
+            let every_task = per_task.values().all(|&(si, sj, c)| c < 10 || si >= sj);
+            if overall.2 >= 30 && gap > 0.0 && every_task && best.is_none_or(|(_, g)| gap > g) {
+                best = Some((i, gap));
+            }
+        }
+        if let Some((i, _)) = best {
+            models[j].dominated_by = Some(models[i].name.clone());
+        }
+    }
 }
 
 fn model_metrics(table: &Table, val: &SplitData, calibrated: &[Vec<f32>]) -> Vec<ModelMetrics> {
@@ -489,5 +572,55 @@ fn truncate(s: &str, n: usize) -> String {
         s.to_owned()
     } else {
         s.chars().take(n - 1).chain(std::iter::once('…')).collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn model(name: &str, price: f64) -> ModelInfo {
+        ModelInfo {
+            name: name.into(),
+            input_price_per_1m: price,
+            output_price_per_1m: price,
+            expected_output_tokens: 100.0,
+            output_tokens_source: "default".into(),
+            train_mean_score: 0.5,
+            n_train: 0,
+            dominated_by: None,
+        }
+    }
+
+    #[test]
+    fn dominance_spares_specialists() {
+        // 40 "math" and 40 "code" prompts. `cheap` (price 1) scores 0.8 on math, 0.6 on code;
+        // `worse` (price 2) 0.7 and 0.5: beaten everywhere at a higher price → dominated.
+        // `coder` (price 3) 0.3 and 0.9: worse overall but best on code → kept.
+        let mut d = DominanceData {
+            scores: Vec::new(),
+            mask: Vec::new(),
+            tasks: Vec::new(),
+        };
+        for p in 0..80 {
+            let math = p < 40;
+            d.scores.extend(if math {
+                [0.8, 0.7, 0.3]
+            } else {
+                [0.6, 0.5, 0.9]
+            });
+            d.mask.extend([1.0; 3]);
+            d.tasks
+                .push(Some(if math { "math" } else { "code" }.to_owned()));
+        }
+        let mut models = vec![
+            model("cheap", 1.0),
+            model("worse", 2.0),
+            model("coder", 3.0),
+        ];
+        mark_dominated(&mut models, &d);
+        assert_eq!(models[0].dominated_by, None);
+        assert_eq!(models[1].dominated_by.as_deref(), Some("cheap"));
+        assert_eq!(models[2].dominated_by, None);
     }
 }

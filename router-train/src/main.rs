@@ -141,6 +141,10 @@ struct FitArgs {
     /// on the train split, early-stop and calibrate on the validation split.
     #[arg(long, default_value_t = 0)]
     folds: usize,
+    /// Never route to a model that another model beats on the training prompts at no higher
+    /// price for any prompt length.
+    #[arg(long, env = "ROUTER_TRAIN_PRUNE_DOMINATED")]
+    prune_dominated: bool,
     /// Hide the progress bar.
     #[arg(long)]
     quiet: bool,
@@ -216,6 +220,7 @@ impl FitArgs {
             folds: self.folds,
         };
         config.progress = !self.quiet;
+        config.prune_dominated = self.prune_dominated;
         Ok(config)
     }
 }
