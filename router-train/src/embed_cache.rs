@@ -2,7 +2,9 @@
 //!
 //! The cache is one append-only file per encoder identity (id, revision, weights digest,
 //! truncation mode, window): records of `[sha256(text); 32 bytes][dim × f32 LE]`. A second run
-//! on the same data encodes nothing. A torn last record (a crash mid-write) is ignored.
+//! on the same data encodes nothing. A torn last record (a crash mid-write) is ignored when
+//! reading and cut off before the next append; each batch is appended in one write, so two
+//! processes filling the same cache do not interleave records.
 
 use std::collections::HashMap;
 use std::io::{Read, Write};
@@ -140,35 +142,42 @@ pub fn embed_all(
                         path: p.clone(),
                         source,
                     })?;
-                Some(std::io::BufWriter::new(f))
+                // Drop a torn last record (a crash mid-write) before appending after it, or
+                // every later record would be read out of alignment.
+                let len = f.metadata().map_or(0, |m| m.len());
+                let record = (32 + dim * 4) as u64;
+                if len % record != 0 {
+                    f.set_len(len - len % record)
+                        .map_err(|source| TrainError::Cache {
+                            path: p.clone(),
+                            source,
+                        })?;
+                }
+                Some(f)
             }
             None => None,
         };
         for chunk in order.chunks(batch_size.max(1)) {
             let batch: Vec<_> = chunk.iter().map(|&j| tokenized[j].clone()).collect();
             let vectors = encoder.embed_tokenized(&batch)?;
+            // One write per batch on an O_APPEND file: whole records, never interleaved with
+            // another process appending to the same cache.
+            let mut records = Vec::with_capacity(chunk.len() * (32 + dim * 4));
             for (&j, v) in chunk.iter().zip(vectors) {
                 let key = keys[missing[j]];
-                if let (Some(f), Some(p)) = (file.as_mut(), path.as_ref()) {
-                    let mut record = Vec::with_capacity(32 + dim * 4);
-                    record.extend_from_slice(&key);
-                    for x in &v {
-                        record.extend_from_slice(&x.to_le_bytes());
-                    }
-                    f.write_all(&record).map_err(|source| TrainError::Cache {
-                        path: p.clone(),
-                        source,
-                    })?;
+                records.extend_from_slice(&key);
+                for x in &v {
+                    records.extend_from_slice(&x.to_le_bytes());
                 }
                 cache.insert(key, v);
             }
+            if let (Some(f), Some(p)) = (file.as_mut(), path.as_ref()) {
+                f.write_all(&records).map_err(|source| TrainError::Cache {
+                    path: p.clone(),
+                    source,
+                })?;
+            }
             bar.inc(chunk.len() as u64);
-        }
-        if let (Some(mut f), Some(p)) = (file, path.as_ref()) {
-            f.flush().map_err(|source| TrainError::Cache {
-                path: p.clone(),
-                source,
-            })?;
         }
         bar.finish_and_clear();
     }

@@ -394,3 +394,31 @@ fn toml_prices_read_and_bad_prices_fail() -> anyhow::Result<()> {
     assert!(err.contains("negative"), "{err}");
     Ok(())
 }
+
+#[test]
+fn a_torn_cache_record_is_cut_off_not_misread() -> anyhow::Result<()> {
+    use router_core::encoder::{Encoder, EncoderSource, Truncation};
+    use router_train::embed_cache::{cache_file, embed_all};
+    let encoder = Encoder::from_source(
+        &EncoderSource::default(),
+        &candle_core::Device::Cpu,
+        Truncation::Head,
+    )?;
+    let tmp = tempfile::tempdir()?;
+    let (first, _) = embed_all(&encoder, &["what is 2 + 2?"], Some(tmp.path()), 8, false)?;
+    // A crash mid-write leaves half a record at the end of the file.
+    let path = cache_file(tmp.path(), &encoder);
+    let mut bytes = std::fs::read(&path)?;
+    bytes.extend_from_slice(&[7u8; 100]);
+    std::fs::write(&path, &bytes)?;
+    let texts = ["what is 2 + 2?", "name a prime larger than 10"];
+    let (both, stats) = embed_all(&encoder, &texts, Some(tmp.path()), 8, false)?;
+    assert_eq!((stats.cached, stats.encoded), (1, 1));
+    assert_eq!(both[0], first[0]);
+    // The new record was appended after the cut: everything reads back, aligned.
+    let (again, stats) = embed_all(&encoder, &texts, Some(tmp.path()), 8, false)?;
+    assert_eq!((stats.cached, stats.encoded), (2, 0));
+    assert_eq!(again, both);
+    assert_eq!(std::fs::metadata(&path)?.len() % (32 + 384 * 4), 0);
+    Ok(())
+}
