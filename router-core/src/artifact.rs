@@ -243,13 +243,14 @@ impl Router {
     /// the ones the router was trained with.
     pub fn load_encoder(&self, device: &Device) -> Result<Encoder> {
         let spec = &self.manifest.encoder;
-        let source = EncoderSource::parse(&if spec.revision == "local"
-            || spec.revision == crate::encoder::DEFAULT_REVISION
-        {
-            spec.id.clone()
-        } else {
-            format!("{}@{}", spec.id, spec.revision)
-        });
+        // "local" marks an encoder trained from a directory: its id is that directory.
+        let source = match EncoderSource::parse(&spec.id) {
+            EncoderSource::Hub { repo, .. } if spec.revision != "local" => EncoderSource::Hub {
+                repo,
+                revision: spec.revision.clone(),
+            },
+            parsed => parsed,
+        };
         self.load_encoder_from(&source, device)
     }
 
