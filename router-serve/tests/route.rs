@@ -43,3 +43,23 @@ fn a_bad_band_or_router_is_an_error() {
         assert!(route.decide("hi", 1.5).is_err());
     }
 }
+
+#[test]
+fn a_missing_encoder_offline_says_what_to_run() -> anyhow::Result<()> {
+    let empty = tempfile::tempdir()?;
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_router-serve"))
+        .args(["route", "--prompt", "hi", "--router"])
+        .arg(default_router())
+        .env("HF_HOME", empty.path())
+        .env_remove("HF_HUB_CACHE")
+        .env("HF_HUB_OFFLINE", "1")
+        .env("ROUTER_NO_PYPI_FETCH", "1")
+        .output()?;
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("router-train fetch-encoder") && stderr.contains("HF_HUB_OFFLINE"),
+        "{stderr}"
+    );
+    Ok(())
+}
