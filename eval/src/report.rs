@@ -109,7 +109,7 @@ fn single_points(set: &EvalSet) -> Vec<SinglePoint> {
             let rows: Vec<usize> = (0..set.n()).filter(|&i| set.mask[i * m + j]).collect();
             SinglePoint {
                 model: set.models[j].clone(),
-                quality: mean(rows.iter().map(|&i| f64::from(set.scores[i * m + j]))),
+                quality: set.model_quality(j),
                 cost: mean(rows.iter().map(|&i| set.costs[i * m + j])),
                 coverage: rows.len() as f64 / set.n() as f64,
                 train_quality: set.train_quality[j],

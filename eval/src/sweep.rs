@@ -34,6 +34,17 @@ impl EvalSet {
     pub fn m(&self) -> usize {
         self.models.len()
     }
+
+    /// Mean score of model `j` over the prompts it was evaluated on.
+    pub fn model_quality(&self, j: usize) -> f64 {
+        let m = self.m();
+        let (s, c) = (0..self.n())
+            .filter(|&i| self.mask[i * m + j])
+            .fold((0.0, 0.0), |(s, c), i| {
+                (s + f64::from(self.scores[i * m + j]), c + 1.0)
+            });
+        s / c
+    }
 }
 
 /// One band of the sweep.
@@ -308,15 +319,7 @@ pub fn pgr_points(
     let ones = vec![1.0; set.n()];
     let mean_cost = |j: usize| (0..set.n()).map(|i| set.costs[i * 2 + j]).sum::<f64>();
     let strong = usize::from(mean_cost(1) > mean_cost(0));
-    let quality = |j: usize| {
-        let (s, c) = (0..set.n())
-            .filter(|&i| set.mask[i * 2 + j])
-            .fold((0.0, 0.0), |(s, c), i| {
-                (s + f64::from(set.scores[i * 2 + j]), c + 1.0)
-            });
-        s / c
-    };
-    let (q_strong, q_weak) = (quality(strong), quality(1 - strong));
+    let (q_strong, q_weak) = (set.model_quality(strong), set.model_quality(1 - strong));
     if (q_strong - q_weak).abs() < 1e-12 {
         return None;
     }

@@ -6,7 +6,7 @@ use std::collections::{BTreeMap, HashMap};
 use candle_core::{DType, Device, Tensor};
 use candle_nn::{AdamW, Optimizer, ParamsAdamW, VarBuilder, VarMap};
 use router_core::heads::calibration::{Platt, fit_platt, logit};
-use router_core::heads::{Head, HeadSpec, Knn, Mf, Mlp};
+use router_core::heads::{Head, HeadSpec, Knn, Mf, Mlp, shrunk_logits};
 
 use crate::error::Result;
 
@@ -355,8 +355,7 @@ fn fit_knn(
 ) -> Result<Fitted> {
     let keys = Tensor::from_slice(&train.x, (train.n, train.dim), device)?;
     let (vx, vy, vmask) = val.tensors(device)?;
-    let ks: Vec<usize> = k.map_or_else(|| vec![5, 10, 20, 50, 100], |k| vec![k]);
-    let alphas: Vec<f32> = alpha.map_or_else(|| vec![0.0, 1.0, 3.0, 10.0, 30.0], |a| vec![a]);
+    let (ks, alphas) = knn_grid(k, alpha);
     let mut best: Option<(f64, usize, f32)> = None;
     for &k in &ks {
         for &a in &alphas {
@@ -368,9 +367,7 @@ fn fit_knn(
                 k,
                 a,
             )?;
-            let loss = f64::from(
-                masked_bce(&knn.forward_opts(&vx, false)?, &vy, &vmask)?.to_scalar::<f32>()?,
-            );
+            let loss = f64::from(masked_bce(&knn.forward(&vx)?, &vy, &vmask)?.to_scalar::<f32>()?);
             if best.is_none_or(|(l, _, _)| loss < l) {
                 best = Some((loss, k, a));
             }
@@ -491,7 +488,6 @@ pub fn fit_cross(
                 );
                 member = Some(fitted.spec);
             }
-            hyperparameters.insert("folds".to_owned(), folds as f64);
             let member =
                 member.ok_or_else(|| candle_core::Error::Msg("no fold was fitted".into()))?;
             let spec = HeadSpec::Bagged {
@@ -512,6 +508,14 @@ pub fn fit_cross(
     }
 }
 
+/// The (k, α) candidates: the given value, or the grid tuned over.
+fn knn_grid(k: Option<usize>, alpha: Option<f32>) -> (Vec<usize>, Vec<f32>) {
+    (
+        k.map_or_else(|| vec![5, 10, 20, 50, 100], |k| vec![k]),
+        alpha.map_or_else(|| vec![0.0, 1.0, 3.0, 10.0, 30.0], |a| vec![a]),
+    )
+}
+
 /// kNN on all rows; k and α chosen by the masked BCE of leave-one-out predictions (each row's
 /// neighbours exclude itself), which are also the out-of-fold logits.
 fn fit_knn_loo(
@@ -522,8 +526,7 @@ fn fit_knn_loo(
 ) -> Result<(Fitted, Vec<Vec<f32>>)> {
     let (n, m) = (data.n, data.models);
     let prior = data.prior();
-    let ks: Vec<usize> = k.map_or_else(|| vec![5, 10, 20, 50, 100], |k| vec![k]);
-    let alphas: Vec<f32> = alpha.map_or_else(|| vec![0.0, 1.0, 3.0, 10.0, 30.0], |a| vec![a]);
+    let (ks, alphas) = knn_grid(k, alpha);
     let kmax = ks
         .iter()
         .copied()
@@ -557,39 +560,21 @@ fn fit_knn_loo(
         neighbours
             .iter()
             .map(|nb| {
-                (0..m)
-                    .map(|model| {
-                        let (mut sum, mut count) = (0.0f32, 0.0f32);
-                        for &j in nb.iter().take(k) {
-                            let w = data.mask[j * m + model];
-                            sum += w * data.y[j * m + model];
-                            count += w;
-                        }
-                        logit((sum + alpha * prior[model]) / (count + alpha).max(1e-6))
-                    })
-                    .collect()
+                shrunk_logits(&data.y, &data.mask, &prior, &nb[..k.min(nb.len())], alpha).collect()
             })
             .collect()
     };
-    let loss_of = |logits: &[Vec<f32>]| -> f64 {
-        let (mut total, mut count) = (0.0f64, 0.0f64);
-        for (i, row) in logits.iter().enumerate() {
-            for (model, &z) in row.iter().enumerate() {
-                let w = f64::from(data.mask[i * m + model]);
-                if w > 0.0 {
-                    let (z, y) = (f64::from(z), f64::from(data.y[i * m + model]));
-                    total += w * (z.max(0.0) + (-z.abs()).exp().ln_1p() - y * z);
-                    count += w;
-                }
-            }
-        }
-        total / count.max(1.0)
+    let (_, y, mask) = data.tensors(device)?;
+    let loss_of = |logits: &[Vec<f32>]| -> Result<f64> {
+        let flat: Vec<f32> = logits.iter().flatten().copied().collect();
+        let z = Tensor::from_vec(flat, (n, m), device)?;
+        Ok(f64::from(masked_bce(&z, &y, &mask)?.to_scalar::<f32>()?))
     };
     let mut best: Option<(f64, usize, f32, Vec<Vec<f32>>)> = None;
     for &k in &ks {
         for &a in &alphas {
             let logits = logits_for(k, a);
-            let loss = loss_of(&logits);
+            let loss = loss_of(&logits)?;
             if best.as_ref().is_none_or(|b| loss < b.0) {
                 best = Some((loss, k, a, logits));
             }

@@ -298,10 +298,14 @@ pub fn run_fit(config: &FitConfig) -> Result<FitReport> {
     let calibration: Vec<Platt> = fit::calibrate(&fit_logits, &fit_data);
     let calibrated = fit::apply_calibration(&fit_logits, &calibration);
     let validation = model_metrics(&table, &fit_data, &calibrated);
-    // What the final head predicts for the validation prompts (out-of-fold numbers are not
-    // what the artifact will say), for callers that check the artifact against memory.
-    let val_predictions =
-        fit::apply_calibration(&fitted.head.logits(&val_x)?.to_vec2::<f32>()?, &calibration);
+    // What the final head predicts for the validation prompts, for callers that check the
+    // artifact against memory: without cross-fitting that is what was just calibrated; with
+    // it, out-of-fold numbers are not what the artifact will say.
+    let val_predictions = if config.net.folds >= 2 {
+        fit::apply_calibration(&fitted.head.logits(&val_x)?.to_vec2::<f32>()?, &calibration)
+    } else {
+        calibrated.clone()
+    };
     lap(&mut stages, "calibrate");
 
     let mut models = Vec::with_capacity(table.n_models());

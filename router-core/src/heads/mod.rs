@@ -195,33 +195,50 @@ impl Knn {
     }
 
     /// Shrunk mean scores of the `k` nearest keys, as logits `(batch, n_models)`.
-    /// `exclude_self` skips neighbours with similarity above 1 − 1e-6 (leave-one-out on the
-    /// training set itself).
-    pub fn forward_opts(&self, x: &Tensor, exclude_self: bool) -> Result<Tensor> {
+    pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
         let sims = x.matmul(&self.keys.t()?)?.to_vec2::<f32>()?;
         let m = self.n_models;
         let mut out = Vec::with_capacity(sims.len() * m);
         let mut order: Vec<usize> = Vec::new();
         for row in &sims {
             order.clear();
-            order.extend((0..row.len()).filter(|&j| !(exclude_self && row[j] > 1.0 - 1e-6)));
+            order.extend(0..row.len());
             let k = self.k.min(order.len());
             if k > 0 && k < order.len() {
                 order.select_nth_unstable_by(k - 1, |&a, &b| row[b].total_cmp(&row[a]));
             }
-            for model in 0..m {
-                let (mut sum, mut count) = (0.0f32, 0.0f32);
-                for &j in &order[..k] {
-                    let w = self.mask[j * m + model];
-                    sum += w * self.scores[j * m + model];
-                    count += w;
-                }
-                let p = (sum + self.alpha * self.prior[model]) / (count + self.alpha).max(1e-6);
-                out.push(calibration::logit(p));
-            }
+            out.extend(shrunk_logits(
+                &self.scores,
+                &self.mask,
+                &self.prior,
+                &order[..k],
+                self.alpha,
+            ));
         }
         Ok(Tensor::from_vec(out, (sims.len(), m), x.device())?)
     }
+}
+
+/// Per model, the logit of the mean score of `neighbours` (rows of the row-major
+/// `scores`/`mask`, `prior.len()` models wide), counting only evaluated cells and shrunk
+/// toward `prior` by `alpha` pseudo-observations.
+pub fn shrunk_logits<'a>(
+    scores: &'a [f32],
+    mask: &'a [f32],
+    prior: &'a [f32],
+    neighbours: &'a [usize],
+    alpha: f32,
+) -> impl Iterator<Item = f32> + 'a {
+    let m = prior.len();
+    (0..m).map(move |model| {
+        let (mut sum, mut count) = (0.0f32, 0.0f32);
+        for &j in neighbours {
+            let w = mask[j * m + model];
+            sum += w * scores[j * m + model];
+            count += w;
+        }
+        calibration::logit((sum + alpha * prior[model]) / (count + alpha).max(1e-6))
+    })
 }
 
 /// A loaded quality head.
@@ -346,7 +363,7 @@ impl Head {
         match self {
             Self::Mlp(h) => h.forward_t(x, None),
             Self::Mf(h) => h.forward(x),
-            Self::Knn(h) => h.forward_opts(x, false),
+            Self::Knn(h) => h.forward(x),
             Self::Mean(members) => {
                 let mut sum = members
                     .first()
@@ -392,7 +409,7 @@ mod tests {
 
     impl Knn {
         fn logits_row(&self, q: &Tensor) -> Result<Vec<f32>> {
-            Ok(self.forward_opts(q, false)?.squeeze(0)?.to_vec1()?)
+            Ok(self.forward(q)?.squeeze(0)?.to_vec1()?)
         }
     }
 }
