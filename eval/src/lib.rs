@@ -25,7 +25,7 @@ pub mod sweep;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-use router_core::artifact::Router;
+use router_core::artifact::{EncoderSpec, Router};
 use router_core::device::parse_device;
 use router_core::split::{Split, assign};
 use router_train::data::{self, LoadOptions, Table};
@@ -288,39 +288,51 @@ pub fn run_eval(config: &EvalConfig) -> Result<Report> {
     }
 
     let device = parse_device(&config.device)?;
+    let texts: Vec<&str> = test
+        .iter()
+        .map(|&p| table.prompts[p].text.as_str())
+        .collect();
     let mut router_reports = Vec::new();
     let mut set_and_rule: Option<(EvalSet, String)> = None;
+    // Token counts and embeddings of the test prompts, kept while the next router names the
+    // same encoder (same id, weights, truncation): heads compared in one report share them.
+    let mut prepared: Option<(EncoderSpec, Vec<usize>, Vec<Vec<f32>>)> = None;
     for (router, path) in routers.iter().zip(&config.routers) {
-        let encoder = router.load_encoder(&device)?;
-        let texts: Vec<&str> = test
-            .iter()
-            .map(|&p| table.prompts[p].text.as_str())
-            .collect();
-        let tokens = texts
-            .iter()
-            .map(|t| encoder.count_tokens(t))
-            .collect::<router_core::Result<Vec<_>>>()?;
+        if prepared
+            .as_ref()
+            .is_none_or(|(spec, _, _)| *spec != router.manifest.encoder)
+        {
+            let encoder = router.load_encoder(&device)?;
+            let tokens = texts
+                .iter()
+                .map(|t| encoder.count_tokens(t))
+                .collect::<router_core::Result<Vec<_>>>()?;
+            let (embeddings, _) = embed_cache::embed_all(
+                &encoder,
+                &texts,
+                config.cache_dir.as_deref(),
+                32,
+                config.progress,
+            )?;
+            prepared = Some((router.manifest.encoder.clone(), tokens, embeddings));
+        }
+        let Some((_, tokens, embeddings)) = prepared.as_ref() else {
+            continue;
+        };
         if set_and_rule.is_none() {
             set_and_rule = Some(eval_set(
                 &table,
                 router,
                 &test,
                 &train,
-                &tokens,
+                tokens,
                 prices.as_ref(),
             )?);
         }
         let Some((set, _)) = set_and_rule.as_ref() else {
             continue;
         };
-        let (embeddings, _) = embed_cache::embed_all(
-            &encoder,
-            &texts,
-            config.cache_dir.as_deref(),
-            32,
-            config.progress,
-        )?;
-        let predictions: Vec<f32> = router.predict(&embeddings)?.into_iter().flatten().collect();
+        let predictions: Vec<f32> = router.predict(embeddings)?.into_iter().flatten().collect();
         let expected_costs: Vec<f64> = tokens
             .iter()
             .flat_map(|&t| router.expected_costs(t))
