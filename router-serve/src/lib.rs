@@ -1,15 +1,250 @@
-//! `router-serve`: the routing endpoint. This first slice holds the decision path
-//! ([`route::Route`]: embed → predict → choose) that the HTTP server will call; the server itself
-//! (OpenAI-compatible API, forwarding, streaming, fallback, logs) is the next piece of work.
+//! `router-serve`: the OpenAI-compatible routing endpoint. Applications change only their base
+//! URL and model name (`router`, `router-<mode>`); each request goes to the cheapest model the
+//! router predicts is within the mode's quality band of the best, is forwarded to that model's
+//! upstream (streaming too), falls back on failure and is recorded in the decision log.
+//!
+//! The request path reads off the modules: [`http::routes`] → [`http::handlers`] →
+//! [`service`] (plan, forward, respond, record) → [`route`] (embed → predict → choose, on the
+//! [`batcher`] thread) → [`upstream`] / [`stream`] → [`log`].
 //!
 //! ```no_run
-//! use router_serve::route::Route;
-//! # fn main() -> router_core::Result<()> {
-//! let route = Route::load(std::path::Path::new("models/llmrouter"), "cpu")?;
-//! let decision = route.decide("What is 17 × 23?", 0.05)?;
-//! println!("{}", decision.chosen);
+//! use router_serve::{Server, config::ServeConfig, state::CliOverrides};
+//! # async fn run() -> Result<(), router_serve::ServeError> {
+//! let config = ServeConfig::default_config()?;
+//! let server = Server::start(config, None, CliOverrides::default()).await?;
+//! println!("listening on {}", server.addr());
+//! server.shutdown().await;
 //! # Ok(())
 //! # }
 //! ```
 
+pub mod batcher;
+pub mod config;
+pub mod error;
+pub mod http;
+pub mod log;
+pub mod metrics;
+pub mod openai;
 pub mod route;
+pub mod service;
+pub mod state;
+pub mod stream;
+pub mod upstream;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+
+use crate::config::{ConfigError, ServeConfig};
+use crate::log::{DecisionLog, LogError};
+use crate::metrics::Metrics;
+use crate::state::{AppState, CliOverrides, Engine, LoadError};
+
+/// Why the server could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error(transparent)]
+    Load(#[from] LoadError),
+    #[error(transparent)]
+    Log(#[from] LogError),
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        addr: SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("metrics: {0}")]
+    Metrics(#[from] prometheus::Error),
+    #[error("startup task failed: {0}")]
+    Task(#[from] tokio::task::JoinError),
+}
+
+/// A running server.
+pub struct Server {
+    addr: SocketAddr,
+    state: Arc<AppState>,
+    stop: Option<oneshot::Sender<()>>,
+    task: JoinHandle<()>,
+}
+
+impl Server {
+    /// Loads the router, opens the logs, binds `config.server.listen` and serves until
+    /// [`Server::shutdown`]. `config_path` is re-read on reload (`None`: the built-in default);
+    /// `cli` settings win over the file, also after reloads.
+    pub async fn start(
+        config: ServeConfig,
+        config_path: Option<PathBuf>,
+        cli: CliOverrides,
+    ) -> Result<Self, ServeError> {
+        let metrics = Arc::new(Metrics::new()?);
+        let log = DecisionLog::open(&config.log)?;
+        let listen = config.server.listen;
+        let grace = Duration::from_millis(config.server.shutdown_grace_ms);
+        let watch = Duration::from_millis(config.server.watch_interval_ms);
+        let engine_metrics = metrics.clone();
+        let engine =
+            tokio::task::spawn_blocking(move || Engine::load(config, None, engine_metrics))
+                .await??;
+        tracing::info!(
+            router = %engine.router.manifest.name,
+            models = engine.router.n_models(),
+            routable = engine.routable.iter().filter(|r| **r).count(),
+            "router loaded"
+        );
+        for u in &engine.config.upstreams {
+            if !u.has_credentials() {
+                tracing::warn!(
+                    upstream = %u.name,
+                    variable = u.api_key_env.as_deref().unwrap_or(""),
+                    "no API key: chat requests to this upstream will fail until it is set"
+                );
+            }
+        }
+        let listener = tokio::net::TcpListener::bind(listen)
+            .await
+            .map_err(|source| ServeError::Bind {
+                addr: listen,
+                source,
+            })?;
+        let addr = listener.local_addr().map_err(|source| ServeError::Bind {
+            addr: listen,
+            source,
+        })?;
+        let state = Arc::new(AppState::new(engine, metrics, log, config_path, cli));
+        let (stop, stopped) = oneshot::channel::<()>();
+        let app =
+            http::routes::app(state.clone()).into_make_service_with_connect_info::<SocketAddr>();
+        let watcher = (!watch.is_zero()).then(|| tokio::spawn(watch_files(state.clone(), watch)));
+        let hangup = tokio::spawn(reload_on_sighup(state.clone()));
+        let serve_state = state.clone();
+        let task = tokio::spawn(async move {
+            let (drained_tx, drained_rx) = oneshot::channel::<()>();
+            let server = axum::serve(listener, app).with_graceful_shutdown(async move {
+                let _ = stopped.await;
+                let _ = drained_tx.send(());
+            });
+            let serving = tokio::spawn(async move { server.await });
+            let _ = drained_rx.await;
+            tracing::info!("shutting down: finishing requests in flight");
+            // Stop accepting, then wait (bounded) for in-flight requests and streams.
+            if tokio::time::timeout(grace, serving).await.is_err() {
+                tracing::warn!("shutdown grace period over; dropping open connections");
+            }
+            serve_state.tasks.close();
+            if tokio::time::timeout(grace, serve_state.tasks.wait())
+                .await
+                .is_err()
+            {
+                tracing::warn!("shutdown grace period over; streams still open were cut");
+            }
+            if let Some(w) = watcher {
+                w.abort();
+            }
+            hangup.abort();
+            let log_state = serve_state.clone();
+            let _ = tokio::task::spawn_blocking(move || log_state.log.close()).await;
+        });
+        tracing::info!(%addr, "listening");
+        Ok(Self {
+            addr,
+            state,
+            stop: Some(stop),
+            task,
+        })
+    }
+
+    /// The bound address (useful with port 0).
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    pub fn state(&self) -> &Arc<AppState> {
+        &self.state
+    }
+
+    /// Stops accepting, finishes requests and streams in flight (up to
+    /// `server.shutdown_grace_ms`) and flushes the logs.
+    pub async fn shutdown(mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        let _ = (&mut self.task).await;
+    }
+
+    /// Waits until the server stops by itself (it does not, short of a panic) or `signal`
+    /// resolves, then shuts down gracefully.
+    pub async fn run_until(self, signal: impl std::future::Future<Output = ()>) {
+        signal.await;
+        self.shutdown().await;
+    }
+}
+
+/// Reloads when the config file or the router artifact changes on disk. A change that fails
+/// to load is not retried until the files change again.
+async fn watch_files(state: Arc<AppState>, every: Duration) {
+    let mut rejected: Option<Vec<(PathBuf, Option<std::time::SystemTime>)>> = None;
+    loop {
+        tokio::time::sleep(every).await;
+        let engine = state.engine();
+        if !engine.files_changed() {
+            continue;
+        }
+        let now: Vec<_> = engine
+            .watched
+            .iter()
+            .map(|(p, _)| {
+                (
+                    p.clone(),
+                    std::fs::metadata(p).and_then(|m| m.modified()).ok(),
+                )
+            })
+            .collect();
+        if rejected.as_ref() == Some(&now) {
+            continue;
+        }
+        rejected = state.reload("watch").await.is_err().then_some(now);
+    }
+}
+
+#[cfg(unix)]
+async fn reload_on_sighup(state: Arc<AppState>) {
+    use tokio::signal::unix::{SignalKind, signal};
+    let Ok(mut hangup) = signal(SignalKind::hangup()) else {
+        tracing::warn!("cannot listen for SIGHUP; reload with POST /admin/reload");
+        return;
+    };
+    while hangup.recv().await.is_some() {
+        let _ = state.reload("sighup").await;
+    }
+}
+
+#[cfg(not(unix))]
+async fn reload_on_sighup(_state: Arc<AppState>) {}
+
+/// Resolves on Ctrl-C or SIGTERM.
+pub async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => {},
+        () = term => {},
+    }
+}

@@ -1,24 +1,44 @@
-//! `router-serve`. Today: `router-serve route --prompt TEXT` prints the routing decision the
-//! server will make. The HTTP server is not built yet.
+//! `router-serve`: serves the OpenAI-compatible routing endpoint (no subcommand), or prints one
+//! routing decision (`route`).
 
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
+use router_serve::Server;
 use router_serve::route::Route;
+use router_serve::state::{CliOverrides, read_config};
 
 #[derive(Parser)]
 #[command(
     name = "router-serve",
     version,
-    about = "LLM routing endpoint (decision path only so far)"
+    about = "OpenAI-compatible LLM routing endpoint: each request goes to the cheapest model \
+             predicted to be within the quality band of the best"
 )]
 struct Cli {
     #[command(subcommand)]
     command: Option<Command>,
+    /// Config file (TOML); without it the built-in default is used (see
+    /// router-serve/default-config.toml).
+    #[arg(long, env = "ROUTER_CONFIG", global = true)]
+    config: Option<PathBuf>,
+    /// Listen address (overrides server.listen).
+    #[arg(long, env = "ROUTER_LISTEN")]
+    listen: Option<SocketAddr>,
+    /// Router artifact directory (overrides server.router).
+    #[arg(long, env = "ROUTER_ARTIFACT", global = true)]
+    router: Option<PathBuf>,
+    /// Encoder device: cpu, cuda or cuda:N (overrides server.device).
+    #[arg(long, env = "ROUTER_DEVICE", global = true)]
+    device: Option<String>,
     /// Log filter (tracing EnvFilter syntax).
-    #[arg(long, env = "RUST_LOG", default_value = "warn", global = true)]
+    #[arg(long, env = "RUST_LOG", default_value = "info", global = true)]
     log: String,
+    /// Log as JSON lines.
+    #[arg(long, env = "ROUTER_LOG_JSON", global = true)]
+    log_json: bool,
 }
 
 #[derive(Subcommand)]
@@ -28,43 +48,51 @@ enum Command {
         /// The prompt text.
         #[arg(long)]
         prompt: String,
-        /// Router artifact directory.
-        #[arg(long, env = "ROUTER_ARTIFACT", default_value = "models/llmrouter")]
-        router: PathBuf,
         /// Quality band, in 0–1 quality points below the best predicted model.
         #[arg(long, default_value_t = 0.05)]
         band: f64,
-        /// Device for the encoder: cpu, cuda or cuda:N.
-        #[arg(long, env = "ROUTER_DEVICE", default_value = "cpu")]
-        device: String,
     },
 }
 
 fn run(cli: Cli) -> anyhow::Result<()> {
+    let overrides = CliOverrides {
+        listen: cli.listen,
+        router: cli.router,
+        device: cli.device,
+    };
+    let config = read_config(cli.config.as_deref(), &overrides)?;
     match cli.command {
-        Some(Command::Route {
-            prompt,
-            router,
-            band,
-            device,
-        }) => {
-            let route = Route::load(&router, &device)?;
+        Some(Command::Route { prompt, band }) => {
+            let route = Route::load(&config.server.router, &config.server.device)?;
             let decision = route.decide(&prompt, band)?;
             println!("{}", serde_json::to_string_pretty(&decision)?);
             Ok(())
         }
-        None => anyhow::bail!(
-            "the HTTP server is not built yet; `router-serve route --prompt TEXT` prints the decision it will make"
-        ),
+        None => {
+            let runtime = tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()?;
+            runtime.block_on(async {
+                let server = Server::start(config, cli.config, overrides).await?;
+                eprintln!("router-serve listening on http://{}", server.addr());
+                server.run_until(router_serve::shutdown_signal()).await;
+                anyhow::Ok(())
+            })
+        }
     }
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::new(&cli.log))
-        .with_writer(std::io::stderr)
-        .init();
+    let filter = tracing_subscriber::EnvFilter::new(&cli.log);
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    if cli.log_json {
+        builder.json().init();
+    } else {
+        builder.init();
+    }
     match run(cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

@@ -1,5 +1,6 @@
 //! The routing decision: embed the prompt, predict every model's quality, choose the cheapest
-//! model within the band of the best.
+//! model within the band of the best. [`explain`] turns a prediction into the decision the
+//! server acts on and reports; [`Route`] does the whole path synchronously (the `route` CLI).
 
 use std::path::Path;
 use std::time::Instant;
@@ -23,6 +24,8 @@ pub struct Candidate {
     pub model: String,
     pub predicted_quality: f32,
     pub expected_cost_usd: f64,
+    /// Whether the policy could pick it (not dominated, has an upstream, allowed by the request).
+    pub routable: bool,
     pub in_band: bool,
 }
 
@@ -33,9 +36,72 @@ pub struct RouteDecision {
     pub best_predicted: String,
     pub band: f64,
     pub input_tokens: usize,
+    /// Every model, in the artifact's order.
     pub candidates: Vec<Candidate>,
+    /// Models inside the band, cheapest first (the chosen one first).
+    pub in_band: Vec<String>,
+    /// The order models are tried in if the chosen one fails: the rest of the band, then the
+    /// other routable models by predicted quality.
+    pub fallback_order: Vec<String>,
     pub reason: &'static str,
     pub decision_ms: f64,
+    #[serde(skip)]
+    pub chosen_index: usize,
+    #[serde(skip)]
+    pub best_index: usize,
+}
+
+/// The decision for predicted `quality` (calibrated, model order) on a conversation of
+/// `input_tokens` tokens at `band`, among the models `allowed` marks.
+pub fn explain(
+    router: &Router,
+    quality: &[f32],
+    input_tokens: usize,
+    band: f64,
+    allowed: &[bool],
+) -> router_core::Result<RouteDecision> {
+    let costs = router.expected_costs(input_tokens);
+    let decision = choose(quality, &costs, band, Some(allowed))?;
+    let names = router.model_names();
+    let candidates = names
+        .iter()
+        .enumerate()
+        .map(|(i, name)| Candidate {
+            model: (*name).to_owned(),
+            predicted_quality: quality[i],
+            expected_cost_usd: costs[i],
+            routable: allowed.get(i).copied().unwrap_or(false),
+            in_band: decision.in_band.contains(&i),
+        })
+        .collect();
+    let mut rest: Vec<usize> = (0..names.len())
+        .filter(|i| allowed.get(*i).copied().unwrap_or(false) && !decision.in_band.contains(i))
+        .collect();
+    rest.sort_by(|&a, &b| quality[b].total_cmp(&quality[a]).then(a.cmp(&b)));
+    let in_band: Vec<String> = decision
+        .in_band
+        .iter()
+        .map(|&i| names[i].to_owned())
+        .collect();
+    let fallback_order = in_band
+        .iter()
+        .skip(1)
+        .cloned()
+        .chain(rest.iter().map(|&i| names[i].to_owned()))
+        .collect();
+    Ok(RouteDecision {
+        chosen: names[decision.chosen].to_owned(),
+        best_predicted: names[decision.best].to_owned(),
+        band,
+        input_tokens,
+        candidates,
+        in_band,
+        fallback_order,
+        reason: "band",
+        decision_ms: 0.0,
+        chosen_index: decision.chosen,
+        best_index: decision.best,
+    })
 }
 
 impl Route {
@@ -47,7 +113,8 @@ impl Route {
         Ok(Self { router, encoder })
     }
 
-    /// Decides which model answers `prompt` at quality band `band` (0–1 points).
+    /// Decides which model answers `prompt` at quality band `band` (0–1 points), among the
+    /// artifact's routable models.
     pub fn decide(&self, prompt: &str, band: f64) -> router_core::Result<RouteDecision> {
         let start = Instant::now();
         let tokens = self.encoder.tokenize(prompt)?;
@@ -60,27 +127,14 @@ impl Route {
             .into_iter()
             .next()
             .unwrap_or_default();
-        let costs = self.router.expected_costs(tokens.untruncated_len);
-        let decision = choose(&quality, &costs, band, Some(&self.router.routable()))?;
-        let names = self.router.model_names();
-        let candidates = names
-            .iter()
-            .enumerate()
-            .map(|(i, name)| Candidate {
-                model: (*name).to_owned(),
-                predicted_quality: quality[i],
-                expected_cost_usd: costs[i],
-                in_band: decision.in_band.contains(&i),
-            })
-            .collect();
-        Ok(RouteDecision {
-            chosen: names[decision.chosen].to_owned(),
-            best_predicted: names[decision.best].to_owned(),
+        let mut decision = explain(
+            &self.router,
+            &quality,
+            tokens.untruncated_len,
             band,
-            input_tokens: tokens.untruncated_len,
-            candidates,
-            reason: "band",
-            decision_ms: start.elapsed().as_secs_f64() * 1e3,
-        })
+            &self.router.routable(),
+        )?;
+        decision.decision_ms = start.elapsed().as_secs_f64() * 1e3;
+        Ok(decision)
     }
 }

@@ -1,0 +1,169 @@
+//! The encoder thread. Candle's forward pass blocks, so it runs on its own OS thread behind a
+//! channel: prompts that arrive while it is busy are embedded together (up to `max_batch`),
+//! grouped by length so that a short prompt does not pay for a long one's padding, and the head
+//! predicts every model's quality for the whole batch at once.
+
+use std::sync::Arc;
+use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender, TrySendError, sync_channel};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use router_core::artifact::Router;
+use router_core::encoder::{Encoder, TokenizedText};
+use tokio::sync::oneshot;
+
+use crate::metrics::Metrics;
+
+/// Predicted quality of every model (model order), or why the encoder failed.
+pub type Prediction = Result<Vec<f32>, String>;
+
+struct Job {
+    tokens: TokenizedText,
+    reply: oneshot::Sender<Prediction>,
+}
+
+/// Handle to the encoder thread; the thread ends when the last handle is dropped.
+pub struct Batcher {
+    tx: SyncSender<Job>,
+    thread: Option<JoinHandle<()>>,
+}
+
+/// Prompts waiting for the encoder beyond this are refused (the request fails open).
+const QUEUE_CAPACITY: usize = 4096;
+
+impl Batcher {
+    pub fn spawn(
+        encoder: Arc<Encoder>,
+        router: Arc<Router>,
+        max_batch: usize,
+        max_wait: Duration,
+        metrics: Arc<Metrics>,
+    ) -> std::io::Result<Self> {
+        let (tx, rx) = sync_channel(QUEUE_CAPACITY);
+        let thread = std::thread::Builder::new()
+            .name("router-encoder".into())
+            .spawn(move || run(&rx, &encoder, &router, max_batch.max(1), max_wait, &metrics))?;
+        Ok(Self {
+            tx,
+            thread: Some(thread),
+        })
+    }
+
+    /// Queues `tokens`; the receiver yields its prediction.
+    pub fn submit(&self, tokens: TokenizedText) -> Result<oneshot::Receiver<Prediction>, String> {
+        let (reply, rx) = oneshot::channel();
+        match self.tx.try_send(Job { tokens, reply }) {
+            Ok(()) => Ok(rx),
+            Err(TrySendError::Full(_)) => Err(format!(
+                "the encoder queue is full ({QUEUE_CAPACITY} prompts waiting)"
+            )),
+            Err(TrySendError::Disconnected(_)) => Err("the encoder thread has stopped".into()),
+        }
+    }
+}
+
+impl Drop for Batcher {
+    fn drop(&mut self) {
+        // Closing the channel ends the thread once the queue is drained. Detach rather than
+        // join: a reload must not wait for the old encoder's last batch.
+        drop(self.thread.take());
+    }
+}
+
+fn run(
+    rx: &Receiver<Job>,
+    encoder: &Encoder,
+    router: &Router,
+    max_batch: usize,
+    max_wait: Duration,
+    metrics: &Metrics,
+) {
+    while let Ok(first) = rx.recv() {
+        let mut jobs = vec![first];
+        let deadline = Instant::now() + max_wait;
+        while jobs.len() < max_batch {
+            match rx.try_recv() {
+                Ok(job) => jobs.push(job),
+                Err(_) if max_wait.is_zero() => break,
+                Err(_) => match rx.recv_timeout(deadline.saturating_duration_since(Instant::now()))
+                {
+                    Ok(job) => jobs.push(job),
+                    Err(RecvTimeoutError::Timeout | RecvTimeoutError::Disconnected) => break,
+                },
+            }
+        }
+        // Requests whose caller has gone (deadline passed) are not embedded.
+        jobs.retain(|j| !j.reply.is_closed());
+        if jobs.is_empty() {
+            continue;
+        }
+        metrics.batch_size.observe(jobs.len() as f64);
+        jobs.sort_by_key(|j| j.tokens.ids.len());
+        let ranges = length_buckets(&jobs);
+        let mut jobs = jobs.into_iter();
+        for range in ranges {
+            let (batch, replies): (Vec<TokenizedText>, Vec<_>) = jobs
+                .by_ref()
+                .take(range.len())
+                .map(|j| (j.tokens, j.reply))
+                .unzip();
+            let result = encoder
+                .embed_tokenized(&batch)
+                .and_then(|e| router.predict(&e))
+                .map_err(|e| e.to_string());
+            // A caller may have given up (decision deadline): its send fails, nothing to do.
+            match result {
+                Ok(rows) => {
+                    for (reply, row) in replies.into_iter().zip(rows) {
+                        let _ = reply.send(Ok(row));
+                    }
+                }
+                Err(message) => {
+                    tracing::error!(error = %message, "embedding failed");
+                    for reply in replies {
+                        let _ = reply.send(Err(message.clone()));
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Ranges of `jobs` (sorted by length) to embed together: a bucket ends where the next prompt
+/// is more than twice as long as the bucket's first (plus 16 tokens of slack), so padding
+/// never more than about doubles the work of a prompt.
+fn length_buckets(jobs: &[Job]) -> Vec<std::ops::Range<usize>> {
+    let lens: Vec<usize> = jobs.iter().map(|j| j.tokens.ids.len()).collect();
+    bucket_ranges(&lens)
+}
+
+fn bucket_ranges(sorted_lens: &[usize]) -> Vec<std::ops::Range<usize>> {
+    let mut ranges = Vec::new();
+    let mut start = 0;
+    for i in 1..sorted_lens.len() {
+        if sorted_lens[i] > 2 * sorted_lens[start] + 16 {
+            ranges.push(start..i);
+            start = i;
+        }
+    }
+    if !sorted_lens.is_empty() {
+        ranges.push(start..sorted_lens.len());
+    }
+    ranges
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn buckets_split_where_padding_would_more_than_double() {
+        assert_eq!(bucket_ranges(&[]), Vec::<std::ops::Range<usize>>::new());
+        assert_eq!(bucket_ranges(&[5, 10, 20]), vec![0..3]);
+        // 100 > 2 × 5 + 16: a new bucket; 200 ≤ 2 × 100 + 16 stays with it.
+        assert_eq!(
+            bucket_ranges(&[5, 10, 100, 200, 500]),
+            vec![0..2, 2..4, 4..5]
+        );
+    }
+}

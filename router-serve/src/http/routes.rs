@@ -1,0 +1,23 @@
+//! The table of paths.
+
+use std::sync::Arc;
+
+use axum::Router;
+use axum::routing::{get, post};
+
+use super::handlers;
+use crate::state::AppState;
+
+/// Every endpoint of the server.
+pub fn app(state: Arc<AppState>) -> Router {
+    Router::new()
+        .route("/v1/chat/completions", post(handlers::chat_completions))
+        .route("/v1/route", post(handlers::route))
+        .route("/v1/models", get(handlers::models))
+        .route("/v1/feedback", post(handlers::feedback))
+        .route("/health", get(handlers::health))
+        .route("/metrics", get(handlers::metrics))
+        .route("/admin/reload", post(handlers::reload))
+        .fallback(handlers::not_found)
+        .with_state(state)
+}

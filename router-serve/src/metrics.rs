@@ -1,0 +1,129 @@
+//! Prometheus metrics, all named `router_*`; durations are histograms in seconds.
+
+use prometheus::{
+    Encoder as _, Histogram, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, Opts, Registry,
+    TextEncoder,
+};
+
+/// Every metric the server exports, registered in one registry.
+pub struct Metrics {
+    registry: Registry,
+    /// Requests by endpoint, answering model, status and reason.
+    pub requests: IntCounterVec,
+    pub decision_seconds: Histogram,
+    /// Total time minus upstream time.
+    pub overhead_seconds: Histogram,
+    pub upstream_seconds: HistogramVec,
+    /// Tokens by model and kind (`input`, `output`).
+    pub tokens: IntCounterVec,
+    /// Cost in micro-dollars by model (counters are integers; divide by 1e6).
+    pub cost_microusd: IntCounterVec,
+    /// Failed upstream attempts by model and error.
+    pub upstream_failures: IntCounterVec,
+    /// Requests answered by a model other than the first choice.
+    pub fallbacks: IntCounterVec,
+    /// Reloads by trigger and result.
+    pub reloads: IntCounterVec,
+    pub batch_size: Histogram,
+    pub in_flight: IntGauge,
+}
+
+const LATENCY_BUCKETS: &[f64] = &[
+    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+    5.0, 10.0, 30.0, 60.0,
+];
+
+impl Metrics {
+    pub fn new() -> Result<Self, prometheus::Error> {
+        let registry = Registry::new();
+        let counter =
+            |name: &str, help: &str, labels: &[&str]| -> prometheus::Result<IntCounterVec> {
+                let c = IntCounterVec::new(Opts::new(name, help), labels)?;
+                registry.register(Box::new(c.clone()))?;
+                Ok(c)
+            };
+        let histogram =
+            |name: &str, help: &str, buckets: &[f64]| -> prometheus::Result<Histogram> {
+                let h =
+                    Histogram::with_opts(HistogramOpts::new(name, help).buckets(buckets.to_vec()))?;
+                registry.register(Box::new(h.clone()))?;
+                Ok(h)
+            };
+        let metrics = Self {
+            requests: counter(
+                "router_requests_total",
+                "Requests by endpoint, answering model, status and reason.",
+                &["endpoint", "model", "status", "reason"],
+            )?,
+            decision_seconds: histogram(
+                "router_decision_seconds",
+                "Time to tokenise, embed, predict and choose.",
+                LATENCY_BUCKETS,
+            )?,
+            overhead_seconds: histogram(
+                "router_overhead_seconds",
+                "Gateway time: total time minus time waiting on upstreams.",
+                LATENCY_BUCKETS,
+            )?,
+            upstream_seconds: {
+                let h = HistogramVec::new(
+                    HistogramOpts::new(
+                        "router_upstream_seconds",
+                        "Time in upstream attempts, by model (streams: until the last chunk).",
+                    )
+                    .buckets(LATENCY_BUCKETS.to_vec()),
+                    &["model"],
+                )?;
+                registry.register(Box::new(h.clone()))?;
+                h
+            },
+            tokens: counter(
+                "router_tokens_total",
+                "Tokens reported by upstreams, by model and kind (input, output).",
+                &["model", "kind"],
+            )?,
+            cost_microusd: counter(
+                "router_cost_microusd_total",
+                "Cost of answered requests in millionths of a US dollar, by model.",
+                &["model"],
+            )?,
+            upstream_failures: counter(
+                "router_upstream_failures_total",
+                "Failed upstream attempts by model and error kind.",
+                &["model", "error"],
+            )?,
+            fallbacks: counter(
+                "router_fallbacks_total",
+                "Requests answered by another model than the first choice, by first choice.",
+                &["model"],
+            )?,
+            reloads: counter(
+                "router_reloads_total",
+                "Config and artifact reloads by trigger and result.",
+                &["trigger", "result"],
+            )?,
+            batch_size: histogram(
+                "router_encoder_batch_size",
+                "Prompts embedded per encoder forward pass.",
+                &[1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0],
+            )?,
+            in_flight: {
+                let g = IntGauge::new("router_in_flight_requests", "Requests being served.")?;
+                registry.register(Box::new(g.clone()))?;
+                g
+            },
+            registry,
+        };
+        Ok(metrics)
+    }
+
+    /// The Prometheus text exposition.
+    pub fn render(&self) -> String {
+        let mut out = Vec::new();
+        let families = self.registry.gather();
+        if let Err(e) = TextEncoder::new().encode(&families, &mut out) {
+            tracing::error!(error = %e, "encoding metrics failed");
+        }
+        String::from_utf8(out).unwrap_or_default()
+    }
+}

@@ -1,0 +1,863 @@
+//! The logic behind the handlers: parse → plan (route or pass through) → forward → respond →
+//! record. Handlers only extract the body and call these functions.
+
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use axum::body::Body;
+use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use bytes::Bytes;
+use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
+use tracing::Instrument;
+use tracing::field::Empty;
+
+use crate::error::ApiError;
+use crate::log::{
+    DecisionRecord, FeedbackRecord, Latency, LoggedCandidate, Usage, now_rfc3339, sha256_hex,
+};
+use crate::openai::{ChatRequest, parse_chat};
+use crate::route::{RouteDecision, explain};
+use crate::state::{AppState, Engine};
+use crate::stream::{StreamSpec, relay};
+use crate::upstream::{Forwarded, Target, forward, usage_of};
+
+/// Characters per token for text the tokenizer did not see (the usual English estimate).
+const CHARS_PER_TOKEN: usize = 4;
+
+/// What the router will do with a request.
+pub struct Plan {
+    pub mode: Option<String>,
+    pub band: Option<f64>,
+    /// `band`, `passthrough` or `router_error`.
+    pub reason: &'static str,
+    pub decision: Option<RouteDecision>,
+    pub targets: Vec<Target>,
+    pub input_tokens: usize,
+    pub embed_text: String,
+    pub decision_ms: f64,
+    pub router_error: Option<String>,
+}
+
+/// A new request id (`req_` and 32 hex digits).
+pub fn new_request_id() -> String {
+    format!("req_{}", uuid::Uuid::new_v4().simple())
+}
+
+/// Decides, without forwarding, how `req` will be served.
+pub async fn plan(engine: &Engine, req: &ChatRequest) -> Result<Plan, ApiError> {
+    let config = &engine.config;
+    let routing = &config.routing;
+    if !req.overrides.is_empty() && !routing.allow_request_overrides {
+        return Err(ApiError::invalid(
+            "per-request routing controls are disabled on this server (routing.allow_request_overrides)",
+            Some("router"),
+        ));
+    }
+    let mode = if req.model == "router" {
+        Some(
+            req.overrides
+                .mode
+                .clone()
+                .unwrap_or_else(|| routing.default_mode.clone()),
+        )
+    } else {
+        req.model.strip_prefix("router-").map(|mode| {
+            req.overrides
+                .mode
+                .clone()
+                .unwrap_or_else(|| mode.to_owned())
+        })
+    };
+    let text = req.embed_text(routing.embed_text);
+    let other_chars = req.total_chars().saturating_sub(text.chars().count());
+    let Some(mode) = mode else {
+        // An explicit model passes straight through.
+        let (upstream, upstream_model) = config
+            .upstream_for(&req.model)
+            .ok_or_else(|| unknown_model(engine, &req.model))?;
+        let input_tokens = req.total_chars().div_ceil(CHARS_PER_TOKEN);
+        check_length(engine, input_tokens)?;
+        return Ok(Plan {
+            mode: None,
+            band: None,
+            reason: "passthrough",
+            decision: None,
+            targets: vec![Target {
+                model: req.model.clone(),
+                upstream: upstream.clone(),
+                upstream_model,
+            }],
+            input_tokens,
+            embed_text: text,
+            decision_ms: 0.0,
+            router_error: None,
+        });
+    };
+    let Some(mode_band) = config.mode_band(&mode) else {
+        return Err(if req.overrides.mode.as_deref() == Some(mode.as_str()) {
+            ApiError::invalid(
+                format!(
+                    "mode `{mode}` is not configured (modes: {})",
+                    mode_names(engine)
+                ),
+                Some("router"),
+            )
+        } else {
+            unknown_model(engine, &req.model)
+        });
+    };
+    let band = match req.overrides.band {
+        Some(b) if !(0.0..=routing.max_request_band).contains(&b) => {
+            return Err(ApiError::invalid(
+                format!(
+                    "band {b} is outside 0–{} (routing.max_request_band)",
+                    routing.max_request_band
+                ),
+                Some("router"),
+            ));
+        }
+        Some(b) => b,
+        None => mode_band,
+    };
+    let allowed = allowed_mask(engine, req.overrides.models.as_deref())?;
+
+    let start = Instant::now();
+    let tokens = engine.encoder.tokenize(&text).map_err(|e| {
+        ApiError::invalid(format!("cannot tokenise the prompt: {e}"), Some("messages"))
+    })?;
+    let input_tokens = tokens.untruncated_len + other_chars.div_ceil(CHARS_PER_TOKEN);
+    check_length(engine, input_tokens)?;
+    let deadline = Duration::from_millis(config.server.decision_timeout_ms);
+    let predicted = match tokio::time::timeout(deadline, engine.predict(tokens)).await {
+        Ok(Ok(quality)) => explain(&engine.router, &quality, input_tokens, band, &allowed)
+            .map_err(|e| e.to_string()),
+        Ok(Err(e)) => Err(e),
+        Err(_) => Err(format!(
+            "no decision within server.decision_timeout_ms = {} ms",
+            deadline.as_millis()
+        )),
+    };
+    let decision_ms = start.elapsed().as_secs_f64() * 1e3;
+    match predicted {
+        Ok(mut decision) => {
+            decision.decision_ms = decision_ms;
+            let targets = std::iter::once(&decision.chosen)
+                .chain(&decision.fallback_order)
+                .filter_map(|m| target(engine, m))
+                .collect();
+            Ok(Plan {
+                mode: Some(mode),
+                band: Some(band),
+                reason: "band",
+                decision: Some(decision),
+                targets,
+                input_tokens,
+                embed_text: text,
+                decision_ms,
+                router_error: None,
+            })
+        }
+        Err(error) => {
+            tracing::warn!(%error, fail_open_model = %engine.fail_open_model, "routing failed; failing open");
+            Ok(Plan {
+                mode: Some(mode),
+                band: Some(band),
+                reason: "router_error",
+                decision: None,
+                targets: fail_open_targets(engine, &allowed),
+                input_tokens,
+                embed_text: text,
+                decision_ms,
+                router_error: Some(error),
+            })
+        }
+    }
+}
+
+fn check_length(engine: &Engine, tokens: usize) -> Result<(), ApiError> {
+    let limit = engine.config.server.max_input_tokens;
+    if tokens > limit {
+        return Err(ApiError::ContextLength { tokens, limit });
+    }
+    Ok(())
+}
+
+fn mode_names(engine: &Engine) -> String {
+    engine
+        .config
+        .routing
+        .modes
+        .keys()
+        .cloned()
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+fn unknown_model(engine: &Engine, model: &str) -> ApiError {
+    ApiError::UnknownModel {
+        model: model.to_owned(),
+        available: model_ids(engine)
+            .into_iter()
+            .map(|(id, _)| id)
+            .collect::<Vec<_>>()
+            .join(", "),
+    }
+}
+
+/// Every model id a client may send, with its owner (`router` or the upstream's name).
+pub fn model_ids(engine: &Engine) -> Vec<(String, String)> {
+    let mut ids = vec![("router".to_owned(), "router".to_owned())];
+    ids.extend(
+        engine
+            .config
+            .routing
+            .modes
+            .keys()
+            .map(|m| (format!("router-{m}"), "router".to_owned())),
+    );
+    for u in &engine.config.upstreams {
+        ids.extend(u.model_map().into_keys().map(|m| (m, u.name.clone())));
+    }
+    ids
+}
+
+/// The routable models, narrowed to the request's subset when it names one.
+fn allowed_mask(engine: &Engine, subset: Option<&[String]>) -> Result<Vec<bool>, ApiError> {
+    let Some(subset) = subset else {
+        return Ok(engine.routable.clone());
+    };
+    let names = engine.router.model_names();
+    if let Some(unknown) = subset.iter().find(|m| !names.contains(&m.as_str())) {
+        return Err(ApiError::invalid(
+            format!(
+                "`{unknown}` in the requested model subset is not a model of this router ({})",
+                names.join(", ")
+            ),
+            Some("router"),
+        ));
+    }
+    let mask: Vec<bool> = names
+        .iter()
+        .zip(&engine.routable)
+        .map(|(n, &r)| r && subset.iter().any(|m| m == n))
+        .collect();
+    if !mask.iter().any(|&m| m) {
+        return Err(ApiError::invalid(
+            "none of the requested models can be routed to (no upstream, or dominated)",
+            Some("router"),
+        ));
+    }
+    Ok(mask)
+}
+
+fn target(engine: &Engine, model: &str) -> Option<Target> {
+    engine
+        .config
+        .upstream_for(model)
+        .map(|(u, upstream_model)| Target {
+            model: model.to_owned(),
+            upstream: u.clone(),
+            upstream_model,
+        })
+}
+
+/// The fail-open model first, then the other allowed models by mean training score.
+fn fail_open_targets(engine: &Engine, allowed: &[bool]) -> Vec<Target> {
+    let models = &engine.router.manifest.models;
+    let mut rest: Vec<usize> = (0..models.len())
+        .filter(|&i| allowed[i] && models[i].name != engine.fail_open_model)
+        .collect();
+    rest.sort_by(|&a, &b| {
+        models[b]
+            .train_mean_score
+            .total_cmp(&models[a].train_mean_score)
+    });
+    std::iter::once(engine.fail_open_model.as_str())
+        .chain(rest.iter().map(|&i| models[i].name.as_str()))
+        .filter_map(|m| target(engine, m))
+        .collect()
+}
+
+/// Cost in USD of `usage` on artifact model `model` (None for models the router has no price for).
+fn cost_of(engine: &Engine, model: &str, usage: Option<Usage>) -> Option<f64> {
+    let usage = usage?;
+    let info = engine
+        .router
+        .manifest
+        .models
+        .iter()
+        .find(|m| m.name == model)?;
+    Some(
+        (usage.input_tokens as f64 * info.input_price_per_1m
+            + usage.output_tokens as f64 * info.output_price_per_1m)
+            / 1e6,
+    )
+}
+
+/// The decision record's fields known once the plan is made.
+fn base_record(
+    state: &AppState,
+    id: &str,
+    endpoint: &'static str,
+    req: &ChatRequest,
+    plan: &Plan,
+) -> DecisionRecord {
+    let decision = plan.decision.as_ref();
+    DecisionRecord {
+        requested_model: req.model.clone(),
+        mode: plan.mode.clone(),
+        band: plan.band,
+        reason: plan.reason.to_owned(),
+        user: req.user.clone(),
+        metadata: req.metadata.clone(),
+        prompt: state.log.log_prompts().then(|| plan.embed_text.clone()),
+        prompt_sha256: sha256_hex(&plan.embed_text),
+        input_tokens_estimate: plan.input_tokens,
+        candidates: decision
+            .map(|d| {
+                d.candidates
+                    .iter()
+                    .map(|c| LoggedCandidate {
+                        model: c.model.clone(),
+                        predicted_quality: c.predicted_quality,
+                        expected_cost_usd: c.expected_cost_usd,
+                    })
+                    .collect()
+            })
+            .unwrap_or_default(),
+        best_predicted: decision.map(|d| d.best_predicted.clone()),
+        in_band: decision.map(|d| d.in_band.clone()).unwrap_or_default(),
+        chosen: plan.targets.first().map(|t| t.model.clone()),
+        stream: req.stream,
+        best_expected_cost_usd: decision.map(|d| d.candidates[d.best_index].expected_cost_usd),
+        ..DecisionRecord::new(id, endpoint)
+    }
+}
+
+/// `x-router-*` headers.
+fn router_headers(
+    headers: &mut HeaderMap,
+    id: &str,
+    plan: Option<&Plan>,
+    answered: Option<&str>,
+    reason: &str,
+    overhead_ms: f64,
+) {
+    let mut set = |name: &'static str, value: String| {
+        if let Ok(v) = HeaderValue::from_str(&value) {
+            headers.insert(HeaderName::from_static(name), v);
+        }
+    };
+    set("x-router-request-id", id.to_owned());
+    set("x-router-reason", reason.to_owned());
+    set("x-router-overhead-ms", format!("{overhead_ms:.3}"));
+    if let Some(model) = answered {
+        set("x-router-model", model.to_owned());
+    }
+    if let Some(plan) = plan {
+        if let Some(band) = plan.band {
+            set("x-router-band", band.to_string());
+        }
+        if let Some(mode) = &plan.mode {
+            set("x-router-mode", mode.clone());
+        }
+        let quality = plan.decision.as_ref().and_then(|d| {
+            let model = answered?;
+            d.candidates.iter().find(|c| c.model == model)
+        });
+        if let Some(c) = quality {
+            set(
+                "x-router-predicted-quality",
+                format!("{:.4}", c.predicted_quality),
+            );
+        }
+    }
+}
+
+fn ms_since(t: Instant) -> f64 {
+    t.elapsed().as_secs_f64() * 1e3
+}
+
+/// Decrements the in-flight gauge when dropped.
+struct InFlight(prometheus::IntGauge);
+
+impl InFlight {
+    fn new(gauge: &prometheus::IntGauge) -> Self {
+        gauge.inc();
+        Self(gauge.clone())
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.dec();
+    }
+}
+
+/// `POST /v1/chat/completions`.
+pub async fn chat_completions(state: Arc<AppState>, headers: HeaderMap, body: Bytes) -> Response {
+    let started = Instant::now();
+    let id = new_request_id();
+    let span = tracing::info_span!(
+        "chat",
+        request_id = %id,
+        gen_ai.operation.name = "chat",
+        gen_ai.request.model = Empty,
+        gen_ai.response.model = Empty,
+        gen_ai.usage.input_tokens = Empty,
+        gen_ai.usage.output_tokens = Empty,
+        router.reason = Empty,
+    );
+    let in_flight = InFlight::new(&state.metrics.in_flight);
+    let result = chat_inner(&state, &headers, &body, &id, started, in_flight)
+        .instrument(span.clone())
+        .await;
+    match result {
+        Ok(response) => response,
+        Err(error) => {
+            let status = error.status();
+            tracing::info!(parent: &span, %error, "request refused");
+            state
+                .metrics
+                .requests
+                .with_label_values(&["chat", "", status.as_str(), "invalid"])
+                .inc();
+            let mut record = DecisionRecord::new(&id, "chat.completions");
+            record.status = "invalid_request".into();
+            record.http_status = status.as_u16();
+            record.latency.total_ms = ms_since(started);
+            state.log.record(&record);
+            let mut response = error.into_response();
+            router_headers(
+                response.headers_mut(),
+                &id,
+                None,
+                None,
+                "invalid",
+                ms_since(started),
+            );
+            response
+        }
+    }
+}
+
+async fn chat_inner(
+    state: &Arc<AppState>,
+    headers: &HeaderMap,
+    body: &Bytes,
+    id: &str,
+    started: Instant,
+    in_flight: InFlight,
+) -> Result<Response, ApiError> {
+    let engine = state.engine();
+    let req = parse_chat(body, headers)?;
+    let span = tracing::Span::current();
+    span.record("gen_ai.request.model", req.model.as_str());
+    let plan = plan(&engine, &req).await?;
+    state
+        .metrics
+        .decision_seconds
+        .observe(plan.decision_ms / 1e3);
+    let mut record = base_record(state, id, "chat.completions", &req, &plan);
+    record.latency.decision_ms = plan.decision_ms;
+
+    let forward_started = Instant::now();
+    let mut attempts = Vec::new();
+    let forwarded = forward(
+        &engine,
+        &plan.targets,
+        &req.body,
+        req.stream,
+        &mut attempts,
+        &state.metrics,
+    )
+    .await;
+    let upstream_ms = ms_since(forward_started);
+    let pre_forward_ms = (forward_started - started).as_secs_f64() * 1e3;
+    record.attempts = attempts;
+    let reason_for = |target: usize| -> &'static str {
+        if plan.reason == "router_error" {
+            "router_error"
+        } else if target > 0 {
+            "fallback"
+        } else {
+            plan.reason
+        }
+    };
+    let count_fallback = |target: usize| {
+        if target > 0
+            && let Some(first) = plan.targets.first()
+        {
+            state
+                .metrics
+                .fallbacks
+                .with_label_values(&[first.model.as_str()])
+                .inc();
+        }
+    };
+    match forwarded {
+        Forwarded::Complete { target, body } => {
+            let model = plan.targets[target].model.clone();
+            let reason = reason_for(target);
+            count_fallback(target);
+            let (body, usage) = rewrite_complete(body, &model);
+            record.model = Some(model.clone());
+            record.reason = reason.to_owned();
+            record.usage = usage;
+            record.cost_usd = cost_of(&engine, &model, usage);
+            record.status = "ok".into();
+            record.http_status = 200;
+            let total = ms_since(started);
+            record.latency = Latency {
+                decision_ms: plan.decision_ms,
+                upstream_ms,
+                total_ms: total,
+                overhead_ms: total - upstream_ms,
+            };
+            finish(state, &record, "chat");
+            let mut response = (
+                StatusCode::OK,
+                [(
+                    header::CONTENT_TYPE,
+                    HeaderValue::from_static("application/json"),
+                )],
+                body,
+            )
+                .into_response();
+            router_headers(
+                response.headers_mut(),
+                id,
+                Some(&plan),
+                Some(&model),
+                reason,
+                total - upstream_ms,
+            );
+            Ok(response)
+        }
+        Forwarded::Stream {
+            target,
+            response,
+            deadline,
+        } => {
+            let t = &plan.targets[target];
+            let model = t.model.clone();
+            let reason = reason_for(target);
+            count_fallback(target);
+            record.model = Some(model.clone());
+            record.reason = reason.to_owned();
+            let spec = StreamSpec {
+                model: model.clone(),
+                client_wants_usage: req.client_wants_usage,
+                idle: Duration::from_millis(t.upstream.stream_idle_timeout_ms),
+                deadline,
+            };
+            let (tx, rx) = tokio::sync::mpsc::channel::<Bytes>(64);
+            let task_state = state.clone();
+            let task_engine = engine.clone();
+            let decision_ms = plan.decision_ms;
+            let relay_span = tracing::Span::current();
+            state.tasks.spawn(
+                async move {
+                    let _in_flight = in_flight;
+                    let end = relay(response, tx, spec, forward_started).await;
+                    record.usage = end.usage;
+                    record.cost_usd = cost_of(&task_engine, &model, end.usage);
+                    record.status = end.status.to_owned();
+                    record.http_status = 200;
+                    let total = ms_since(started);
+                    record.latency = Latency {
+                        decision_ms,
+                        upstream_ms: end.upstream_ms,
+                        total_ms: total,
+                        overhead_ms: (total - end.upstream_ms).max(0.0),
+                    };
+                    if let Some(error) = &end.error {
+                        tracing::warn!(%error, status = end.status, "stream ended early");
+                    }
+                    finish(&task_state, &record, "chat");
+                }
+                .instrument(relay_span),
+            );
+            let stream = futures_util::stream::unfold(rx, |mut rx| async move {
+                rx.recv().await.map(|b| (Ok::<_, Infallible>(b), rx))
+            });
+            let mut response = Response::new(Body::from_stream(stream));
+            let h = response.headers_mut();
+            h.insert(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("text/event-stream"),
+            );
+            h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+            router_headers(
+                h,
+                id,
+                Some(&plan),
+                Some(&plan.targets[target].model),
+                reason,
+                pre_forward_ms,
+            );
+            Ok(response)
+        }
+        Forwarded::Rejected {
+            target,
+            status,
+            body,
+        } => {
+            let model = plan.targets[target].model.clone();
+            record.model = Some(model.clone());
+            record.status = "upstream_rejected".into();
+            record.http_status = status.as_u16();
+            let total = ms_since(started);
+            record.latency = Latency {
+                decision_ms: plan.decision_ms,
+                upstream_ms,
+                total_ms: total,
+                overhead_ms: total - upstream_ms,
+            };
+            finish(state, &record, "chat");
+            let mut response = (
+                status,
+                [(
+                    header::CONTENT_TYPE,
+                    HeaderValue::from_static("application/json"),
+                )],
+                body,
+            )
+                .into_response();
+            router_headers(
+                response.headers_mut(),
+                id,
+                Some(&plan),
+                Some(&model),
+                reason_for(target),
+                total - upstream_ms,
+            );
+            Ok(response)
+        }
+        Forwarded::Failed(error) => {
+            record.status = "upstream_error".into();
+            record.http_status = error.status().as_u16();
+            let total = ms_since(started);
+            record.latency = Latency {
+                decision_ms: plan.decision_ms,
+                upstream_ms,
+                total_ms: total,
+                overhead_ms: total - upstream_ms,
+            };
+            finish(state, &record, "chat");
+            let mut response = error.into_response();
+            router_headers(
+                response.headers_mut(),
+                id,
+                Some(&plan),
+                None,
+                plan.reason,
+                total - upstream_ms,
+            );
+            Ok(response)
+        }
+    }
+}
+
+/// Metrics, the trace span and the decision log for a finished request.
+fn finish(state: &AppState, record: &DecisionRecord, endpoint: &str) {
+    let model = record.model.as_deref().unwrap_or("");
+    let m = &state.metrics;
+    m.requests
+        .with_label_values(&[
+            endpoint,
+            model,
+            record.status.as_str(),
+            record.reason.as_str(),
+        ])
+        .inc();
+    m.overhead_seconds
+        .observe(record.latency.overhead_ms.max(0.0) / 1e3);
+    if let Some(u) = record.usage {
+        m.tokens
+            .with_label_values(&[model, "input"])
+            .inc_by(u.input_tokens);
+        m.tokens
+            .with_label_values(&[model, "output"])
+            .inc_by(u.output_tokens);
+    }
+    if let Some(cost) = record.cost_usd {
+        m.cost_microusd
+            .with_label_values(&[model])
+            .inc_by((cost * 1e6).round() as u64);
+    }
+    let span = tracing::Span::current();
+    span.record("gen_ai.response.model", model);
+    span.record("router.reason", record.reason.as_str());
+    if let Some(u) = record.usage {
+        span.record("gen_ai.usage.input_tokens", u.input_tokens);
+        span.record("gen_ai.usage.output_tokens", u.output_tokens);
+    }
+    tracing::info!(status = %record.status, total_ms = record.latency.total_ms, "request done");
+    state.log.record(record);
+}
+
+/// The upstream's JSON with `model` set to the router's name, and its usage.
+fn rewrite_complete(body: Bytes, model: &str) -> (Bytes, Option<Usage>) {
+    match serde_json::from_slice::<Value>(&body) {
+        Ok(mut value) => {
+            let usage = usage_of(&value);
+            if let Value::Object(o) = &mut value {
+                o.insert("model".into(), Value::String(model.to_owned()));
+            }
+            match serde_json::to_vec(&value) {
+                Ok(bytes) => (Bytes::from(bytes), usage),
+                Err(_) => (body, usage),
+            }
+        }
+        Err(_) => (body, None),
+    }
+}
+
+/// `POST /v1/route`: the decision only. The body is a chat request; `model` defaults to
+/// `router`.
+pub async fn route(
+    state: Arc<AppState>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    let started = Instant::now();
+    let id = new_request_id();
+    let engine = state.engine();
+    let mut value: Value = serde_json::from_slice(&body).map_err(ApiError::InvalidJson)?;
+    if let Value::Object(o) = &mut value {
+        o.entry("model")
+            .or_insert_with(|| Value::String("router".into()));
+    }
+    let bytes = serde_json::to_vec(&value).map_err(ApiError::InvalidJson)?;
+    let req = parse_chat(&bytes, &headers)?;
+    let plan = plan(&engine, &req).await?;
+    state
+        .metrics
+        .decision_seconds
+        .observe(plan.decision_ms / 1e3);
+    let mut record = base_record(&state, &id, "route", &req, &plan);
+    record.status = "ok".into();
+    record.http_status = 200;
+    let total = ms_since(started);
+    record.latency = Latency {
+        decision_ms: plan.decision_ms,
+        upstream_ms: 0.0,
+        total_ms: total,
+        overhead_ms: total,
+    };
+    finish(&state, &record, "route");
+    let chosen = plan.targets.first().map(|t| t.model.clone());
+    let answer = RouteAnswer {
+        request_id: id.clone(),
+        router: engine.router.manifest.name.clone(),
+        mode: plan.mode.clone(),
+        band: plan.band,
+        reason: plan.reason,
+        chosen: chosen.clone(),
+        router_error: plan.router_error.clone(),
+        input_tokens: plan.input_tokens,
+        decision: plan.decision.clone(),
+        decision_ms: plan.decision_ms,
+    };
+    let mut response = axum::Json(answer).into_response();
+    router_headers(
+        response.headers_mut(),
+        &id,
+        Some(&plan),
+        chosen.as_deref(),
+        plan.reason,
+        total,
+    );
+    Ok(response)
+}
+
+#[derive(Serialize)]
+struct RouteAnswer {
+    request_id: String,
+    router: String,
+    mode: Option<String>,
+    band: Option<f64>,
+    reason: &'static str,
+    chosen: Option<String>,
+    router_error: Option<String>,
+    input_tokens: usize,
+    /// Per-model predictions, the band's members and the fallback order (absent for a
+    /// passthrough or a router error).
+    decision: Option<RouteDecision>,
+    decision_ms: f64,
+}
+
+/// `POST /v1/feedback` body.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FeedbackRequest {
+    request_id: String,
+    score: f64,
+    #[serde(default)]
+    comment: Option<String>,
+}
+
+/// `POST /v1/feedback`: a quality label for an answered request, appended to `feedback.jsonl`.
+pub fn feedback(state: &AppState, body: &Bytes) -> Result<Value, ApiError> {
+    let req: FeedbackRequest = serde_json::from_slice(body).map_err(ApiError::InvalidJson)?;
+    if !req.score.is_finite() {
+        return Err(ApiError::invalid(
+            "`score` must be a finite number",
+            Some("score"),
+        ));
+    }
+    if !state.log.enabled() {
+        return Err(ApiError::NotConfigured(
+            "feedback is recorded in the log directory, and log.dir is not set".into(),
+        ));
+    }
+    let answered = state
+        .log
+        .answered(&req.request_id)
+        .ok_or_else(|| ApiError::UnknownRequest(req.request_id.clone()))?;
+    let trainable = answered.prompt.is_some();
+    state.log.feedback(&FeedbackRecord {
+        request_id: req.request_id.clone(),
+        time: now_rfc3339(),
+        prompt: answered.prompt,
+        prompt_sha256: answered.prompt_sha256,
+        model: answered.model.clone(),
+        score: req.score,
+        cost_usd: answered.cost_usd,
+        input_tokens: answered.usage.map(|u| u.input_tokens),
+        output_tokens: answered.usage.map(|u| u.output_tokens),
+        comment: req.comment,
+    });
+    Ok(json!({
+        "request_id": req.request_id,
+        "model": answered.model,
+        "recorded": true,
+        "trainable": trainable,
+    }))
+}
+
+/// `GET /v1/models`: the router's aliases and every configured model, OpenAI-shaped.
+pub fn models(state: &AppState) -> Value {
+    let engine = state.engine();
+    let data: Vec<Value> = model_ids(&engine)
+        .into_iter()
+        .map(|(id, owner)| json!({"id": id, "object": "model", "created": 0, "owned_by": owner}))
+        .collect();
+    json!({"object": "list", "data": data})
+}
+
+/// `GET /health`.
+pub fn health(state: &AppState) -> Value {
+    let engine = state.engine();
+    json!({
+        "status": "ok",
+        "router": engine.router.manifest.name,
+        "router_created_at": engine.router.manifest.created_at,
+        "routable_models": engine.routable.iter().filter(|r| **r).count(),
+        "upstreams_with_credentials": engine.config.upstreams.iter().filter(|u| u.has_credentials() && u.api_key_env.is_some()).count(),
+    })
+}

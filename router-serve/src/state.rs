@@ -1,0 +1,333 @@
+//! What a request runs against. An [`Engine`] is one loaded configuration and router artifact
+//! (encoder thread, upstream clients, routable set); [`AppState`] holds the current engine
+//! behind an atomic pointer, so a reload builds and validates a whole new engine and swaps it
+//! in while requests in flight finish on the old one.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use arc_swap::ArcSwap;
+use router_core::artifact::Router;
+use router_core::device::parse_device;
+use router_core::encoder::Encoder;
+use tokio_util::task::TaskTracker;
+
+use crate::batcher::{Batcher, Prediction};
+use crate::config::{ConfigError, ServeConfig};
+use crate::log::DecisionLog;
+use crate::metrics::Metrics;
+
+/// Why an engine could not be built.
+#[derive(Debug, thiserror::Error)]
+pub enum LoadError {
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error("router artifact {path}: {source}")]
+    Router {
+        path: PathBuf,
+        #[source]
+        source: Box<router_core::Error>,
+    },
+    #[error("encoder: {0}")]
+    Encoder(#[source] Box<router_core::Error>),
+    #[error("{0}")]
+    Invalid(String),
+    #[error("starting the encoder thread: {0}")]
+    Thread(#[source] std::io::Error),
+    #[error("building the HTTP client for upstream `{name}`: {source}")]
+    Client {
+        name: String,
+        #[source]
+        source: reqwest::Error,
+    },
+}
+
+/// One loaded configuration and router.
+pub struct Engine {
+    pub config: ServeConfig,
+    pub router: Arc<Router>,
+    pub encoder: Arc<Encoder>,
+    batcher: Batcher,
+    clients: HashMap<String, reqwest::Client>,
+    /// Per artifact model: the policy may choose it.
+    pub routable: Vec<bool>,
+    /// Served when the router fails.
+    pub fail_open_model: String,
+    /// Modification times of the files this engine was built from.
+    pub watched: Vec<(PathBuf, Option<SystemTime>)>,
+}
+
+impl Engine {
+    /// Builds an engine; blocking (loads weights). The encoder of `previous` is reused when
+    /// the new artifact names the same one on the same device.
+    pub fn load(
+        config: ServeConfig,
+        previous: Option<&Engine>,
+        metrics: Arc<Metrics>,
+    ) -> Result<Self, LoadError> {
+        let device =
+            parse_device(&config.server.device).map_err(|e| LoadError::Encoder(Box::new(e)))?;
+        let dir = config.server.router.clone();
+        let router = Router::load_on(&dir, &device).map_err(|source| LoadError::Router {
+            path: dir.clone(),
+            source: Box::new(source),
+        })?;
+        let encoder = match previous {
+            Some(p)
+                if p.router.manifest.encoder == router.manifest.encoder
+                    && p.config.server.device == config.server.device =>
+            {
+                p.encoder.clone()
+            }
+            _ => Arc::new(
+                router
+                    .load_encoder(&device)
+                    .map_err(|e| LoadError::Encoder(Box::new(e)))?,
+            ),
+        };
+        let router = Arc::new(router);
+
+        let any_credentials = config.upstreams.iter().any(|u| u.has_credentials());
+        let artifact_routable = router.routable();
+        let routable: Vec<bool> = router
+            .manifest
+            .models
+            .iter()
+            .zip(&artifact_routable)
+            .map(|(m, &ok)| {
+                ok && config
+                    .upstream_for(&m.name)
+                    .is_some_and(|(u, _)| u.has_credentials() || !any_credentials)
+            })
+            .collect();
+        if !routable.iter().any(|&r| r) {
+            return Err(LoadError::Invalid(format!(
+                "no model of router {} has an upstream: add the models ({}) to an [[upstreams]] table",
+                dir.display(),
+                router.model_names().join(", ")
+            )));
+        }
+        let fail_open_model = match &config.server.fail_open_model {
+            Some(name) => {
+                if config.upstream_for(name).is_none() {
+                    return Err(LoadError::Invalid(format!(
+                        "server.fail_open_model `{name}` is served by no upstream"
+                    )));
+                }
+                name.clone()
+            }
+            None => router
+                .manifest
+                .models
+                .iter()
+                .zip(&routable)
+                .filter(|(_, r)| **r)
+                .max_by(|(a, _), (b, _)| a.train_mean_score.total_cmp(&b.train_mean_score))
+                .map(|(m, _)| m.name.clone())
+                .unwrap_or_default(),
+        };
+
+        let mut clients = HashMap::new();
+        for u in &config.upstreams {
+            let client = reqwest::Client::builder()
+                .connect_timeout(Duration::from_millis(u.connect_timeout_ms))
+                .pool_idle_timeout(Duration::from_secs(90))
+                .build()
+                .map_err(|source| LoadError::Client {
+                    name: u.name.clone(),
+                    source,
+                })?;
+            clients.insert(u.name.clone(), client);
+        }
+        let batcher = Batcher::spawn(
+            encoder.clone(),
+            router.clone(),
+            config.batching.max_batch,
+            Duration::from_micros(config.batching.max_wait_us),
+            metrics,
+        )
+        .map_err(LoadError::Thread)?;
+        let watched = watched_files(&config);
+        Ok(Self {
+            config,
+            router,
+            encoder,
+            batcher,
+            clients,
+            routable,
+            fail_open_model,
+            watched,
+        })
+    }
+
+    /// Predicts every model's quality for `tokens` on the encoder thread.
+    pub async fn predict(
+        &self,
+        tokens: router_core::encoder::TokenizedText,
+    ) -> Result<Vec<f32>, String> {
+        let rx = self.batcher.submit(tokens)?;
+        let prediction: Prediction = rx
+            .await
+            .map_err(|_| "the encoder thread dropped the request".to_owned())?;
+        prediction
+    }
+
+    pub fn client(&self, upstream: &str) -> Option<&reqwest::Client> {
+        self.clients.get(upstream)
+    }
+
+    /// Whether any watched file changed since this engine was built.
+    pub fn files_changed(&self) -> bool {
+        self.watched
+            .iter()
+            .any(|(path, time)| modified(path) != *time)
+    }
+}
+
+fn watched_files(config: &ServeConfig) -> Vec<(PathBuf, Option<SystemTime>)> {
+    let mut files = vec![
+        config
+            .server
+            .router
+            .join(router_core::artifact::MANIFEST_FILE),
+        config.server.router.join(router_core::artifact::HEAD_FILE),
+    ];
+    files.extend(config.source.clone());
+    files
+        .into_iter()
+        .map(|p| {
+            let t = modified(&p);
+            (p, t)
+        })
+        .collect()
+}
+
+fn modified(path: &Path) -> Option<SystemTime> {
+    std::fs::metadata(path).and_then(|m| m.modified()).ok()
+}
+
+/// Settings given on the command line; they win over the config file, also after a reload.
+#[derive(Debug, Clone, Default)]
+pub struct CliOverrides {
+    pub listen: Option<std::net::SocketAddr>,
+    pub router: Option<PathBuf>,
+    pub device: Option<String>,
+}
+
+impl CliOverrides {
+    pub fn apply(&self, config: &mut ServeConfig) {
+        if let Some(listen) = self.listen {
+            config.server.listen = listen;
+        }
+        if let Some(router) = &self.router {
+            config.server.router = router.clone();
+        }
+        if let Some(device) = &self.device {
+            config.server.device = device.clone();
+        }
+    }
+}
+
+/// Reads the configuration: `path`, else the built-in default; then the CLI overrides.
+pub fn read_config(path: Option<&Path>, cli: &CliOverrides) -> Result<ServeConfig, ConfigError> {
+    let mut config = match path {
+        Some(p) => ServeConfig::from_file(p)?,
+        None => ServeConfig::default_config()?,
+    };
+    cli.apply(&mut config);
+    Ok(config)
+}
+
+/// Shared by every request.
+pub struct AppState {
+    engine: ArcSwap<Engine>,
+    pub metrics: Arc<Metrics>,
+    pub log: DecisionLog,
+    /// Streams still being relayed (graceful shutdown waits for them).
+    pub tasks: TaskTracker,
+    config_path: Option<PathBuf>,
+    cli: CliOverrides,
+    reload_lock: tokio::sync::Mutex<()>,
+}
+
+impl AppState {
+    pub fn new(
+        engine: Engine,
+        metrics: Arc<Metrics>,
+        log: DecisionLog,
+        config_path: Option<PathBuf>,
+        cli: CliOverrides,
+    ) -> Self {
+        Self {
+            engine: ArcSwap::from_pointee(engine),
+            metrics,
+            log,
+            tasks: TaskTracker::new(),
+            config_path,
+            cli,
+            reload_lock: tokio::sync::Mutex::new(()),
+        }
+    }
+
+    /// The engine requests run against now.
+    pub fn engine(&self) -> Arc<Engine> {
+        self.engine.load_full()
+    }
+
+    /// Re-reads the config file and the router artifact, validates them into a new engine and
+    /// swaps it in; on any error the old engine keeps serving. `trigger` labels the metric.
+    pub async fn reload(&self, trigger: &'static str) -> Result<ReloadReport, String> {
+        let _guard = self.reload_lock.lock().await;
+        let current = self.engine();
+        let path = self.config_path.clone();
+        let cli = self.cli.clone();
+        let metrics = self.metrics.clone();
+        let result = tokio::task::spawn_blocking(move || {
+            let config = read_config(path.as_deref(), &cli)?;
+            Engine::load(config, Some(&current), metrics)
+        })
+        .await
+        .map_err(|e| format!("reload task failed: {e}"))
+        .and_then(|r| r.map_err(|e| e.to_string()));
+        match result {
+            Ok(engine) => {
+                let old = self.engine();
+                if engine.config.server.listen != old.config.server.listen {
+                    tracing::warn!(
+                        "server.listen changed; the new address takes effect only after a restart"
+                    );
+                }
+                let report = ReloadReport {
+                    router: engine.router.manifest.name.clone(),
+                    router_created_at: engine.router.manifest.created_at.clone(),
+                    encoder_reused: Arc::ptr_eq(&engine.encoder, &old.encoder),
+                };
+                self.engine.store(Arc::new(engine));
+                self.metrics
+                    .reloads
+                    .with_label_values(&[trigger, "ok"])
+                    .inc();
+                tracing::info!(trigger, router = %report.router, "reloaded");
+                Ok(report)
+            }
+            Err(message) => {
+                self.metrics
+                    .reloads
+                    .with_label_values(&[trigger, "error"])
+                    .inc();
+                tracing::error!(trigger, error = %message, "reload rejected; the old config keeps serving");
+                Err(message)
+            }
+        }
+    }
+}
+
+/// What a successful reload loaded.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct ReloadReport {
+    pub router: String,
+    pub router_created_at: String,
+    pub encoder_reused: bool,
+}

@@ -1,0 +1,402 @@
+//! Forwarding to OpenAI-compatible upstreams: one adapter for OpenAI, Azure OpenAI, vLLM,
+//! Ollama, NVIDIA and the rest. Each target model is tried with retries (backoff with jitter,
+//! `retry-after` honoured up to a cap) on connect errors, timeouts, 408, 429 and 5xx before the
+//! first byte; then the next target. Other 4xx answers are the request's fault and go back to
+//! the client as they are.
+
+use std::time::{Duration, Instant};
+
+use axum::http::{HeaderValue, StatusCode};
+use bytes::Bytes;
+use serde_json::{Map, Value};
+
+use crate::config::{AuthStyle, UpstreamConfig};
+use crate::error::ApiError;
+use crate::log::{Attempt, Usage};
+use crate::metrics::Metrics;
+use crate::state::Engine;
+
+/// A model to try and where it lives.
+#[derive(Debug, Clone)]
+pub struct Target {
+    /// The router's name for the model.
+    pub model: String,
+    pub upstream: UpstreamConfig,
+    /// The name the upstream knows it by.
+    pub upstream_model: String,
+}
+
+/// The outcome of forwarding one request.
+pub enum Forwarded {
+    /// A complete (non-stream) answer from `targets[target]`.
+    Complete { target: usize, body: Bytes },
+    /// A stream whose headers arrived from `targets[target]`; the body is still to be relayed.
+    Stream {
+        target: usize,
+        response: reqwest::Response,
+        deadline: Instant,
+    },
+    /// The upstream refused the request itself (4xx other than 401/403/404/408/429).
+    Rejected {
+        target: usize,
+        status: StatusCode,
+        body: Bytes,
+    },
+    /// Every attempt failed.
+    Failed(ApiError),
+}
+
+enum AttemptResult {
+    Done(Forwarded),
+    /// Worth retrying on this upstream, after at least this delay (`retry-after`).
+    Retry(Option<Duration>),
+    /// Try the next target.
+    Next,
+}
+
+/// Sends `body` (an OpenAI request, `model` replaced per target) to each target in turn until
+/// one answers; every attempt is appended to `attempts`.
+pub async fn forward(
+    engine: &Engine,
+    targets: &[Target],
+    body: &Map<String, Value>,
+    stream: bool,
+    attempts: &mut Vec<Attempt>,
+    metrics: &Metrics,
+) -> Forwarded {
+    let mut missing = Vec::new();
+    let mut last_retry_after = None;
+    for (index, target) in targets.iter().enumerate() {
+        let upstream = &target.upstream;
+        if !upstream.has_credentials() {
+            let var = upstream.api_key_env.clone().unwrap_or_default();
+            attempts.push(Attempt {
+                model: target.model.clone(),
+                upstream: upstream.name.clone(),
+                status: None,
+                outcome: "missing_credentials".into(),
+                error: Some(format!("{var} is not set")),
+                ms: 0.0,
+            });
+            let named = format!("{var} (upstream `{}`)", upstream.name);
+            if !missing.contains(&named) {
+                missing.push(named);
+            }
+            continue;
+        }
+        let Some(client) = engine.client(&upstream.name) else {
+            continue;
+        };
+        let payload = payload_for(body, &target.upstream_model, stream);
+        for retry in 0..=upstream.max_retries {
+            let result = attempt(client, target, index, &payload, stream, attempts, metrics).await;
+            let delay = match result {
+                AttemptResult::Done(done) => return done,
+                AttemptResult::Next => break,
+                AttemptResult::Retry(retry_after) => retry_after,
+            };
+            last_retry_after = delay;
+            if retry == upstream.max_retries {
+                break;
+            }
+            let wait = match delay {
+                Some(d) if d > Duration::from_millis(upstream.retry_after_max_ms) => break,
+                Some(d) => d,
+                None => backoff(upstream, retry),
+            };
+            tokio::time::sleep(wait).await;
+        }
+    }
+    Forwarded::Failed(failure(attempts, &missing, last_retry_after))
+}
+
+/// The body sent upstream: the client's, with the upstream's model name, and for streams the
+/// usage chunk requested so that the cost can be accounted.
+fn payload_for(body: &Map<String, Value>, upstream_model: &str, stream: bool) -> Bytes {
+    let mut payload = body.clone();
+    payload.insert("model".into(), Value::String(upstream_model.to_owned()));
+    if stream {
+        let options = payload
+            .entry("stream_options")
+            .or_insert_with(|| Value::Object(Map::new()));
+        if let Value::Object(o) = options {
+            o.insert("include_usage".into(), Value::Bool(true));
+        }
+    }
+    Bytes::from(serde_json::to_vec(&Value::Object(payload)).unwrap_or_default())
+}
+
+async fn attempt(
+    client: &reqwest::Client,
+    target: &Target,
+    index: usize,
+    payload: &Bytes,
+    stream: bool,
+    attempts: &mut Vec<Attempt>,
+    metrics: &Metrics,
+) -> AttemptResult {
+    let upstream = &target.upstream;
+    let start = Instant::now();
+    let deadline = start + Duration::from_millis(upstream.total_timeout_ms);
+    let first_byte = Duration::from_millis(upstream.first_byte_timeout_ms);
+    let url = format!(
+        "{}/chat/completions",
+        upstream.base_url.trim_end_matches('/')
+    );
+    let mut request = client
+        .post(url)
+        .query(&upstream.query)
+        .header(reqwest::header::CONTENT_TYPE, "application/json")
+        .body(payload.clone());
+    if let Some(key) = &upstream.api_key {
+        request = match upstream.auth {
+            AuthStyle::Bearer => request.bearer_auth(key.expose()),
+            AuthStyle::ApiKey => request.header("api-key", key.expose()),
+        };
+    }
+    let mut record = |status: Option<u16>, outcome: &str, error: Option<String>| {
+        let ms = start.elapsed().as_secs_f64() * 1e3;
+        if outcome != "ok" {
+            metrics
+                .upstream_failures
+                .with_label_values(&[target.model.as_str(), outcome])
+                .inc();
+        }
+        metrics
+            .upstream_seconds
+            .with_label_values(&[target.model.as_str()])
+            .observe(ms / 1e3);
+        attempts.push(Attempt {
+            model: target.model.clone(),
+            upstream: upstream.name.clone(),
+            status,
+            outcome: outcome.to_owned(),
+            error,
+            ms,
+        });
+    };
+    let response = match tokio::time::timeout(first_byte, request.send()).await {
+        Err(_) => {
+            record(
+                None,
+                "timeout",
+                Some(format!("no response within {} ms", first_byte.as_millis())),
+            );
+            return AttemptResult::Retry(None);
+        }
+        Ok(Err(e)) => {
+            let outcome = if e.is_connect() {
+                "connect"
+            } else if e.is_timeout() {
+                "timeout"
+            } else {
+                "request"
+            };
+            record(None, outcome, Some(error_chain(&e)));
+            return AttemptResult::Retry(None);
+        }
+        Ok(Ok(response)) => response,
+    };
+    let status =
+        StatusCode::from_u16(response.status().as_u16()).unwrap_or(StatusCode::BAD_GATEWAY);
+    if status.is_success() {
+        if stream {
+            record(Some(status.as_u16()), "ok", None);
+            return AttemptResult::Done(Forwarded::Stream {
+                target: index,
+                response,
+                deadline,
+            });
+        }
+        return match tokio::time::timeout_at(deadline.into(), response.bytes()).await {
+            Ok(Ok(body)) => {
+                record(Some(status.as_u16()), "ok", None);
+                AttemptResult::Done(Forwarded::Complete {
+                    target: index,
+                    body,
+                })
+            }
+            Ok(Err(e)) => {
+                record(Some(status.as_u16()), "body", Some(error_chain(&e)));
+                AttemptResult::Retry(None)
+            }
+            Err(_) => {
+                record(
+                    Some(status.as_u16()),
+                    "timeout",
+                    Some("body not complete within total_timeout_ms".into()),
+                );
+                AttemptResult::Retry(None)
+            }
+        };
+    }
+    let retry_after = response
+        .headers()
+        .get(reqwest::header::RETRY_AFTER)
+        .and_then(|v| v.to_str().ok())
+        .and_then(parse_retry_after);
+    let body = tokio::time::timeout_at(deadline.into(), response.bytes())
+        .await
+        .ok()
+        .and_then(Result::ok)
+        .unwrap_or_default();
+    let message = upstream_message(&body);
+    match status.as_u16() {
+        408 | 429 | 500..=599 => {
+            record(Some(status.as_u16()), "status", Some(message));
+            AttemptResult::Retry(retry_after)
+        }
+        401 | 403 | 404 => {
+            record(Some(status.as_u16()), "status", Some(message));
+            AttemptResult::Next
+        }
+        _ => {
+            record(Some(status.as_u16()), "rejected", Some(message));
+            AttemptResult::Done(Forwarded::Rejected {
+                target: index,
+                status,
+                body,
+            })
+        }
+    }
+}
+
+/// The error after every attempt failed: missing keys name what to set; otherwise the status
+/// follows the last failure (429 stays 429, timeouts are 504, the rest 502).
+fn failure(attempts: &[Attempt], missing: &[String], retry_after: Option<Duration>) -> ApiError {
+    if !attempts.is_empty() && attempts.iter().all(|a| a.outcome == "missing_credentials") {
+        return ApiError::NotConfigured(format!(
+            "no upstream for the chosen models has credentials: set {} (or run with --config \
+             naming your providers in [[upstreams]] tables; see router-serve/default-config.toml)",
+            missing.join(", ")
+        ));
+    }
+    let last = attempts
+        .iter()
+        .rev()
+        .find(|a| a.outcome != "missing_credentials");
+    let status = match last {
+        Some(a) if a.status == Some(429) => StatusCode::TOO_MANY_REQUESTS,
+        Some(a) if a.outcome == "timeout" => StatusCode::GATEWAY_TIMEOUT,
+        _ => StatusCode::BAD_GATEWAY,
+    };
+    let summary: Vec<String> = attempts
+        .iter()
+        .map(|a| {
+            let what = a
+                .status
+                .map(|s| s.to_string())
+                .unwrap_or_else(|| a.outcome.clone());
+            format!("{} via {}: {what}", a.model, a.upstream)
+        })
+        .collect();
+    ApiError::UpstreamFailed {
+        status,
+        message: format!(
+            "every upstream attempt failed ({})",
+            if summary.is_empty() {
+                "no target".to_owned()
+            } else {
+                summary.join("; ")
+            }
+        ),
+        retry_after: retry_after
+            .filter(|_| status == StatusCode::TOO_MANY_REQUESTS)
+            .and_then(|d| HeaderValue::from_str(&d.as_secs().max(1).to_string()).ok()),
+    }
+}
+
+/// Exponential backoff with jitter: a uniform draw in [½, 1] × min(base × 2^retry, max).
+fn backoff(upstream: &UpstreamConfig, retry: u32) -> Duration {
+    let ceiling = upstream
+        .backoff_base_ms
+        .saturating_mul(1u64 << retry.min(20))
+        .min(upstream.backoff_max_ms);
+    let unit = (uuid::Uuid::new_v4().as_u128() % 1_000_000) as f64 / 1e6;
+    Duration::from_secs_f64(ceiling as f64 / 1e3 * (0.5 + 0.5 * unit))
+}
+
+/// `retry-after` in seconds (the HTTP-date form is not worth a date parser: treated as absent).
+fn parse_retry_after(value: &str) -> Option<Duration> {
+    value
+        .trim()
+        .parse::<f64>()
+        .ok()
+        .filter(|s| s.is_finite() && *s >= 0.0)
+        .map(Duration::from_secs_f64)
+}
+
+/// The upstream's error message when it sent an OpenAI error body, else its text (shortened).
+fn upstream_message(body: &[u8]) -> String {
+    if let Ok(v) = serde_json::from_slice::<Value>(body)
+        && let Some(m) = v.pointer("/error/message").and_then(Value::as_str)
+    {
+        return m.to_owned();
+    }
+    let text = String::from_utf8_lossy(body);
+    text.chars().take(300).collect()
+}
+
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        text.push_str(": ");
+        text.push_str(&s.to_string());
+        source = s.source();
+    }
+    text
+}
+
+/// Token usage from an OpenAI `usage` object.
+pub fn usage_of(value: &Value) -> Option<Usage> {
+    let usage = value.get("usage")?;
+    let input = usage.get("prompt_tokens").and_then(Value::as_u64);
+    let output = usage.get("completion_tokens").and_then(Value::as_u64);
+    if input.is_none() && output.is_none() {
+        return None;
+    }
+    Some(Usage {
+        input_tokens: input.unwrap_or(0),
+        output_tokens: output.unwrap_or(0),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn retry_after_is_read_in_seconds() {
+        assert_eq!(parse_retry_after("2"), Some(Duration::from_secs(2)));
+        assert_eq!(parse_retry_after("0.5"), Some(Duration::from_millis(500)));
+        assert_eq!(parse_retry_after("Wed, 21 Oct 2015 07:28:00 GMT"), None);
+        assert_eq!(parse_retry_after("-1"), None);
+    }
+
+    #[test]
+    fn streams_ask_upstream_for_usage_and_the_model_is_renamed() {
+        let body: Map<String, Value> =
+            serde_json::from_str(r#"{"model":"router","stream":true,"messages":[]}"#).unwrap();
+        let sent: Value = serde_json::from_slice(&payload_for(&body, "up/m", true)).unwrap();
+        assert_eq!(sent["model"], "up/m");
+        assert_eq!(sent["stream_options"]["include_usage"], true);
+        let sent: Value = serde_json::from_slice(&payload_for(&body, "up/m", false)).unwrap();
+        assert!(sent.get("stream_options").is_none());
+    }
+
+    #[test]
+    fn all_missing_keys_is_a_configuration_error_naming_the_variable() {
+        let attempts = vec![Attempt {
+            model: "m".into(),
+            upstream: "u".into(),
+            status: None,
+            outcome: "missing_credentials".into(),
+            error: None,
+            ms: 0.0,
+        }];
+        let e = failure(&attempts, &["KEY_VAR (upstream `u`)".into()], None);
+        assert_eq!(e.status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert!(e.to_string().contains("KEY_VAR"));
+    }
+}

@@ -1,0 +1,379 @@
+//! Operations: feedback into a training set, reload (admin, file change, SIGHUP), graceful
+//! shutdown, keys on a real process.
+
+use std::io::{BufRead, BufReader};
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use router_serve::Server;
+use router_serve::config::ServeConfig;
+use router_serve::state::CliOverrides;
+use serde_json::{Value, json};
+
+use crate::common::{
+    Behaviour, Fake, PROMPT, TestServer, chat_body, config_text, default_router, read_jsonl,
+    sse_data,
+};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn feedback_becomes_a_training_set_router_train_reads() {
+    let t = TestServer::start().await;
+    let r = t
+        .post("/v1/chat/completions", chat_body("router", false))
+        .await;
+    let id = r.headers()["x-router-request-id"]
+        .to_str()
+        .unwrap()
+        .to_owned();
+    let model = r.headers()["x-router-model"].to_str().unwrap().to_owned();
+    let ok = t
+        .post("/v1/feedback", json!({"request_id": id, "score": 1.0}))
+        .await;
+    assert_eq!(ok.status(), 200);
+    let body: Value = ok.json().await.unwrap();
+    assert_eq!(body["trainable"], true);
+    // Unknown ids and bad bodies are refused.
+    let unknown = t
+        .post(
+            "/v1/feedback",
+            json!({"request_id": "req_nope", "score": 1.0}),
+        )
+        .await;
+    assert_eq!(unknown.status(), 404);
+    let bad = t
+        .post("/v1/feedback", json!({"request_id": id, "score": "good"}))
+        .await;
+    assert_eq!(bad.status(), 400);
+
+    // A second model answers the same prompt (passed through) and is scored 0.
+    let other = if model == "codegemma-7b" {
+        "gemma-2-9b-it"
+    } else {
+        "codegemma-7b"
+    };
+    let r = t
+        .post("/v1/chat/completions", chat_body(other, false))
+        .await;
+    let other_id = r.headers()["x-router-request-id"]
+        .to_str()
+        .unwrap()
+        .to_owned();
+    let ok = t
+        .post(
+            "/v1/feedback",
+            json!({"request_id": other_id, "score": 0.0}),
+        )
+        .await;
+    assert_eq!(ok.status(), 200);
+
+    let path = t.logs.path().join("feedback.jsonl");
+    let rows = read_jsonl(&path, 2).await;
+    assert_eq!(rows.len(), 2);
+    assert_eq!(rows[0]["model"], model.as_str());
+    assert_eq!(rows[0]["score"], 1.0);
+    assert!(rows[0]["prompt"].as_str().unwrap().ends_with(PROMPT));
+    assert_eq!(rows[0]["prompt"], rows[1]["prompt"]);
+    // The same columns as an eval log: router-train loads it as training data.
+    let table =
+        router_train::data::load(&[path], &router_train::data::LoadOptions::default()).unwrap();
+    assert_eq!(table.prompts.len(), 1);
+    let mut expected = vec![model, other.to_owned()];
+    expected.sort();
+    assert_eq!(table.models, expected);
+    t.server.shutdown().await;
+}
+
+fn copy_router(to: &Path, name: &str) {
+    std::fs::create_dir_all(to).unwrap();
+    std::fs::copy(
+        default_router().join("head.safetensors"),
+        to.join("head.safetensors"),
+    )
+    .unwrap();
+    let manifest = std::fs::read_to_string(default_router().join("router.json")).unwrap();
+    let mut v: Value = serde_json::from_str(&manifest).unwrap();
+    v["name"] = json!(name);
+    std::fs::write(
+        to.join("router.json"),
+        serde_json::to_string_pretty(&v).unwrap(),
+    )
+    .unwrap();
+}
+
+/// A server started from a config file, so that reloads re-read it.
+async fn server_from_file(text: &str, dir: &Path) -> (Server, std::path::PathBuf) {
+    let path = dir.join("router.toml");
+    std::fs::write(&path, text).unwrap();
+    let config = ServeConfig::from_file(&path).unwrap();
+    let server = Server::start(config, Some(path.clone()), CliOverrides::default())
+        .await
+        .unwrap();
+    (server, path)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reload_swaps_artifact_and_config_under_load_and_refuses_a_broken_config() {
+    let fake = Fake::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let (a, b) = (dir.path().join("a"), dir.path().join("b"));
+    copy_router(&a, "router-a");
+    copy_router(&b, "router-b");
+    let base = config_text(&fake, dir.path(), "", "");
+    let with = |router: &Path, band: f64| {
+        base.replace(
+            &format!("router = \"{}\"", default_router().display()),
+            &format!("router = \"{}\"", router.display()),
+        ) + &format!("\n[routing]\nmodes = {{ balanced = {band} }}\n")
+    };
+    let (server, path) = server_from_file(&with(&a, 0.05), dir.path()).await;
+    let url = |p: &str| format!("http://{}{p}", server.addr());
+    let client = reqwest::Client::new();
+
+    // Load: 4 clients × 15 requests while the config and artifact are swapped three times.
+    let mut load = Vec::new();
+    for _ in 0..4 {
+        let (client, url) = (client.clone(), url("/v1/chat/completions"));
+        load.push(tokio::spawn(async move {
+            let mut statuses = Vec::new();
+            for _ in 0..15 {
+                let r = client
+                    .post(&url)
+                    .json(&chat_body("router", false))
+                    .send()
+                    .await
+                    .unwrap();
+                statuses.push(r.status().as_u16());
+            }
+            statuses
+        }));
+    }
+    for (i, (router, band)) in [(&b, 0.1), (&a, 0.2), (&b, 0.3)].into_iter().enumerate() {
+        std::fs::write(&path, with(router, band)).unwrap();
+        let r = client.post(url("/admin/reload")).send().await.unwrap();
+        assert_eq!(r.status(), 200, "reload {i}");
+        let report: Value = r.json().await.unwrap();
+        assert_eq!(report["encoder_reused"], true, "same encoder: not reloaded");
+    }
+    for task in load {
+        let statuses = task.await.unwrap();
+        assert!(statuses.iter().all(|&s| s == 200), "{statuses:?}");
+    }
+    let health: Value = client
+        .get(url("/health"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(health["router"], "router-b");
+    let d: Value = client
+        .post(url("/v1/route"))
+        .json(&json!({"messages": [{"role": "user", "content": PROMPT}]}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(d["band"], 0.3);
+
+    // A broken config is refused; the old one keeps serving.
+    std::fs::write(&path, "[routing]\nmodes = { balanced = 7 }\n").unwrap();
+    let r = client.post(url("/admin/reload")).send().await.unwrap();
+    assert_eq!(r.status(), 422);
+    let body: Value = r.json().await.unwrap();
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("routing.modes.balanced"),
+        "{body}"
+    );
+    let ok = client
+        .post(url("/v1/chat/completions"))
+        .json(&chat_body("router", false))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(ok.status(), 200);
+    assert_eq!(ok.headers()["x-router-band"], "0.3");
+    let metrics = client
+        .get(url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains("router_reloads_total{result=\"error\",trigger=\"admin\"} 1"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("router_reloads_total{result=\"ok\",trigger=\"admin\"} 3"),
+        "{metrics}"
+    );
+    server.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_changed_config_file_is_picked_up() {
+    let fake = Fake::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let text = config_text(&fake, dir.path(), "", "")
+        .replace("watch_interval_ms = 0", "watch_interval_ms = 100");
+    let (server, path) = server_from_file(&text, dir.path()).await;
+    std::fs::write(
+        &path,
+        format!("{text}\n[routing]\nmodes = {{ balanced = 0.25 }}\n"),
+    )
+    .unwrap();
+    let client = reqwest::Client::new();
+    let mut band = Value::Null;
+    for _ in 0..100 {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let d: Value = client
+            .post(format!("http://{}/v1/route", server.addr()))
+            .json(&json!({"messages": [{"role": "user", "content": "hi"}]}))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        band = d["band"].clone();
+        if band == 0.25 {
+            break;
+        }
+    }
+    assert_eq!(band, 0.25);
+    server.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_finishes_streams_in_flight_and_flushes_the_log() {
+    let t = TestServer::start().await;
+    for m in crate::common::MODELS {
+        t.fake
+            .set(m, Behaviour::SlowStream(Duration::from_millis(100)));
+    }
+    let r = t
+        .post("/v1/chat/completions", chat_body("router", true))
+        .await;
+    assert_eq!(r.status(), 200);
+    let reading = tokio::spawn(async move { r.text().await.unwrap() });
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let logs = t.logs.path().to_owned();
+    t.server.shutdown().await;
+    let text = reading.await.unwrap();
+    assert_eq!(
+        sse_data(&text).last().map(String::as_str),
+        Some("[DONE]"),
+        "{text}"
+    );
+    let log = std::fs::read_to_string(logs.join("decisions.jsonl")).unwrap();
+    let last: Value = serde_json::from_str(log.lines().last().unwrap()).unwrap();
+    assert_eq!(last["status"], "ok");
+    assert_eq!(last["stream"], true);
+}
+
+/// The binary: the key reaches the upstream but never the logs, SIGHUP reloads, SIGTERM exits
+/// cleanly.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_binary_forwards_the_key_reloads_on_sighup_and_exits_on_sigterm() {
+    let fake = Fake::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let text = config_text(
+        &fake,
+        dir.path(),
+        "",
+        "api_key_env = \"ROUTER_TEST_UPSTREAM_KEY\"",
+    );
+    let path = dir.path().join("router.toml");
+    std::fs::write(&path, &text).unwrap();
+    let secret = "sk-test-7f3a9c1e-never-logged";
+    let mut child = Command::new(env!("CARGO_BIN_EXE_router-serve"))
+        .arg("--config")
+        .arg(&path)
+        .args(["--log", "debug"])
+        .env("ROUTER_TEST_UPSTREAM_KEY", secret)
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stderr = child.stderr.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    let reader = std::thread::spawn(move || {
+        let mut all = String::new();
+        for line in BufReader::new(stderr).lines() {
+            let line = line.unwrap_or_default();
+            if let Some(addr) = line.strip_prefix("router-serve listening on ") {
+                let _ = tx.send(addr.to_owned());
+            }
+            all.push_str(&line);
+            all.push('\n');
+        }
+        all
+    });
+    let base = rx.recv_timeout(Duration::from_secs(120)).unwrap();
+    let client = reqwest::Client::new();
+    let r = client
+        .post(format!("{base}/v1/chat/completions"))
+        .json(&chat_body("router", false))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(
+        fake.seen()[0].authorization.as_deref(),
+        Some(format!("Bearer {secret}").as_str())
+    );
+
+    std::fs::write(
+        &path,
+        format!("{text}\n[routing]\nmodes = {{ balanced = 0.4 }}\n"),
+    )
+    .unwrap();
+    let pid = child.id().to_string();
+    assert!(
+        Command::new("kill")
+            .args(["-HUP", &pid])
+            .status()
+            .unwrap()
+            .success()
+    );
+    let mut band = Value::Null;
+    for _ in 0..100 {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let d: Value = client
+            .post(format!("{base}/v1/route"))
+            .json(&json!({"messages": [{"role": "user", "content": "hi"}]}))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        band = d["band"].clone();
+        if band == 0.4 {
+            break;
+        }
+    }
+    assert_eq!(band, 0.4, "SIGHUP reloaded the config");
+
+    assert!(
+        Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .unwrap()
+            .success()
+    );
+    let status = child.wait().unwrap();
+    assert!(status.success(), "{status}");
+    let logs = reader.join().unwrap();
+    assert!(logs.contains("reloaded"), "{logs}");
+    assert!(!logs.contains(secret), "the key leaked into the logs");
+    let decisions = std::fs::read_to_string(dir.path().join("decisions.jsonl")).unwrap();
+    assert!(!decisions.contains(secret));
+}
