@@ -27,6 +27,10 @@ use crate::upstream::{Forwarded, Target, forward, usage_of};
 /// Characters per token for text the tokenizer did not see (the usual English estimate).
 const CHARS_PER_TOKEN: usize = 4;
 
+/// Prompts up to this size are tokenised on the request's task; longer ones on the blocking
+/// pool.
+const INLINE_TOKENIZE_BYTES: usize = 16 * 1024;
+
 /// What the router will do with a request.
 pub struct Plan {
     pub mode: Option<String>,
@@ -125,7 +129,16 @@ pub async fn plan(engine: &Engine, req: &ChatRequest) -> Result<Plan, ApiError> 
     let allowed = allowed_mask(engine, req.overrides.models.as_deref())?;
 
     let start = Instant::now();
-    let tokens = engine.encoder.tokenize(&text).map_err(|e| {
+    let tokenized = if text.len() <= INLINE_TOKENIZE_BYTES {
+        engine.encoder.tokenize(&text)
+    } else {
+        // Long texts take milliseconds: keep them off the async workers.
+        let (encoder, owned) = (engine.encoder.clone(), text.clone());
+        tokio::task::spawn_blocking(move || encoder.tokenize(&owned))
+            .await
+            .map_err(|e| ApiError::Router(format!("tokenising task failed: {e}")))?
+    };
+    let tokens = tokenized.map_err(|e| {
         ApiError::invalid(format!("cannot tokenise the prompt: {e}"), Some("messages"))
     })?;
     let input_tokens = tokens.untruncated_len + other_chars.div_ceil(CHARS_PER_TOKEN);

@@ -248,6 +248,8 @@ pub struct AppState {
     /// Streams still being relayed (graceful shutdown waits for them).
     pub tasks: TaskTracker,
     config_path: Option<PathBuf>,
+    /// The configuration a reload starts from when there is no file to re-read.
+    initial: ServeConfig,
     cli: CliOverrides,
     reload_lock: tokio::sync::Mutex<()>,
 }
@@ -261,6 +263,7 @@ impl AppState {
         cli: CliOverrides,
     ) -> Self {
         Self {
+            initial: engine.config.clone(),
             engine: ArcSwap::from_pointee(engine),
             metrics,
             log,
@@ -276,16 +279,21 @@ impl AppState {
         self.engine.load_full()
     }
 
-    /// Re-reads the config file and the router artifact, validates them into a new engine and
-    /// swaps it in; on any error the old engine keeps serving. `trigger` labels the metric.
+    /// Re-reads the config file (without one, reuses the configuration the server started
+    /// with) and the router artifact, validates them into a new engine and swaps it in; on any
+    /// error the old engine keeps serving. `trigger` labels the metric.
     pub async fn reload(&self, trigger: &'static str) -> Result<ReloadReport, String> {
         let _guard = self.reload_lock.lock().await;
         let current = self.engine();
         let path = self.config_path.clone();
         let cli = self.cli.clone();
+        let initial = self.initial.clone();
         let metrics = self.metrics.clone();
         let result = tokio::task::spawn_blocking(move || {
-            let config = read_config(path.as_deref(), &cli)?;
+            let config = match path {
+                Some(path) => read_config(Some(&path), &cli)?,
+                None => initial,
+            };
             Engine::load(config, Some(&current), metrics)
         })
         .await

@@ -9,5 +9,6 @@ mod api;
 mod common;
 mod openai_sdk;
 mod ops;
+mod readme;
 mod route;
 mod upstream;
