@@ -377,9 +377,10 @@ pub async fn read_jsonl(path: &Path, at_least: usize) -> Vec<Value> {
     let mut lines = Vec::new();
     for _ in 0..250 {
         if let Ok(text) = std::fs::read_to_string(path) {
+            // A line being written may be incomplete: keep whole ones only.
             lines = text
                 .lines()
-                .map(|l| serde_json::from_str(l).unwrap())
+                .filter_map(|l| serde_json::from_str(l).ok())
                 .collect();
             if lines.len() >= at_least {
                 break;
