@@ -9,6 +9,8 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
+use crate::tenants::{AuthConfig, BudgetConfig, KeyConfig, RuleConfig, Tenants, TierConfig};
+
 /// The configuration `router-serve` runs with when given no `--config`: the default router in
 /// `models/`, its models served by NVIDIA's OpenAI-compatible API (the prices the router was
 /// trained with are NVIDIA's), three modes and no decision log directory.
@@ -69,6 +71,8 @@ pub struct ServeConfig {
     pub source: Option<PathBuf>,
     /// The admin key, read from `server.admin_key_env`.
     pub admin_key: Option<ApiKey>,
+    /// API keys, tiers, rules and budgets.
+    pub tenants: Tenants,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -259,6 +263,15 @@ struct RawConfig {
     log: Option<LogConfig>,
     #[serde(default)]
     upstreams: Vec<UpstreamConfig>,
+    auth: Option<AuthConfig>,
+    #[serde(default)]
+    keys: Vec<KeyConfig>,
+    #[serde(default)]
+    tiers: BTreeMap<String, TierConfig>,
+    #[serde(default)]
+    rules: Vec<RuleConfig>,
+    #[serde(default)]
+    budgets: Vec<BudgetConfig>,
 }
 
 impl ServeConfig {
@@ -288,6 +301,19 @@ impl ServeConfig {
         let routing = or_defaults(raw.routing, origin)?;
         let batching = or_defaults(raw.batching, origin)?;
         let log = or_defaults(raw.log, origin)?;
+        let tenants = Tenants::build(
+            raw.auth.unwrap_or_default(),
+            raw.keys,
+            raw.tiers,
+            raw.rules,
+            raw.budgets,
+            &routing.modes,
+        )
+        .map_err(|(key, message)| ConfigError::Invalid {
+            path: origin.to_owned(),
+            key,
+            message,
+        })?;
         let mut config = Self {
             server,
             routing,
@@ -296,6 +322,7 @@ impl ServeConfig {
             upstreams: raw.upstreams,
             source: None,
             admin_key: None,
+            tenants,
         };
         config.validate(origin)?;
         config.read_keys();

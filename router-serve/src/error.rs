@@ -45,6 +45,17 @@ pub enum ApiError {
     Reload(String),
     #[error("{0}")]
     NotFound(String),
+    #[error("{message}")]
+    RateLimited {
+        message: String,
+        info: crate::budget::RateInfo,
+    },
+    #[error("{0}")]
+    InsufficientQuota(String),
+    #[error("{0}")]
+    Forbidden(String),
+    #[error("the spend ledger failed: {0}")]
+    Ledger(String),
 }
 
 #[derive(Serialize)]
@@ -146,6 +157,30 @@ impl ApiError {
                 Some("reload_rejected"),
             ),
             Self::NotFound(_) => (StatusCode::NOT_FOUND, INVALID, None, Some("not_found")),
+            Self::RateLimited { .. } => (
+                StatusCode::TOO_MANY_REQUESTS,
+                "requests",
+                None,
+                Some("rate_limit_exceeded"),
+            ),
+            Self::InsufficientQuota(_) => (
+                StatusCode::TOO_MANY_REQUESTS,
+                "insufficient_quota",
+                None,
+                Some("insufficient_quota"),
+            ),
+            Self::Forbidden(_) => (
+                StatusCode::FORBIDDEN,
+                INVALID,
+                Some("model"),
+                Some("model_not_allowed"),
+            ),
+            Self::Ledger(_) => (
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "server_error",
+                None,
+                Some("ledger_error"),
+            ),
         }
     }
 
@@ -159,6 +194,13 @@ impl IntoResponse for ApiError {
         let (status, kind, param, code) = self.parts();
         let retry_after = match &self {
             Self::UpstreamFailed { retry_after, .. } => retry_after.clone(),
+            Self::RateLimited { info, .. } => info.retry_after.and_then(|d| {
+                HeaderValue::from_str(&d.as_secs_f64().ceil().max(1.0).to_string()).ok()
+            }),
+            _ => None,
+        };
+        let rate = match &self {
+            Self::RateLimited { info, .. } => Some(info.clone()),
             _ => None,
         };
         let mut response = (
@@ -176,8 +218,45 @@ impl IntoResponse for ApiError {
         if let Some(value) = retry_after {
             response.headers_mut().insert("retry-after", value);
         }
+        if let Some(info) = rate {
+            rate_headers(response.headers_mut(), &info);
+        }
         response
     }
+}
+
+/// `x-ratelimit-*` headers (OpenAI's names).
+pub fn rate_headers(headers: &mut axum::http::HeaderMap, info: &crate::budget::RateInfo) {
+    let mut set = |name: &'static str, value: Option<String>| {
+        if let Some(v) = value.and_then(|v| HeaderValue::from_str(&v).ok()) {
+            headers.insert(name, v);
+        }
+    };
+    let reset = info.retry_after.map(|d| format!("{:.3}s", d.as_secs_f64()));
+    set(
+        "x-ratelimit-limit-requests",
+        info.limit_requests.map(|v| v.to_string()),
+    );
+    set(
+        "x-ratelimit-remaining-requests",
+        info.remaining_requests.map(|v| v.to_string()),
+    );
+    set(
+        "x-ratelimit-limit-tokens",
+        info.limit_tokens.map(|v| v.to_string()),
+    );
+    set(
+        "x-ratelimit-remaining-tokens",
+        info.remaining_tokens.map(|v| v.to_string()),
+    );
+    set(
+        "x-ratelimit-reset-requests",
+        reset.clone().filter(|_| info.limit_requests.is_some()),
+    );
+    set(
+        "x-ratelimit-reset-tokens",
+        reset.filter(|_| info.limit_tokens.is_some()),
+    );
 }
 
 /// An SSE event carrying an OpenAI error object: how a stream that broke after its first byte

@@ -18,10 +18,14 @@
 //! # }
 //! ```
 
+pub mod access;
 pub mod batcher;
+pub mod budget;
+pub mod chat;
 pub mod config;
 pub mod error;
 pub mod http;
+pub mod ledger;
 pub mod log;
 pub mod metrics;
 pub mod openai;
@@ -29,6 +33,7 @@ pub mod route;
 pub mod service;
 pub mod state;
 pub mod stream;
+pub mod tenants;
 pub mod upstream;
 
 use std::net::SocketAddr;
@@ -39,7 +44,9 @@ use std::time::Duration;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
+use crate::access::Money;
 use crate::config::{ConfigError, ServeConfig};
+use crate::ledger::LedgerError;
 use crate::log::{DecisionLog, LogError};
 use crate::metrics::Metrics;
 use crate::state::{AppState, CliOverrides, Engine, LoadError};
@@ -53,6 +60,8 @@ pub enum ServeError {
     Load(#[from] LoadError),
     #[error(transparent)]
     Log(#[from] LogError),
+    #[error(transparent)]
+    Ledger(#[from] LedgerError),
     #[error("cannot listen on {addr}: {source}")]
     Bind {
         addr: SocketAddr,
@@ -84,6 +93,8 @@ impl Server {
     ) -> Result<Self, ServeError> {
         let metrics = Arc::new(Metrics::new()?);
         let log = DecisionLog::open(&config.log)?;
+        let auth = config.tenants.auth.clone();
+        let money = tokio::task::spawn_blocking(move || Money::open(&auth)).await??;
         let listen = config.server.listen;
         let grace = Duration::from_millis(config.server.shutdown_grace_ms);
         let watch = Duration::from_millis(config.server.watch_interval_ms);
@@ -116,7 +127,7 @@ impl Server {
             addr: listen,
             source,
         })?;
-        let state = Arc::new(AppState::new(engine, metrics, log, config_path, cli));
+        let state = Arc::new(AppState::new(engine, metrics, log, money, config_path, cli));
         let (stop, stopped) = oneshot::channel::<()>();
         let app =
             http::routes::app(state.clone()).into_make_service_with_connect_info::<SocketAddr>();

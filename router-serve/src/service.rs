@@ -1,19 +1,18 @@
-//! The logic behind the handlers: parse → plan (route or pass through) → forward → respond →
-//! record. Handlers only extract the body and call these functions.
+//! The logic behind the handlers: planning a request (route or pass through), the decision
+//! endpoint, feedback, models and health, and the helpers the chat flow ([`crate::chat`])
+//! shares. Handlers only extract the body and call these functions.
 
-use std::convert::Infallible;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use axum::body::Body;
-use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode, header};
+use axum::http::{HeaderMap, HeaderName, HeaderValue};
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
-use tracing::Instrument;
-use tracing::field::Empty;
 
+use crate::access::{self, Policy};
+use crate::budget::now_unix;
 use crate::error::ApiError;
 use crate::log::{
     DecisionRecord, FeedbackRecord, Latency, LoggedCandidate, Usage, now_rfc3339, sha256_hex,
@@ -21,8 +20,7 @@ use crate::log::{
 use crate::openai::{ChatRequest, parse_chat};
 use crate::route::{RouteDecision, explain};
 use crate::state::{AppState, Engine};
-use crate::stream::{StreamSpec, relay};
-use crate::upstream::{Forwarded, Target, forward, usage_of};
+use crate::upstream::{Target, usage_of};
 
 /// Characters per token for text the tokenizer did not see (the usual English estimate).
 const CHARS_PER_TOKEN: usize = 4;
@@ -51,7 +49,7 @@ pub fn new_request_id() -> String {
 }
 
 /// Decides, without forwarding, how `req` will be served.
-pub async fn plan(engine: &Engine, req: &ChatRequest) -> Result<Plan, ApiError> {
+pub async fn plan(engine: &Engine, req: &ChatRequest, policy: &Policy) -> Result<Plan, ApiError> {
     let config = &engine.config;
     let routing = &config.routing;
     if !req.overrides.is_empty() && !routing.allow_request_overrides {
@@ -60,21 +58,25 @@ pub async fn plan(engine: &Engine, req: &ChatRequest) -> Result<Plan, ApiError> 
             Some("router"),
         ));
     }
-    let mode = if req.model == "router" {
+    // A budget's soft mode beats the request, which beats the rule or tier, which beat the
+    // alias's own mode.
+    let alias_mode = if req.model == "router" {
         Some(
-            req.overrides
+            policy
                 .mode
                 .clone()
                 .unwrap_or_else(|| routing.default_mode.clone()),
         )
     } else {
-        req.model.strip_prefix("router-").map(|mode| {
-            req.overrides
-                .mode
-                .clone()
-                .unwrap_or_else(|| mode.to_owned())
-        })
+        req.model.strip_prefix("router-").map(str::to_owned)
     };
+    let mode = alias_mode.map(|alias| {
+        policy
+            .forced_mode
+            .clone()
+            .or_else(|| req.overrides.mode.clone())
+            .unwrap_or(alias)
+    });
     let text = req.embed_text(routing.embed_text);
     let other_chars = req.total_chars().saturating_sub(text.chars().count());
     let Some(mode) = mode else {
@@ -82,6 +84,15 @@ pub async fn plan(engine: &Engine, req: &ChatRequest) -> Result<Plan, ApiError> 
         let (upstream, upstream_model) = config
             .upstream_for(&req.model)
             .ok_or_else(|| unknown_model(engine, &req.model))?;
+        if let Some(models) = &policy.models
+            && !models.contains(&req.model)
+        {
+            return Err(ApiError::Forbidden(format!(
+                "`{}` is not among the models this key may use ({})",
+                req.model,
+                models.join(", ")
+            )));
+        }
         let input_tokens = req.total_chars().div_ceil(CHARS_PER_TOKEN);
         check_length(engine, input_tokens)?;
         return Ok(Plan {
@@ -114,6 +125,7 @@ pub async fn plan(engine: &Engine, req: &ChatRequest) -> Result<Plan, ApiError> 
         });
     };
     let band = match req.overrides.band {
+        _ if policy.forced_mode.is_some() => mode_band,
         Some(b) if !(0.0..=routing.max_request_band).contains(&b) => {
             return Err(ApiError::invalid(
                 format!(
@@ -124,9 +136,20 @@ pub async fn plan(engine: &Engine, req: &ChatRequest) -> Result<Plan, ApiError> 
             ));
         }
         Some(b) => b,
-        None => mode_band,
+        None => policy.band.unwrap_or(mode_band),
     };
-    let allowed = allowed_mask(engine, req.overrides.models.as_deref())?;
+    let mut allowed = allowed_mask(engine, req.overrides.models.as_deref())?;
+    if let Some(models) = &policy.models {
+        for (mask, name) in allowed.iter_mut().zip(engine.router.model_names()) {
+            *mask = *mask && models.iter().any(|m| m == name);
+        }
+        if !allowed.iter().any(|&a| a) {
+            return Err(ApiError::Forbidden(format!(
+                "none of the models this key may use ({}) can be routed to",
+                models.join(", ")
+            )));
+        }
+    }
 
     let start = Instant::now();
     let tokenized = if text.len() <= INLINE_TOKENIZE_BYTES {
@@ -295,7 +318,7 @@ fn fail_open_targets(engine: &Engine, allowed: &[bool]) -> Vec<Target> {
 }
 
 /// Cost in USD of `usage` on artifact model `model` (None for models the router has no price for).
-fn cost_of(engine: &Engine, model: &str, usage: Option<Usage>) -> Option<f64> {
+pub(crate) fn cost_of(engine: &Engine, model: &str, usage: Option<Usage>) -> Option<f64> {
     let usage = usage?;
     let info = engine
         .router
@@ -311,7 +334,7 @@ fn cost_of(engine: &Engine, model: &str, usage: Option<Usage>) -> Option<f64> {
 }
 
 /// The decision record's fields known once the plan is made.
-fn base_record(
+pub(crate) fn base_record(
     state: &AppState,
     id: &str,
     endpoint: &'static str,
@@ -351,7 +374,7 @@ fn base_record(
 }
 
 /// `x-router-*` headers.
-fn router_headers(
+pub(crate) fn router_headers(
     headers: &mut HeaderMap,
     id: &str,
     plan: Option<&Plan>,
@@ -390,293 +413,12 @@ fn router_headers(
     }
 }
 
-fn ms_since(t: Instant) -> f64 {
+pub(crate) fn ms_since(t: Instant) -> f64 {
     t.elapsed().as_secs_f64() * 1e3
 }
 
-/// Decrements the in-flight gauge when dropped.
-struct InFlight(prometheus::IntGauge);
-
-impl InFlight {
-    fn new(gauge: &prometheus::IntGauge) -> Self {
-        gauge.inc();
-        Self(gauge.clone())
-    }
-}
-
-impl Drop for InFlight {
-    fn drop(&mut self) {
-        self.0.dec();
-    }
-}
-
-/// `POST /v1/chat/completions`.
-pub async fn chat_completions(state: Arc<AppState>, headers: HeaderMap, body: Bytes) -> Response {
-    let started = Instant::now();
-    let id = new_request_id();
-    let span = tracing::info_span!(
-        "chat",
-        request_id = %id,
-        gen_ai.operation.name = "chat",
-        gen_ai.request.model = Empty,
-        gen_ai.response.model = Empty,
-        gen_ai.usage.input_tokens = Empty,
-        gen_ai.usage.output_tokens = Empty,
-        router.reason = Empty,
-    );
-    let in_flight = InFlight::new(&state.metrics.in_flight);
-    let result = chat_inner(&state, &headers, &body, &id, started, in_flight)
-        .instrument(span.clone())
-        .await;
-    match result {
-        Ok(response) => response,
-        Err(error) => {
-            let status = error.status();
-            tracing::info!(parent: &span, %error, "request refused");
-            state
-                .metrics
-                .requests
-                .with_label_values(&["chat", "", status.as_str(), "invalid"])
-                .inc();
-            let mut record = DecisionRecord::new(&id, "chat.completions");
-            record.status = "invalid_request".into();
-            record.http_status = status.as_u16();
-            record.latency.total_ms = ms_since(started);
-            state.log.record(&record);
-            let mut response = error.into_response();
-            router_headers(
-                response.headers_mut(),
-                &id,
-                None,
-                None,
-                "invalid",
-                ms_since(started),
-            );
-            response
-        }
-    }
-}
-
-async fn chat_inner(
-    state: &Arc<AppState>,
-    headers: &HeaderMap,
-    body: &Bytes,
-    id: &str,
-    started: Instant,
-    in_flight: InFlight,
-) -> Result<Response, ApiError> {
-    let engine = state.engine();
-    let req = parse_chat(body, headers)?;
-    let span = tracing::Span::current();
-    span.record("gen_ai.request.model", req.model.as_str());
-    let plan = plan(&engine, &req).await?;
-    state
-        .metrics
-        .decision_seconds
-        .observe(plan.decision_ms / 1e3);
-    let mut record = base_record(state, id, "chat.completions", &req, &plan);
-    record.latency.decision_ms = plan.decision_ms;
-
-    let forward_started = Instant::now();
-    let mut attempts = Vec::new();
-    let forwarded = forward(
-        &engine,
-        &plan.targets,
-        &req.body,
-        req.stream,
-        &mut attempts,
-        &state.metrics,
-    )
-    .await;
-    let upstream_ms = ms_since(forward_started);
-    let pre_forward_ms = (forward_started - started).as_secs_f64() * 1e3;
-    record.attempts = attempts;
-    let reason_for = |target: usize| -> &'static str {
-        if plan.reason == "router_error" {
-            "router_error"
-        } else if target > 0 {
-            "fallback"
-        } else {
-            plan.reason
-        }
-    };
-    let count_fallback = |target: usize| {
-        if target > 0
-            && let Some(first) = plan.targets.first()
-        {
-            state
-                .metrics
-                .fallbacks
-                .with_label_values(&[first.model.as_str()])
-                .inc();
-        }
-    };
-    match forwarded {
-        Forwarded::Complete { target, body } => {
-            let model = plan.targets[target].model.clone();
-            let reason = reason_for(target);
-            count_fallback(target);
-            let (body, usage) = rewrite_complete(body, &model);
-            record.model = Some(model.clone());
-            record.reason = reason.to_owned();
-            record.usage = usage;
-            record.cost_usd = cost_of(&engine, &model, usage);
-            record.status = "ok".into();
-            record.http_status = 200;
-            let total = ms_since(started);
-            record.latency = Latency {
-                decision_ms: plan.decision_ms,
-                upstream_ms,
-                total_ms: total,
-                overhead_ms: total - upstream_ms,
-            };
-            finish(state, &record, "chat");
-            let mut response = (
-                StatusCode::OK,
-                [(
-                    header::CONTENT_TYPE,
-                    HeaderValue::from_static("application/json"),
-                )],
-                body,
-            )
-                .into_response();
-            router_headers(
-                response.headers_mut(),
-                id,
-                Some(&plan),
-                Some(&model),
-                reason,
-                total - upstream_ms,
-            );
-            Ok(response)
-        }
-        Forwarded::Stream {
-            target,
-            response,
-            deadline,
-        } => {
-            let t = &plan.targets[target];
-            let model = t.model.clone();
-            let reason = reason_for(target);
-            count_fallback(target);
-            record.model = Some(model.clone());
-            record.reason = reason.to_owned();
-            let spec = StreamSpec {
-                model: model.clone(),
-                client_wants_usage: req.client_wants_usage,
-                idle: Duration::from_millis(t.upstream.stream_idle_timeout_ms),
-                deadline,
-            };
-            let (tx, rx) = tokio::sync::mpsc::channel::<Bytes>(64);
-            let task_state = state.clone();
-            let task_engine = engine.clone();
-            let decision_ms = plan.decision_ms;
-            let relay_span = tracing::Span::current();
-            state.tasks.spawn(
-                async move {
-                    let _in_flight = in_flight;
-                    let end = relay(response, tx, spec, forward_started).await;
-                    record.usage = end.usage;
-                    record.cost_usd = cost_of(&task_engine, &model, end.usage);
-                    record.status = end.status.to_owned();
-                    record.http_status = 200;
-                    let total = ms_since(started);
-                    record.latency = Latency {
-                        decision_ms,
-                        upstream_ms: end.upstream_ms,
-                        total_ms: total,
-                        overhead_ms: (total - end.upstream_ms).max(0.0),
-                    };
-                    if let Some(error) = &end.error {
-                        tracing::warn!(%error, status = end.status, "stream ended early");
-                    }
-                    finish(&task_state, &record, "chat");
-                }
-                .instrument(relay_span),
-            );
-            let stream = futures_util::stream::unfold(rx, |mut rx| async move {
-                rx.recv().await.map(|b| (Ok::<_, Infallible>(b), rx))
-            });
-            let mut response = Response::new(Body::from_stream(stream));
-            let h = response.headers_mut();
-            h.insert(
-                header::CONTENT_TYPE,
-                HeaderValue::from_static("text/event-stream"),
-            );
-            h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
-            router_headers(
-                h,
-                id,
-                Some(&plan),
-                Some(&plan.targets[target].model),
-                reason,
-                pre_forward_ms,
-            );
-            Ok(response)
-        }
-        Forwarded::Rejected {
-            target,
-            status,
-            body,
-        } => {
-            let model = plan.targets[target].model.clone();
-            record.model = Some(model.clone());
-            record.status = "upstream_rejected".into();
-            record.http_status = status.as_u16();
-            let total = ms_since(started);
-            record.latency = Latency {
-                decision_ms: plan.decision_ms,
-                upstream_ms,
-                total_ms: total,
-                overhead_ms: total - upstream_ms,
-            };
-            finish(state, &record, "chat");
-            let mut response = (
-                status,
-                [(
-                    header::CONTENT_TYPE,
-                    HeaderValue::from_static("application/json"),
-                )],
-                body,
-            )
-                .into_response();
-            router_headers(
-                response.headers_mut(),
-                id,
-                Some(&plan),
-                Some(&model),
-                reason_for(target),
-                total - upstream_ms,
-            );
-            Ok(response)
-        }
-        Forwarded::Failed(error) => {
-            record.status = "upstream_error".into();
-            record.http_status = error.status().as_u16();
-            let total = ms_since(started);
-            record.latency = Latency {
-                decision_ms: plan.decision_ms,
-                upstream_ms,
-                total_ms: total,
-                overhead_ms: total - upstream_ms,
-            };
-            finish(state, &record, "chat");
-            let mut response = error.into_response();
-            router_headers(
-                response.headers_mut(),
-                id,
-                Some(&plan),
-                None,
-                plan.reason,
-                total - upstream_ms,
-            );
-            Ok(response)
-        }
-    }
-}
-
 /// Metrics, the trace span and the decision log for a finished request.
-fn finish(state: &AppState, record: &DecisionRecord, endpoint: &str) {
+pub(crate) fn finish(state: &AppState, record: &DecisionRecord, endpoint: &str) {
     let model = record.model.as_deref().unwrap_or("");
     let m = &state.metrics;
     m.requests
@@ -714,7 +456,7 @@ fn finish(state: &AppState, record: &DecisionRecord, endpoint: &str) {
 }
 
 /// The upstream's JSON with `model` set to the router's name, and its usage.
-fn rewrite_complete(body: Bytes, model: &str) -> (Bytes, Option<Usage>) {
+pub(crate) fn rewrite_complete(body: Bytes, model: &str) -> (Bytes, Option<Usage>) {
     match serde_json::from_slice::<Value>(&body) {
         Ok(mut value) => {
             let usage = usage_of(&value);
@@ -747,7 +489,14 @@ pub async fn route(
     }
     let bytes = serde_json::to_vec(&value).map_err(ApiError::InvalidJson)?;
     let req = parse_chat(&bytes, &headers)?;
-    let plan = plan(&engine, &req).await?;
+    let identity = access::identify(&state.money, &engine, &headers, req.user.as_deref())?;
+    let tags = access::tags(&headers);
+    let status = state
+        .money
+        .budgets
+        .status(&engine.config.tenants.budgets, &identity, now_unix());
+    let policy = access::policy(&engine, &identity, &req, &tags, status)?;
+    let plan = plan(&engine, &req, &policy).await?;
     state
         .metrics
         .decision_seconds

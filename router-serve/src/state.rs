@@ -14,6 +14,7 @@ use router_core::device::parse_device;
 use router_core::encoder::Encoder;
 use tokio_util::task::TaskTracker;
 
+use crate::access::Money;
 use crate::batcher::{Batcher, Prediction};
 use crate::config::{ConfigError, ServeConfig};
 use crate::log::DecisionLog;
@@ -178,6 +179,19 @@ impl Engine {
         self.clients.get(upstream)
     }
 
+    /// The counterfactual of the savings figures: the routable model with the best mean
+    /// training score (what a company sends everything to without a router).
+    pub fn baseline_model(&self) -> Option<&router_core::models::ModelInfo> {
+        self.router
+            .manifest
+            .models
+            .iter()
+            .zip(&self.routable)
+            .filter(|(_, r)| **r)
+            .map(|(m, _)| m)
+            .max_by(|a, b| a.train_mean_score.total_cmp(&b.train_mean_score))
+    }
+
     /// Whether any watched file changed since this engine was built.
     pub fn files_changed(&self) -> bool {
         self.watched
@@ -245,6 +259,7 @@ pub struct AppState {
     engine: ArcSwap<Engine>,
     pub metrics: Arc<Metrics>,
     pub log: DecisionLog,
+    pub money: Money,
     /// Streams still being relayed (graceful shutdown waits for them).
     pub tasks: TaskTracker,
     config_path: Option<PathBuf>,
@@ -259,6 +274,7 @@ impl AppState {
         engine: Engine,
         metrics: Arc<Metrics>,
         log: DecisionLog,
+        money: Money,
         config_path: Option<PathBuf>,
         cli: CliOverrides,
     ) -> Self {
@@ -267,6 +283,7 @@ impl AppState {
             engine: ArcSwap::from_pointee(engine),
             metrics,
             log,
+            money,
             tasks: TaskTracker::new(),
             config_path,
             cli,
@@ -305,6 +322,13 @@ impl AppState {
                 if engine.config.server.listen != old.config.server.listen {
                     tracing::warn!(
                         "server.listen changed; the new address takes effect only after a restart"
+                    );
+                }
+                if engine.config.tenants.auth.ledger != old.config.tenants.auth.ledger
+                    || engine.config.log.dir != old.config.log.dir
+                {
+                    tracing::warn!(
+                        "auth.ledger or log.dir changed; the new files are used only after a restart"
                     );
                 }
                 let report = ReloadReport {

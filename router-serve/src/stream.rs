@@ -34,6 +34,10 @@ pub struct StreamEnd {
     pub error: Option<String>,
     /// Time to the last byte received from upstream.
     pub upstream_ms: f64,
+    /// The `[DONE]` event, held back for the caller to send once the request is settled.
+    pub done: Option<Bytes>,
+    /// Characters of content relayed (to estimate output tokens without a usage chunk).
+    pub content_chars: usize,
 }
 
 /// Splits an SSE byte stream into events (blocks ended by a blank line).
@@ -82,7 +86,12 @@ enum Relay {
     Bad(String),
 }
 
-fn relay_event(event: &str, spec: &StreamSpec, usage: &mut Option<Usage>) -> Relay {
+fn relay_event(
+    event: &str,
+    spec: &StreamSpec,
+    usage: &mut Option<Usage>,
+    content_chars: &mut usize,
+) -> Relay {
     let data: Vec<&str> = event
         .lines()
         .filter_map(|l| l.strip_prefix("data:"))
@@ -103,6 +112,13 @@ fn relay_event(event: &str, spec: &StreamSpec, usage: &mut Option<Usage>) -> Rel
     if let Some(u) = usage_of(&value) {
         *usage = Some(u);
     }
+    if let Some(choices) = value.get("choices").and_then(Value::as_array) {
+        *content_chars += choices
+            .iter()
+            .filter_map(|c| c.pointer("/delta/content").and_then(Value::as_str))
+            .map(|t| t.chars().count())
+            .sum::<usize>();
+    }
     if let Value::Object(o) = &mut value {
         if !spec.client_wants_usage {
             let usage_only = o
@@ -122,21 +138,25 @@ fn relay_event(event: &str, spec: &StreamSpec, usage: &mut Option<Usage>) -> Rel
     Relay::Send(Bytes::from(format!("data: {value}\n\n")))
 }
 
-/// Relays `response` into `tx` until `[DONE]`, a failure or the client leaving.
+/// Relays `response` into `tx` until `[DONE]` (returned, not sent), a failure or the client
+/// leaving.
 pub async fn relay(
     mut response: reqwest::Response,
-    tx: mpsc::Sender<Bytes>,
+    tx: &mpsc::Sender<Bytes>,
     spec: StreamSpec,
     started: Instant,
 ) -> StreamEnd {
     let mut splitter = SseSplitter::default();
     let mut usage = None;
+    let mut chars = 0;
     let mut last_byte = started;
-    let end = |status, error: Option<String>, usage, last: Instant| StreamEnd {
+    let end = |status, error: Option<String>, usage, last: Instant, chars, done| StreamEnd {
         usage,
         status,
         error,
         upstream_ms: (last - started).as_secs_f64() * 1e3,
+        done,
+        content_chars: chars,
     };
     loop {
         let now = Instant::now();
@@ -146,24 +166,22 @@ pub async fn relay(
             Ok(Ok(Some(bytes))) => {
                 last_byte = Instant::now();
                 for event in splitter.push(&bytes) {
-                    match relay_event(&event, &spec, &mut usage) {
+                    match relay_event(&event, &spec, &mut usage, &mut chars) {
                         Relay::Skip => {}
                         Relay::Send(out) => {
                             if tx.send(out).await.is_err() {
-                                return end("client_disconnected", None, usage, last_byte);
+                                let status = "client_disconnected";
+                                return end(status, None, usage, last_byte, chars, None);
                             }
                         }
                         Relay::Done(out) => {
-                            if tx.send(out).await.is_err() {
-                                return end("client_disconnected", None, usage, last_byte);
-                            }
-                            return end("ok", None, usage, last_byte);
+                            return end("ok", None, usage, last_byte, chars, Some(out));
                         }
                         Relay::Bad(message) => {
-                            let _ = tx
-                                .send(sse_error_event(&message, "upstream_bad_stream"))
-                                .await;
-                            return end("stream_bad_event", Some(message), usage, last_byte);
+                            let event = sse_error_event(&message, "upstream_bad_stream");
+                            let _ = tx.send(event).await;
+                            let status = "stream_bad_event";
+                            return end(status, Some(message), usage, last_byte, chars, None);
                         }
                     }
                 }
@@ -200,7 +218,7 @@ pub async fn relay(
             ),
         };
         let _ = tx.send(sse_error_event(&message, code)).await;
-        return end(status, Some(message), usage, last_byte);
+        return end(status, Some(message), usage, last_byte, chars, None);
     }
 }
 
@@ -234,7 +252,7 @@ mod tests {
         let event = r#"data: {"id":"c","model":"up/m","choices":[],"usage":{"prompt_tokens":7,"completion_tokens":3}}"#;
         let mut usage = None;
         assert!(matches!(
-            relay_event(event, &spec(false), &mut usage),
+            relay_event(event, &spec(false), &mut usage, &mut 0),
             Relay::Skip
         ));
         assert_eq!(
@@ -245,7 +263,7 @@ mod tests {
             })
         );
         let mut usage = None;
-        let Relay::Send(out) = relay_event(event, &spec(true), &mut usage) else {
+        let Relay::Send(out) = relay_event(event, &spec(true), &mut usage, &mut 0) else {
             panic!("the client asked for usage");
         };
         let text = std::str::from_utf8(&out).unwrap();
@@ -256,7 +274,7 @@ mod tests {
     #[test]
     fn a_content_chunk_loses_its_null_usage_and_gets_the_router_model_name() {
         let event = r#"data: {"model":"up/m","choices":[{"delta":{"content":"hi"}}],"usage":null}"#;
-        let Relay::Send(out) = relay_event(event, &spec(false), &mut None) else {
+        let Relay::Send(out) = relay_event(event, &spec(false), &mut None, &mut 0) else {
             panic!("content must be sent");
         };
         let v: Value = serde_json::from_str(
@@ -274,11 +292,11 @@ mod tests {
     #[test]
     fn a_malformed_event_is_reported() {
         assert!(matches!(
-            relay_event("data: {not json", &spec(false), &mut None),
+            relay_event("data: {not json", &spec(false), &mut None, &mut 0),
             Relay::Bad(_)
         ));
         assert!(matches!(
-            relay_event("data: [DONE]", &spec(false), &mut None),
+            relay_event("data: [DONE]", &spec(false), &mut None, &mut 0),
             Relay::Done(_)
         ));
     }

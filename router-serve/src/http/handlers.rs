@@ -41,7 +41,7 @@ pub async fn chat_completions(
     body: Body,
 ) -> Response {
     match read_body(&state, &headers, body).await {
-        Ok(bytes) => service::chat_completions(state, headers, bytes).await,
+        Ok(bytes) => crate::chat::chat_completions(state, headers, bytes).await,
         Err(e) => e.into_response(),
     }
 }

@@ -1,0 +1,201 @@
+//! Admission: who is calling (API key → identity), what their tier, the first matching rule
+//! and their budgets allow. [`Money`] holds what outlives a reload: budget accounts, rate-limit
+//! buckets, the ledger and the keys created through the admin API.
+
+use std::sync::{Arc, RwLock};
+
+use axum::http::{HeaderMap, header};
+
+use crate::budget::{Budgets, RateLimiter, Status, periods};
+use crate::error::ApiError;
+use crate::ledger::{Ledger, LedgerError};
+use crate::openai::ChatRequest;
+use crate::state::Engine;
+use crate::tenants::{AuthConfig, Identity, KeyTable, RuleInput};
+
+/// Budgets, rate limits, the ledger and API-created keys.
+pub struct Money {
+    pub budgets: Budgets,
+    pub limiter: RateLimiter,
+    pub ledger: Option<Arc<Ledger>>,
+    pub created_keys: RwLock<KeyTable>,
+}
+
+impl Money {
+    /// Opens the ledger named in `auth` (if any), restores this month's spend into the budget
+    /// accounts and loads the keys created through the admin API.
+    pub fn open(auth: &AuthConfig) -> Result<Self, LedgerError> {
+        let budgets = Budgets::default();
+        let mut created = KeyTable::default();
+        let ledger = match &auth.ledger {
+            Some(path) => {
+                let ledger = Ledger::open(path)?;
+                let (_, month) = periods(crate::budget::now_unix());
+                for (identity, day, cost) in ledger.month_spend(&month)? {
+                    budgets.restore(&identity, &day, cost);
+                }
+                for key in ledger.keys()? {
+                    created.insert(key.digest, key.identity);
+                }
+                Some(Arc::new(ledger))
+            }
+            None => None,
+        };
+        Ok(Self {
+            budgets,
+            limiter: RateLimiter::default(),
+            ledger,
+            created_keys: RwLock::new(created),
+        })
+    }
+}
+
+/// The bearer token of a request, if any.
+fn bearer(headers: &HeaderMap) -> Option<&str> {
+    headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| {
+            v.strip_prefix("Bearer ")
+                .or_else(|| v.strip_prefix("bearer "))
+        })
+        .map(str::trim)
+}
+
+/// The caller. With `auth.required`, a missing or unknown key is 401; without it, unknown keys
+/// (clients must send something) are anonymous.
+pub fn identify(
+    money: &Money,
+    engine: &Engine,
+    headers: &HeaderMap,
+    user: Option<&str>,
+) -> Result<Identity, ApiError> {
+    let required = engine.config.tenants.auth.required;
+    let Some(key) = bearer(headers) else {
+        return if required {
+            Err(ApiError::Unauthorized(
+                "no API key: send `Authorization: Bearer KEY`".into(),
+            ))
+        } else {
+            Ok(Identity::anonymous(user))
+        };
+    };
+    let found = engine.config.tenants.keys.lookup(key).cloned().or_else(|| {
+        money
+            .created_keys
+            .read()
+            .ok()
+            .and_then(|t| t.lookup(key).cloned())
+    });
+    match found {
+        Some(mut identity) => {
+            if identity.user.is_empty() {
+                identity.user = user.unwrap_or_default().to_owned();
+            }
+            Ok(identity)
+        }
+        None if required => Err(ApiError::Unauthorized("the API key is not valid".into())),
+        None => Ok(Identity::anonymous(user)),
+    }
+}
+
+/// `x-router-tags: a, b`.
+pub fn tags(headers: &HeaderMap) -> Vec<String> {
+    headers
+        .get("x-router-tags")
+        .and_then(|v| v.to_str().ok())
+        .map(|v| {
+            v.split(',')
+                .map(|t| t.trim().to_owned())
+                .filter(|t| !t.is_empty())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// What the tier, the rules and the budgets say about one request.
+#[derive(Debug, Clone, Default)]
+pub struct Policy {
+    /// Mode for `model: "router"` unless the request names one.
+    pub mode: Option<String>,
+    /// Mode imposed whatever the request says (a budget past its soft threshold).
+    pub forced_mode: Option<String>,
+    pub band: Option<f64>,
+    /// Models the request may use.
+    pub models: Option<Vec<String>>,
+    pub max_tokens: Option<u64>,
+    /// `budget_soft` when a soft threshold changed the routing.
+    pub reason: Option<&'static str>,
+    /// The rule that matched.
+    pub rule: Option<String>,
+}
+
+fn intersect(a: Option<Vec<String>>, b: Option<&Vec<String>>) -> Option<Vec<String>> {
+    match (a, b) {
+        (Some(a), Some(b)) => Some(a.into_iter().filter(|m| b.contains(m)).collect()),
+        (a, b) => a.or_else(|| b.cloned()),
+    }
+}
+
+/// The policy for `req` from `identity`: tier, then the first matching rule, then a budget past
+/// its soft threshold (`status`). A budget past its hard limit is refused.
+pub fn policy(
+    engine: &Engine,
+    identity: &Identity,
+    req: &ChatRequest,
+    tags: &[String],
+    status: Status,
+) -> Result<Policy, ApiError> {
+    let tenants = &engine.config.tenants;
+    let tier = tenants.tier(&identity.tier);
+    let rule = tenants.first_rule(&RuleInput {
+        identity,
+        model: &req.model,
+        stream: req.stream,
+        tags,
+        metadata: req.metadata.as_ref(),
+    });
+    let mut policy = Policy {
+        mode: rule
+            .and_then(|r| r.config.mode.clone())
+            .or_else(|| tier.and_then(|t| t.mode.clone())),
+        band: rule.and_then(|r| r.config.band),
+        models: intersect(
+            tier.and_then(|t| t.models.clone()),
+            rule.and_then(|r| r.config.models.as_ref()),
+        ),
+        max_tokens: match (
+            tier.and_then(|t| t.max_tokens),
+            rule.and_then(|r| r.config.max_tokens),
+        ) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        },
+        rule: rule.map(|r| r.config.name.clone()),
+        ..Policy::default()
+    };
+    match status {
+        Status::Ok => {}
+        Status::Hard(hit) => {
+            return Err(ApiError::InsufficientQuota(hit.describe("hard limit")));
+        }
+        Status::Soft(hit) => {
+            let widest = engine
+                .config
+                .routing
+                .modes
+                .iter()
+                .max_by(|a, b| a.1.total_cmp(b.1))
+                .map(|(m, _)| m.clone());
+            policy.forced_mode = hit.soft_mode.clone().or(widest);
+            policy.models = intersect(policy.models, hit.soft_models.as_ref());
+            policy.reason = Some("budget_soft");
+        }
+    }
+    if policy.models.as_ref().is_some_and(Vec::is_empty) {
+        return Err(ApiError::Forbidden(
+            "the tier, rule and budget settings leave no model this request may use".into(),
+        ));
+    }
+    Ok(policy)
+}

@@ -1,0 +1,478 @@
+//! Budgets and rate limits.
+//!
+//! A request first *reserves* its worst-case cost (input tokens × input price + max output
+//! tokens × output price, at the dearest model it may be sent to) against every budget that
+//! applies to it, under one lock, and is refused if that could take any of them past its hard
+//! limit; when it ends, the reservation is replaced by the real cost. So concurrent requests
+//! can overrun a limit by at most one request's worst case (in fact not at all, as long as the
+//! upstream's usage stays within what was reserved).
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use router_core::artifact::rfc3339_utc;
+use serde::Serialize;
+
+use crate::tenants::{BudgetConfig, Identity, Period, Scope};
+
+/// Day (`YYYY-MM-DD`) and month (`YYYY-MM`) of a Unix time, UTC.
+pub fn periods(unix_secs: u64) -> (String, String) {
+    let stamp = rfc3339_utc(unix_secs);
+    (stamp[..10].to_owned(), stamp[..7].to_owned())
+}
+
+pub fn now_unix() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or_default()
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+struct AccountId {
+    scope: Scope,
+    entity: String,
+    period: Period,
+    /// `YYYY-MM-DD` or `YYYY-MM`.
+    period_id: String,
+}
+
+#[derive(Debug, Clone, Copy, Default)]
+struct Account {
+    settled: f64,
+    reserved: f64,
+}
+
+/// Spend so far, by scope, entity and period.
+#[derive(Default)]
+pub struct Budgets {
+    accounts: Mutex<HashMap<AccountId, Account>>,
+}
+
+/// Held while a request is in flight; settle it exactly once.
+#[derive(Debug)]
+pub struct Reservation {
+    accounts: Vec<AccountId>,
+    amount: f64,
+}
+
+/// A budget past its threshold.
+#[derive(Debug, Clone, Serialize)]
+pub struct BudgetHit {
+    pub scope: Scope,
+    pub entity: String,
+    pub period: Period,
+    pub spent_usd: f64,
+    pub limit_usd: f64,
+    #[serde(skip)]
+    pub soft_mode: Option<String>,
+    #[serde(skip)]
+    pub soft_models: Option<Vec<String>>,
+}
+
+impl BudgetHit {
+    /// "team `search` has spent $1.02 of its daily hard limit of $1.00".
+    pub fn describe(&self, what: &str) -> String {
+        let scope = match self.scope {
+            Scope::Key => "key",
+            Scope::User => "user",
+            Scope::Team => "team",
+        };
+        let period = match self.period {
+            Period::Day => "daily",
+            Period::Month => "monthly",
+        };
+        format!(
+            "{scope} `{}` has spent ${:.6} of its {period} {what} of ${:.6}",
+            self.entity, self.spent_usd, self.limit_usd
+        )
+    }
+}
+
+/// One budget's state, for `/v1/budgets`.
+#[derive(Debug, Clone, Serialize)]
+pub struct BudgetState {
+    pub scope: Scope,
+    pub entity: String,
+    pub period: Period,
+    pub period_id: String,
+    pub settled_usd: f64,
+    pub reserved_usd: f64,
+    pub soft_usd: Option<f64>,
+    pub hard_usd: f64,
+}
+
+fn entity(scope: Scope, id: &Identity) -> &str {
+    match scope {
+        Scope::Key => &id.key,
+        Scope::User => &id.user,
+        Scope::Team => &id.team,
+    }
+}
+
+/// The accounts of the budgets that apply to `id` at `now`, with their configs.
+fn applicable<'a>(
+    configs: &'a [BudgetConfig],
+    id: &Identity,
+    now: u64,
+) -> Vec<(AccountId, &'a BudgetConfig)> {
+    let (day, month) = periods(now);
+    configs
+        .iter()
+        .filter_map(|b| {
+            let who = entity(b.scope, id);
+            if who.is_empty() || (b.name != "*" && b.name != who) {
+                return None;
+            }
+            let period_id = match b.period {
+                Period::Day => day.clone(),
+                Period::Month => month.clone(),
+            };
+            Some((
+                AccountId {
+                    scope: b.scope,
+                    entity: who.to_owned(),
+                    period: b.period,
+                    period_id,
+                },
+                b,
+            ))
+        })
+        .collect()
+}
+
+impl Budgets {
+    /// Adds spend restored from the ledger: `cost` settled by `id` on `day` (`YYYY-MM-DD`).
+    pub fn restore(&self, id: &Identity, day: &str, cost: f64) {
+        let Ok(mut accounts) = self.accounts.lock() else {
+            return;
+        };
+        for scope in [Scope::Key, Scope::User, Scope::Team] {
+            let who = entity(scope, id);
+            if who.is_empty() {
+                continue;
+            }
+            for (period, period_id) in [(Period::Day, day), (Period::Month, &day[..7])] {
+                let account = accounts
+                    .entry(AccountId {
+                        scope,
+                        entity: who.to_owned(),
+                        period,
+                        period_id: period_id.to_owned(),
+                    })
+                    .or_default();
+                account.settled += cost;
+            }
+        }
+    }
+
+    /// The first budget past its hard limit, else the first past its soft threshold.
+    pub fn status(&self, configs: &[BudgetConfig], id: &Identity, now: u64) -> Status {
+        let Ok(accounts) = self.accounts.lock() else {
+            return Status::Ok;
+        };
+        let mut soft = None;
+        for (account, b) in applicable(configs, id, now) {
+            let a = accounts.get(&account).copied().unwrap_or_default();
+            let spent = a.settled + a.reserved;
+            let hit = |limit| BudgetHit {
+                scope: b.scope,
+                entity: account.entity.clone(),
+                period: b.period,
+                spent_usd: spent,
+                limit_usd: limit,
+                soft_mode: b.soft_mode.clone(),
+                soft_models: b.soft_models.clone(),
+            };
+            if spent >= b.hard_usd {
+                return Status::Hard(hit(b.hard_usd));
+            }
+            if soft.is_none()
+                && let Some(s) = b.soft_usd
+                && spent >= s
+            {
+                soft = Some(hit(s));
+            }
+        }
+        soft.map_or(Status::Ok, Status::Soft)
+    }
+
+    /// Reserves `worst_usd` on every applicable budget, or refuses if any would pass its hard
+    /// limit.
+    pub fn reserve(
+        &self,
+        configs: &[BudgetConfig],
+        id: &Identity,
+        worst_usd: f64,
+        now: u64,
+    ) -> Result<Reservation, BudgetHit> {
+        let targets = applicable(configs, id, now);
+        let Ok(mut accounts) = self.accounts.lock() else {
+            return Ok(Reservation {
+                accounts: Vec::new(),
+                amount: 0.0,
+            });
+        };
+        for (account, b) in &targets {
+            let a = accounts.get(account).copied().unwrap_or_default();
+            if a.settled + a.reserved + worst_usd > b.hard_usd {
+                return Err(BudgetHit {
+                    scope: b.scope,
+                    entity: account.entity.clone(),
+                    period: b.period,
+                    spent_usd: a.settled + a.reserved,
+                    limit_usd: b.hard_usd,
+                    soft_mode: None,
+                    soft_models: None,
+                });
+            }
+        }
+        let mut ids: Vec<AccountId> = targets.into_iter().map(|(a, _)| a).collect();
+        ids.dedup();
+        for account in &ids {
+            accounts.entry(account.clone()).or_default().reserved += worst_usd;
+        }
+        Ok(Reservation {
+            accounts: ids,
+            amount: worst_usd,
+        })
+    }
+
+    /// Replaces the reservation by the real cost.
+    pub fn settle(&self, reservation: Reservation, cost_usd: f64) {
+        let Ok(mut accounts) = self.accounts.lock() else {
+            return;
+        };
+        for account in reservation.accounts {
+            let a = accounts.entry(account).or_default();
+            a.reserved = (a.reserved - reservation.amount).max(0.0);
+            a.settled += cost_usd;
+        }
+    }
+
+    /// Every configured budget's current state (`*` budgets: one row per entity seen).
+    pub fn states(&self, configs: &[BudgetConfig], now: u64) -> Vec<BudgetState> {
+        let (day, month) = periods(now);
+        let Ok(accounts) = self.accounts.lock() else {
+            return Vec::new();
+        };
+        let mut rows = Vec::new();
+        for b in configs {
+            let period_id = match b.period {
+                Period::Day => &day,
+                Period::Month => &month,
+            };
+            let mut matched: Vec<(&AccountId, &Account)> = accounts
+                .iter()
+                .filter(|(a, _)| {
+                    a.scope == b.scope
+                        && a.period == b.period
+                        && &a.period_id == period_id
+                        && (b.name == "*" || a.entity == b.name)
+                })
+                .collect();
+            matched.sort_by(|a, b| a.0.entity.cmp(&b.0.entity));
+            if matched.is_empty() && b.name != "*" {
+                rows.push(BudgetState {
+                    scope: b.scope,
+                    entity: b.name.clone(),
+                    period: b.period,
+                    period_id: period_id.clone(),
+                    settled_usd: 0.0,
+                    reserved_usd: 0.0,
+                    soft_usd: b.soft_usd,
+                    hard_usd: b.hard_usd,
+                });
+            }
+            rows.extend(matched.into_iter().map(|(a, acc)| BudgetState {
+                scope: b.scope,
+                entity: a.entity.clone(),
+                period: b.period,
+                period_id: a.period_id.clone(),
+                settled_usd: acc.settled,
+                reserved_usd: acc.reserved,
+                soft_usd: b.soft_usd,
+                hard_usd: b.hard_usd,
+            }));
+        }
+        rows
+    }
+}
+
+/// Where a caller stands against its budgets.
+#[derive(Debug, Clone)]
+pub enum Status {
+    Ok,
+    Soft(BudgetHit),
+    Hard(BudgetHit),
+}
+
+/// Per-key request and token rate limits (token buckets refilled continuously over a minute).
+#[derive(Default)]
+pub struct RateLimiter {
+    buckets: Mutex<HashMap<String, Bucket>>,
+}
+
+struct Bucket {
+    requests: f64,
+    tokens: f64,
+    last: Instant,
+}
+
+/// The `x-ratelimit-*` numbers.
+#[derive(Debug, Clone, Default)]
+pub struct RateInfo {
+    pub limit_requests: Option<u32>,
+    pub remaining_requests: Option<u32>,
+    pub limit_tokens: Option<u64>,
+    pub remaining_tokens: Option<u64>,
+    /// Until a refused request could pass.
+    pub retry_after: Option<Duration>,
+}
+
+impl RateLimiter {
+    /// Admits one request of `tokens` tokens for `id`, or says how long to wait.
+    pub fn admit(&self, id: &Identity, tokens: u64, now: Instant) -> Result<RateInfo, RateInfo> {
+        if (id.rpm.is_none() && id.tpm.is_none()) || id.key.is_empty() {
+            return Ok(RateInfo::default());
+        }
+        let Ok(mut buckets) = self.buckets.lock() else {
+            return Ok(RateInfo::default());
+        };
+        let rpm = id.rpm.map(f64::from);
+        let tpm = id.tpm.map(|t| t as f64);
+        let bucket = buckets.entry(id.key.clone()).or_insert(Bucket {
+            requests: rpm.unwrap_or(0.0),
+            tokens: tpm.unwrap_or(0.0),
+            last: now,
+        });
+        let elapsed = now.saturating_duration_since(bucket.last).as_secs_f64();
+        bucket.last = now;
+        if let Some(r) = rpm {
+            bucket.requests = (bucket.requests + elapsed * r / 60.0).min(r);
+        }
+        if let Some(t) = tpm {
+            bucket.tokens = (bucket.tokens + elapsed * t / 60.0).min(t);
+        }
+        let need_tokens = tokens as f64;
+        let wait_requests = rpm
+            .filter(|_| bucket.requests < 1.0)
+            .map(|r| (1.0 - bucket.requests) * 60.0 / r);
+        let wait_tokens = tpm
+            .filter(|_| bucket.tokens < need_tokens)
+            .map(|t| (need_tokens.min(t) - bucket.tokens).max(0.0) * 60.0 / t);
+        let info = |b: &Bucket, retry: Option<f64>| RateInfo {
+            limit_requests: id.rpm,
+            remaining_requests: rpm.map(|_| b.requests.floor().max(0.0) as u32),
+            limit_tokens: id.tpm,
+            remaining_tokens: tpm.map(|_| b.tokens.floor().max(0.0) as u64),
+            retry_after: retry.map(|s| Duration::from_secs_f64(s.max(0.001))),
+        };
+        let wait = match (wait_requests, wait_tokens) {
+            (Some(a), Some(b)) => Some(a.max(b)),
+            (a, b) => a.or(b),
+        };
+        if wait.is_some() {
+            return Err(info(bucket, wait));
+        }
+        if rpm.is_some() {
+            bucket.requests -= 1.0;
+        }
+        if tpm.is_some() {
+            bucket.tokens -= need_tokens;
+        }
+        Ok(info(bucket, None))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn id(key: &str, team: &str) -> Identity {
+        Identity {
+            key: key.into(),
+            team: team.into(),
+            user: "u".into(),
+            tier: "default".into(),
+            rpm: Some(2),
+            tpm: None,
+        }
+    }
+
+    fn budget(soft: Option<f64>, hard: f64) -> BudgetConfig {
+        BudgetConfig {
+            scope: Scope::Team,
+            name: "*".into(),
+            period: Period::Day,
+            soft_usd: soft,
+            hard_usd: hard,
+            soft_mode: Some("cost".into()),
+            soft_models: None,
+        }
+    }
+
+    #[test]
+    fn periods_are_utc_days_and_months() {
+        // 2026-11-25T10:00:00Z
+        assert_eq!(
+            periods(1_795_600_800),
+            ("2026-11-25".into(), "2026-11".into())
+        );
+    }
+
+    #[test]
+    fn reservations_stop_at_the_hard_limit_and_settle_to_the_real_cost() {
+        let b = Budgets::default();
+        let configs = [budget(Some(0.5), 1.0)];
+        let t = id("k", "search");
+        let now = 1_795_600_800;
+        let r1 = b.reserve(&configs, &t, 0.6, now).unwrap();
+        assert!(
+            b.reserve(&configs, &t, 0.6, now).is_err(),
+            "0.6 + 0.6 > 1.0"
+        );
+        assert!(matches!(b.status(&configs, &t, now), Status::Soft(_)));
+        b.settle(r1, 0.1);
+        assert!(matches!(b.status(&configs, &t, now), Status::Ok));
+        let r2 = b.reserve(&configs, &t, 0.6, now).unwrap();
+        b.settle(r2, 0.9);
+        assert!(matches!(b.status(&configs, &t, now), Status::Hard(_)));
+        // Another team is untouched; the next day starts afresh.
+        assert!(matches!(
+            b.status(&configs, &id("k2", "ads"), now),
+            Status::Ok
+        ));
+        assert!(matches!(b.status(&configs, &t, now + 86_400), Status::Ok));
+    }
+
+    #[test]
+    fn restored_spend_counts() {
+        let b = Budgets::default();
+        let configs = [budget(None, 1.0)];
+        let t = id("k", "search");
+        let now = 1_795_600_800;
+        b.restore(&t, "2026-11-25", 1.0);
+        assert!(matches!(b.status(&configs, &t, now), Status::Hard(_)));
+    }
+
+    #[test]
+    fn the_request_rate_is_limited_per_key() {
+        let limiter = RateLimiter::default();
+        let t = id("k", "search");
+        let start = Instant::now();
+        assert!(limiter.admit(&t, 10, start).is_ok());
+        let second = limiter.admit(&t, 10, start).unwrap();
+        assert_eq!(second.remaining_requests, Some(0));
+        let refused = limiter.admit(&t, 10, start).unwrap_err();
+        // 2 per minute: one more after 30 s.
+        let wait = refused.retry_after.unwrap().as_secs_f64();
+        assert!((wait - 30.0).abs() < 0.01, "{wait}");
+        assert!(
+            limiter
+                .admit(&t, 10, start + Duration::from_secs(31))
+                .is_ok()
+        );
+    }
+}
