@@ -19,6 +19,7 @@
 //! ```
 
 pub mod access;
+pub mod admin;
 pub mod batcher;
 pub mod budget;
 pub mod chat;

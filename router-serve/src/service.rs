@@ -603,13 +603,14 @@ pub fn feedback(state: &AppState, body: &Bytes) -> Result<Value, ApiError> {
 }
 
 /// `GET /v1/models`: the router's aliases and every configured model, OpenAI-shaped.
-pub fn models(state: &AppState) -> Value {
+pub fn models(state: &AppState, headers: &HeaderMap) -> Result<Value, ApiError> {
     let engine = state.engine();
+    access::identify(&state.money, &engine, headers, None)?;
     let data: Vec<Value> = model_ids(&engine)
         .into_iter()
         .map(|(id, owner)| json!({"id": id, "object": "model", "created": 0, "owned_by": owner}))
         .collect();
-    json!({"object": "list", "data": data})
+    Ok(json!({"object": "list", "data": data}))
 }
 
 /// `GET /health`.

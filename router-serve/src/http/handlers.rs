@@ -5,11 +5,12 @@ use std::sync::Arc;
 
 use axum::Json;
 use axum::body::Body;
-use axum::extract::{ConnectInfo, State};
+use axum::extract::{ConnectInfo, Path, Query, State};
 use axum::http::{HeaderMap, Uri, header};
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
 
+use crate::admin;
 use crate::error::ApiError;
 use crate::service;
 use crate::state::AppState;
@@ -64,8 +65,11 @@ pub async fn feedback(
     Ok(Json(service::feedback(&state, &bytes)?).into_response())
 }
 
-pub async fn models(State(state): State<Arc<AppState>>) -> Response {
-    Json(service::models(&state)).into_response()
+pub async fn models(
+    State(state): State<Arc<AppState>>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    Ok(Json(service::models(&state, &headers)?).into_response())
 }
 
 pub async fn health(State(state): State<Arc<AppState>>) -> Response {
@@ -90,6 +94,66 @@ pub async fn reload(
     Ok(Json(report).into_response())
 }
 
+pub async fn spend(
+    State(state): State<Arc<AppState>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+    query: Result<Query<admin::SpendQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<Response, ApiError> {
+    authorize_admin(&state, peer, &headers)?;
+    let Query(query) = query.map_err(|e| ApiError::invalid(e.body_text(), Some("group_by")))?;
+    Ok(Json(admin::spend(&state, query).await?).into_response())
+}
+
+pub async fn budgets(
+    State(state): State<Arc<AppState>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    authorize_admin(&state, peer, &headers)?;
+    Ok(Json(admin::budgets(&state)).into_response())
+}
+
+pub async fn list_keys(
+    State(state): State<Arc<AppState>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    authorize_admin(&state, peer, &headers)?;
+    Ok(Json(admin::list_keys(&state)).into_response())
+}
+
+pub async fn create_key(
+    State(state): State<Arc<AppState>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, ApiError> {
+    authorize_admin(&state, peer, &headers)?;
+    let bytes = read_body(&state, &headers, body).await?;
+    let new = serde_json::from_slice(&bytes).map_err(ApiError::InvalidJson)?;
+    Ok(Json(admin::create_key(&state, new).await?).into_response())
+}
+
+pub async fn delete_key(
+    State(state): State<Arc<AppState>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+    Path(name): Path<String>,
+) -> Result<Response, ApiError> {
+    authorize_admin(&state, peer, &headers)?;
+    Ok(Json(admin::delete_key(&state, name).await?).into_response())
+}
+
+/// The page itself is public (it holds no data); the spend it loads needs the admin key.
+pub async fn dashboard() -> Response {
+    (
+        [(header::CONTENT_TYPE, "text/html; charset=utf-8")],
+        admin::DASHBOARD_HTML,
+    )
+        .into_response()
+}
+
 pub async fn not_found(uri: Uri) -> ApiError {
     ApiError::NotFound(format!("no endpoint at {}", uri.path()))
 }
@@ -109,7 +173,7 @@ fn authorize_admin(
                 .and_then(|v| v.to_str().ok())
                 .and_then(|v| v.strip_prefix("Bearer "))
                 .unwrap_or("");
-            if constant_time_eq(given.as_bytes(), key.expose().as_bytes()) {
+            if crate::tenants::constant_time_eq(given.as_bytes(), key.expose().as_bytes()) {
                 Ok(())
             } else {
                 Err(ApiError::Unauthorized(
@@ -122,29 +186,5 @@ fn authorize_admin(
             "admin endpoints answer loopback clients only unless server.admin_key_env is set"
                 .into(),
         )),
-    }
-}
-
-/// Compares without an early exit, so timing does not reveal how much of a key matched.
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    let mut diff = a.len() ^ b.len();
-    for i in 0..a.len().max(b.len()) {
-        let x = a.get(i).copied().unwrap_or(0);
-        let y = b.get(i).copied().unwrap_or(0);
-        diff |= usize::from(x ^ y);
-    }
-    diff == 0
-}
-
-#[cfg(test)]
-mod tests {
-    use super::constant_time_eq;
-
-    #[test]
-    fn keys_compare_equal_only_when_identical() {
-        assert!(constant_time_eq(b"abc", b"abc"));
-        assert!(!constant_time_eq(b"abc", b"abd"));
-        assert!(!constant_time_eq(b"abc", b"abcd"));
-        assert!(!constant_time_eq(b"", b"a"));
     }
 }

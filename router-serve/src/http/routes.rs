@@ -3,7 +3,7 @@
 use std::sync::Arc;
 
 use axum::Router;
-use axum::routing::{get, post};
+use axum::routing::{delete, get, post};
 
 use super::handlers;
 use crate::state::AppState;
@@ -18,6 +18,14 @@ pub fn app(state: Arc<AppState>) -> Router {
         .route("/health", get(handlers::health))
         .route("/metrics", get(handlers::metrics))
         .route("/admin/reload", post(handlers::reload))
+        .route(
+            "/admin/keys",
+            get(handlers::list_keys).post(handlers::create_key),
+        )
+        .route("/admin/keys/{name}", delete(handlers::delete_key))
+        .route("/v1/spend", get(handlers::spend))
+        .route("/v1/budgets", get(handlers::budgets))
+        .route("/dashboard", get(handlers::dashboard))
         .fallback(handlers::not_found)
         .with_state(state)
 }

@@ -398,3 +398,56 @@ pub fn sse_data(text: &str) -> Vec<String> {
         .map(str::to_owned)
         .collect()
 }
+
+/// The `router-serve` binary on a config file, with its stderr collected.
+pub struct Binary {
+    pub child: std::process::Child,
+    pub base: String,
+    pub stderr: std::thread::JoinHandle<String>,
+}
+
+impl Binary {
+    pub fn start(config: &Path, env: &[(&str, &str)]) -> Self {
+        use std::io::{BufRead, BufReader};
+        let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_router-serve"));
+        command
+            .arg("--config")
+            .arg(config)
+            .args(["--log", "debug"])
+            .stderr(std::process::Stdio::piped());
+        for (k, v) in env {
+            command.env(k, v);
+        }
+        let mut child = command.spawn().unwrap();
+        let stderr = child.stderr.take().unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        let reader = std::thread::spawn(move || {
+            let mut all = String::new();
+            for line in BufReader::new(stderr).lines() {
+                let line = line.unwrap_or_default();
+                if let Some(addr) = line.strip_prefix("router-serve listening on ") {
+                    let _ = tx.send(addr.to_owned());
+                }
+                all.push_str(&line);
+                all.push('\n');
+            }
+            all
+        });
+        let base = rx.recv_timeout(Duration::from_secs(120)).unwrap();
+        Self {
+            child,
+            base,
+            stderr: reader,
+        }
+    }
+
+    pub fn signal(&self, name: &str) {
+        let pid = self.child.id().to_string();
+        let ok = std::process::Command::new("kill")
+            .args([&format!("-{name}"), &pid])
+            .status()
+            .unwrap()
+            .success();
+        assert!(ok, "kill -{name} {pid}");
+    }
+}

@@ -11,4 +11,5 @@ mod openai_sdk;
 mod ops;
 mod readme;
 mod route;
+mod tenants;
 mod upstream;

@@ -1,9 +1,7 @@
 //! Operations: feedback into a training set, reload (admin, file change, SIGHUP), graceful
 //! shutdown, keys on a real process.
 
-use std::io::{BufRead, BufReader};
 use std::path::Path;
-use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use router_serve::Server;
@@ -12,8 +10,8 @@ use router_serve::state::CliOverrides;
 use serde_json::{Value, json};
 
 use crate::common::{
-    Behaviour, Fake, PROMPT, TestServer, chat_body, config_text, default_router, read_jsonl,
-    sse_data,
+    Behaviour, Binary, Fake, PROMPT, TestServer, chat_body, config_text, default_router,
+    read_jsonl, sse_data,
 };
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -294,29 +292,8 @@ async fn the_binary_forwards_the_key_reloads_on_sighup_and_exits_on_sigterm() {
     let path = dir.path().join("router.toml");
     std::fs::write(&path, &text).unwrap();
     let secret = "sk-test-7f3a9c1e-never-logged";
-    let mut child = Command::new(env!("CARGO_BIN_EXE_router-serve"))
-        .arg("--config")
-        .arg(&path)
-        .args(["--log", "debug"])
-        .env("ROUTER_TEST_UPSTREAM_KEY", secret)
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let stderr = child.stderr.take().unwrap();
-    let (tx, rx) = std::sync::mpsc::channel();
-    let reader = std::thread::spawn(move || {
-        let mut all = String::new();
-        for line in BufReader::new(stderr).lines() {
-            let line = line.unwrap_or_default();
-            if let Some(addr) = line.strip_prefix("router-serve listening on ") {
-                let _ = tx.send(addr.to_owned());
-            }
-            all.push_str(&line);
-            all.push('\n');
-        }
-        all
-    });
-    let base = rx.recv_timeout(Duration::from_secs(120)).unwrap();
+    let mut bin = Binary::start(&path, &[("ROUTER_TEST_UPSTREAM_KEY", secret)]);
+    let base = bin.base.clone();
     let client = reqwest::Client::new();
     let r = client
         .post(format!("{base}/v1/chat/completions"))
@@ -335,14 +312,7 @@ async fn the_binary_forwards_the_key_reloads_on_sighup_and_exits_on_sigterm() {
         format!("{text}\n[routing]\nmodes = {{ balanced = 0.4 }}\n"),
     )
     .unwrap();
-    let pid = child.id().to_string();
-    assert!(
-        Command::new("kill")
-            .args(["-HUP", &pid])
-            .status()
-            .unwrap()
-            .success()
-    );
+    bin.signal("HUP");
     let mut band = Value::Null;
     for _ in 0..100 {
         tokio::time::sleep(Duration::from_millis(50)).await;
@@ -362,16 +332,10 @@ async fn the_binary_forwards_the_key_reloads_on_sighup_and_exits_on_sigterm() {
     }
     assert_eq!(band, 0.4, "SIGHUP reloaded the config");
 
-    assert!(
-        Command::new("kill")
-            .args(["-TERM", &pid])
-            .status()
-            .unwrap()
-            .success()
-    );
-    let status = child.wait().unwrap();
+    bin.signal("TERM");
+    let status = bin.child.wait().unwrap();
     assert!(status.success(), "{status}");
-    let logs = reader.join().unwrap();
+    let logs = bin.stderr.join().unwrap();
     assert!(logs.contains("reloaded"), "{logs}");
     assert!(!logs.contains(secret), "the key leaked into the logs");
     let decisions = std::fs::read_to_string(dir.path().join("decisions.jsonl")).unwrap();
