@@ -155,6 +155,9 @@ pub struct BatchingConfig {
     /// what is already queued).
     #[serde(default)]
     pub max_wait_us: u64,
+    /// Predictions kept for repeated prompts (exact text); 0 disables the cache.
+    #[serde(default = "default_decision_cache")]
+    pub decision_cache: usize,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -540,6 +543,9 @@ fn default_max_request_band() -> f64 {
 }
 fn default_max_batch() -> usize {
     32
+}
+fn default_decision_cache() -> usize {
+    10_000
 }
 fn default_rotate_bytes() -> u64 {
     64 << 20

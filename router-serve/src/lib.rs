@@ -22,6 +22,7 @@ pub mod access;
 pub mod admin;
 pub mod batcher;
 pub mod budget;
+pub mod cache;
 pub mod chat;
 pub mod config;
 pub mod error;

@@ -26,6 +26,8 @@ pub struct Metrics {
     pub reloads: IntCounterVec,
     pub batch_size: Histogram,
     pub in_flight: IntGauge,
+    /// Decision-cache lookups by result (`hit`, `miss`).
+    pub decision_cache: IntCounterVec,
 }
 
 const LATENCY_BUCKETS: &[f64] = &[
@@ -106,6 +108,11 @@ impl Metrics {
                 "router_encoder_batch_size",
                 "Prompts embedded per encoder forward pass.",
                 &[1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0],
+            )?,
+            decision_cache: counter(
+                "router_decision_cache_total",
+                "Decision-cache lookups by result (hit, miss).",
+                &["result"],
             )?,
             in_flight: {
                 let g = IntGauge::new("router_in_flight_requests", "Requests being served.")?;

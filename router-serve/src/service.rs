@@ -13,6 +13,7 @@ use serde_json::{Value, json};
 
 use crate::access::{self, Policy};
 use crate::budget::now_unix;
+use crate::cache::{self, Cached};
 use crate::error::ApiError;
 use crate::log::{
     DecisionRecord, FeedbackRecord, Latency, LoggedCandidate, Usage, now_rfc3339, sha256_hex,
@@ -152,30 +153,56 @@ pub async fn plan(engine: &Engine, req: &ChatRequest, policy: &Policy) -> Result
     }
 
     let start = Instant::now();
-    let tokenized = if text.len() <= INLINE_TOKENIZE_BYTES {
-        engine.encoder.tokenize(&text)
-    } else {
-        // Long texts take milliseconds: keep them off the async workers.
-        let (encoder, owned) = (engine.encoder.clone(), text.clone());
-        tokio::task::spawn_blocking(move || encoder.tokenize(&owned))
-            .await
-            .map_err(|e| ApiError::Router(format!("tokenising task failed: {e}")))?
-    };
-    let tokens = tokenized.map_err(|e| {
-        ApiError::invalid(format!("cannot tokenise the prompt: {e}"), Some("messages"))
-    })?;
-    let input_tokens = tokens.untruncated_len + other_chars.div_ceil(CHARS_PER_TOKEN);
-    check_length(engine, input_tokens)?;
     let deadline = Duration::from_millis(config.server.decision_timeout_ms);
-    let predicted = match tokio::time::timeout(deadline, engine.predict(tokens)).await {
-        Ok(Ok(quality)) => explain(&engine.router, &quality, input_tokens, band, &allowed)
-            .map_err(|e| e.to_string()),
-        Ok(Err(e)) => Err(e),
-        Err(_) => Err(format!(
-            "no decision within server.decision_timeout_ms = {} ms",
-            deadline.as_millis()
-        )),
+    let cache_key = cache::key(&text);
+    let cached = engine.cache.get(&cache_key);
+    engine
+        .metrics
+        .decision_cache
+        .with_label_values(&[if cached.is_some() { "hit" } else { "miss" }])
+        .inc();
+    let (quality, embedded_tokens) = match cached {
+        Some(hit) => (Ok(hit.quality.clone()), hit.tokens),
+        None => {
+            let tokenized = if text.len() <= INLINE_TOKENIZE_BYTES {
+                engine.encoder.tokenize(&text)
+            } else {
+                // Long texts take milliseconds: keep them off the async workers.
+                let (encoder, owned) = (engine.encoder.clone(), text.clone());
+                tokio::task::spawn_blocking(move || encoder.tokenize(&owned))
+                    .await
+                    .map_err(|e| ApiError::Router(format!("tokenising task failed: {e}")))?
+            };
+            let tokens = tokenized.map_err(|e| {
+                ApiError::invalid(format!("cannot tokenise the prompt: {e}"), Some("messages"))
+            })?;
+            let n = tokens.untruncated_len;
+            check_length(engine, n + other_chars.div_ceil(CHARS_PER_TOKEN))?;
+            let quality = match tokio::time::timeout(deadline, engine.predict(tokens)).await {
+                Ok(Ok(quality)) => {
+                    engine.cache.insert(
+                        cache_key,
+                        Cached {
+                            quality: quality.clone(),
+                            tokens: n,
+                        },
+                    );
+                    Ok(quality)
+                }
+                Ok(Err(e)) => Err(e),
+                Err(_) => Err(format!(
+                    "no decision within server.decision_timeout_ms = {} ms",
+                    deadline.as_millis()
+                )),
+            };
+            (quality, n)
+        }
     };
+    let input_tokens = embedded_tokens + other_chars.div_ceil(CHARS_PER_TOKEN);
+    check_length(engine, input_tokens)?;
+    let predicted = quality.and_then(|q| {
+        explain(&engine.router, &q, input_tokens, band, &allowed).map_err(|e| e.to_string())
+    });
     let decision_ms = start.elapsed().as_secs_f64() * 1e3;
     match predicted {
         Ok(mut decision) => {

@@ -16,6 +16,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::access::Money;
 use crate::batcher::{Batcher, Prediction};
+use crate::cache::DecisionCache;
 use crate::config::{ConfigError, ServeConfig};
 use crate::log::DecisionLog;
 use crate::metrics::Metrics;
@@ -51,6 +52,9 @@ pub struct Engine {
     pub router: Arc<Router>,
     pub encoder: Arc<Encoder>,
     batcher: Batcher,
+    /// Predictions by exact embedded text.
+    pub cache: DecisionCache,
+    pub metrics: Arc<Metrics>,
     clients: HashMap<String, reqwest::Client>,
     /// Per artifact model: the policy may choose it.
     pub routable: Vec<bool>,
@@ -147,15 +151,18 @@ impl Engine {
             router.clone(),
             config.batching.max_batch,
             Duration::from_micros(config.batching.max_wait_us),
-            metrics,
+            metrics.clone(),
         )
         .map_err(LoadError::Thread)?;
         let watched = watched_files(&config);
+        let cache = DecisionCache::new(config.batching.decision_cache);
         Ok(Self {
             config,
             router,
             encoder,
             batcher,
+            cache,
+            metrics,
             clients,
             routable,
             fail_open_model,

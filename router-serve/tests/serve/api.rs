@@ -291,3 +291,35 @@ async fn models_health_and_metrics() {
     }
     t.server.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_repeated_prompt_is_decided_from_the_cache() {
+    let t = TestServer::start().await;
+    let first = t.route(json!({})).await;
+    let second = t.route(json!({"router": {"band": 1.0}})).await;
+    let third = t.route(json!({})).await;
+    assert_eq!(
+        first["decision"]["candidates"],
+        third["decision"]["candidates"]
+    );
+    assert_eq!(first["chosen"], third["chosen"]);
+    assert_eq!(first["input_tokens"], second["input_tokens"]);
+    let metrics = t
+        .client
+        .get(t.url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains("router_decision_cache_total{result=\"hit\"} 2"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("router_decision_cache_total{result=\"miss\"} 1"),
+        "{metrics}"
+    );
+    t.server.shutdown().await;
+}
