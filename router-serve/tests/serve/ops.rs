@@ -286,15 +286,37 @@ async fn the_binary_forwards_the_key_reloads_on_sighup_and_exits_on_sigterm() {
     let text = config_text(
         &fake,
         dir.path(),
-        "",
+        "admin_key_env = \"ROUTER_TEST_ADMIN_KEY\"",
         "api_key_env = \"ROUTER_TEST_UPSTREAM_KEY\"",
     );
     let path = dir.path().join("router.toml");
     std::fs::write(&path, &text).unwrap();
     let secret = "sk-test-7f3a9c1e-never-logged";
-    let mut bin = Binary::start(&path, &[("ROUTER_TEST_UPSTREAM_KEY", secret)]);
+    let admin = "admin-test-51c2-never-logged";
+    let mut bin = Binary::start(
+        &path,
+        &[
+            ("ROUTER_TEST_UPSTREAM_KEY", secret),
+            ("ROUTER_TEST_ADMIN_KEY", admin),
+        ],
+    );
     let base = bin.base.clone();
     let client = reqwest::Client::new();
+    // With an admin key configured, admin endpoints need it, even from loopback.
+    for key in [None, Some("wrong")] {
+        let mut r = client.post(format!("{base}/admin/reload"));
+        if let Some(k) = key {
+            r = r.bearer_auth(k);
+        }
+        assert_eq!(r.send().await.unwrap().status(), 401, "{key:?}");
+    }
+    let r = client
+        .post(format!("{base}/admin/reload"))
+        .bearer_auth(admin)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
     let r = client
         .post(format!("{base}/v1/chat/completions"))
         .json(&chat_body("router", false))
@@ -338,6 +360,7 @@ async fn the_binary_forwards_the_key_reloads_on_sighup_and_exits_on_sigterm() {
     let logs = bin.stderr.join().unwrap();
     assert!(logs.contains("reloaded"), "{logs}");
     assert!(!logs.contains(secret), "the key leaked into the logs");
+    assert!(!logs.contains(admin), "the admin key leaked into the logs");
     let decisions = std::fs::read_to_string(dir.path().join("decisions.jsonl")).unwrap();
     assert!(!decisions.contains(secret));
 }
