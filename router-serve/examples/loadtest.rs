@@ -42,6 +42,66 @@ struct Args {
         default_value = "passthrough,cached,decisions"
     )]
     only: Vec<String>,
+    /// Encoder threads (`batching.workers`; pair values above 1 with RAYON_NUM_THREADS=1).
+    #[arg(long, default_value_t = 1)]
+    workers: usize,
+    /// A LiteLLM proxy executable (`pip install 'litellm[proxy]'`): runs the passthrough
+    /// scenario against it too, on the same fake upstream, for a side-by-side table.
+    #[arg(long)]
+    litellm: Option<std::path::PathBuf>,
+}
+
+/// The master key the LiteLLM proxy insists on.
+const LITELLM_KEY: &str = "sk-loadtest-0123456789abcdef";
+
+/// Starts LiteLLM's proxy on `port`, forwarding `model` to the fake upstream, and waits until
+/// it answers.
+async fn start_litellm(
+    exe: &std::path::Path,
+    upstream: std::net::SocketAddr,
+    model: &str,
+    port: u16,
+) -> anyhow::Result<std::process::Child> {
+    let dir = std::env::temp_dir().join(format!("router-loadtest-litellm-{port}"));
+    std::fs::create_dir_all(&dir)?;
+    let config = dir.join("config.yaml");
+    std::fs::write(
+        &config,
+        format!(
+            "model_list:\n  - model_name: {model}\n    litellm_params:\n      model: openai/{model}\n      api_base: http://{upstream}/v1\n      api_key: unused\nlitellm_settings:\n  telemetry: false\n  set_verbose: false\n"
+        ),
+    )?;
+    let child = std::process::Command::new(exe)
+        .arg("--config")
+        .arg(&config)
+        .args([
+            "--host",
+            "127.0.0.1",
+            "--port",
+            &port.to_string(),
+            "--num_workers",
+            "1",
+        ])
+        .env("LITELLM_LOG", "ERROR")
+        .env("LITELLM_MASTER_KEY", LITELLM_KEY)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()?;
+    let client = reqwest::Client::new();
+    let body = json!({"model": model, "messages": [{"role": "user", "content": "hi"}]});
+    for _ in 0..240 {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let r = client
+            .post(format!("http://127.0.0.1:{port}/v1/chat/completions"))
+            .bearer_auth(LITELLM_KEY)
+            .json(&body)
+            .send()
+            .await;
+        if r.is_ok_and(|r| r.status().is_success()) {
+            return Ok(child);
+        }
+    }
+    anyhow::bail!("LiteLLM did not answer within 120 s")
 }
 
 async fn fake_upstream() -> std::io::Result<std::net::SocketAddr> {
@@ -197,8 +257,10 @@ async fn main() -> anyhow::Result<()> {
     ];
     let config = format!(
         "[server]\nlisten = \"127.0.0.1:0\"\nrouter = \"{router}\"\nwatch_interval_ms = 0\ndecision_timeout_ms = 30000\n\
+         [batching]\nworkers = {workers}\n\
          [[upstreams]]\nname = \"fake\"\nbase_url = \"http://{upstream}/v1\"\nmodels = {models:?}\n",
         router = concat!(env!("CARGO_MANIFEST_DIR"), "/../models/llmrouter"),
+        workers = args.workers,
     );
     let config = ServeConfig::parse(&config, "loadtest")?;
     let server = Server::start(config, None, CliOverrides::default()).await?;
@@ -207,8 +269,21 @@ async fn main() -> anyhow::Result<()> {
         .pool_max_idle_per_host(1024)
         .build()?;
     let cpus = std::thread::available_parallelism().map_or(0, |n| n.get());
+    let rss = std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmRSS:"))
+                .map(|l| l.trim_start_matches("VmRSS:").trim().to_owned())
+        })
+        .unwrap_or_else(|| "unknown".into());
     println!(
-        "router-serve load test: {cpus} CPUs, server, load generator and fake upstream in one process, {} s per step\n",
+        "resident size with the default router loaded (server, fake upstream and load generator in one process): {rss}"
+    );
+    println!(
+        "router-serve load test: {cpus} CPUs, {} encoder worker(s), RAYON_NUM_THREADS={}, server, load generator and fake upstream in one process, {} s per step\n",
+        args.workers,
+        std::env::var("RAYON_NUM_THREADS").unwrap_or_else(|_| "unset".into()),
         args.seconds
     );
 
@@ -246,6 +321,37 @@ async fn main() -> anyhow::Result<()> {
             row(format!("{name} @ {rate}/s"), &samples, elapsed);
         }
         println!();
+    }
+
+    if let Some(exe) = &args.litellm {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")?
+            .local_addr()?
+            .port();
+        let mut litellm = start_litellm(exe, upstream, "gemma-2-9b-it", port).await?;
+        let url = format!("http://127.0.0.1:{port}/v1/chat/completions");
+        let mut auth = reqwest::header::HeaderMap::new();
+        auth.insert(
+            reqwest::header::AUTHORIZATION,
+            format!("Bearer {LITELLM_KEY}").parse()?,
+        );
+        let client = reqwest::Client::builder()
+            .pool_max_idle_per_host(1024)
+            .default_headers(auth)
+            .build()?;
+        let body = chat("gemma-2-9b-it", "What is the capital of France?");
+        println!(
+            "LiteLLM proxy (1 worker), same fake upstream, same load generator (no overhead header: client latency only)\n"
+        );
+        println!("{header}");
+        let _ = open_loop(&client, &url, 50, 1, body.clone()).await;
+        for &rate in &args.rates {
+            let (samples, elapsed) =
+                open_loop(&client, &url, rate, args.seconds, body.clone()).await;
+            row(format!("litellm passthrough @ {rate}/s"), &samples, elapsed);
+        }
+        println!();
+        let _ = litellm.kill();
+        let _ = litellm.wait();
     }
 
     if args.only.iter().any(|o| o == "decisions") {

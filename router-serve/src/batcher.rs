@@ -3,8 +3,8 @@
 //! grouped by length so that a short prompt does not pay for a long one's padding, and the head
 //! predicts every model's quality for the whole batch at once.
 
-use std::sync::Arc;
 use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender, TrySendError, sync_channel};
+use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -25,28 +25,38 @@ struct Job {
 /// Handle to the encoder thread; the thread ends when the last handle is dropped.
 pub struct Batcher {
     tx: SyncSender<Job>,
-    thread: Option<JoinHandle<()>>,
+    threads: Vec<JoinHandle<()>>,
 }
 
 /// Prompts waiting for the encoder beyond this are refused (the request fails open).
 const QUEUE_CAPACITY: usize = 4096;
 
 impl Batcher {
+    /// Starts `workers` encoder threads sharing one queue. More than one pays off only with
+    /// `RAYON_NUM_THREADS=1` (each thread then runs its own batch on one core: more
+    /// throughput, longer single-prompt latency); see the README.
     pub fn spawn(
         encoder: Arc<Encoder>,
         router: Arc<Router>,
         max_batch: usize,
         max_wait: Duration,
+        workers: usize,
         metrics: Arc<Metrics>,
     ) -> std::io::Result<Self> {
         let (tx, rx) = sync_channel(QUEUE_CAPACITY);
-        let thread = std::thread::Builder::new()
-            .name("router-encoder".into())
-            .spawn(move || run(&rx, &encoder, &router, max_batch.max(1), max_wait, &metrics))?;
-        Ok(Self {
-            tx,
-            thread: Some(thread),
-        })
+        let rx = Arc::new(Mutex::new(rx));
+        let threads = (0..workers.max(1))
+            .map(|i| {
+                let (rx, encoder, router, metrics) =
+                    (rx.clone(), encoder.clone(), router.clone(), metrics.clone());
+                std::thread::Builder::new()
+                    .name(format!("router-encoder-{i}"))
+                    .spawn(move || {
+                        run(&rx, &encoder, &router, max_batch.max(1), max_wait, &metrics)
+                    })
+            })
+            .collect::<std::io::Result<Vec<_>>>()?;
+        Ok(Self { tx, threads })
     }
 
     /// Queues `tokens`; the receiver yields its prediction.
@@ -64,34 +74,42 @@ impl Batcher {
 
 impl Drop for Batcher {
     fn drop(&mut self) {
-        // Closing the channel ends the thread once the queue is drained. Detach rather than
+        // Closing the channel ends the threads once the queue is drained. Detach rather than
         // join: a reload must not wait for the old encoder's last batch.
-        drop(self.thread.take());
+        self.threads.clear();
     }
 }
 
+/// The next batch: blocks for one job, then takes what is queued (waiting up to `max_wait`
+/// for more). `None` once the channel is closed.
+fn next_batch(rx: &Mutex<Receiver<Job>>, max_batch: usize, max_wait: Duration) -> Option<Vec<Job>> {
+    // One worker collects at a time; the others wait for the lock instead of the channel.
+    let rx = rx.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+    let first = rx.recv().ok()?;
+    let mut jobs = vec![first];
+    let deadline = Instant::now() + max_wait;
+    while jobs.len() < max_batch {
+        match rx.try_recv() {
+            Ok(job) => jobs.push(job),
+            Err(_) if max_wait.is_zero() => break,
+            Err(_) => match rx.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
+                Ok(job) => jobs.push(job),
+                Err(RecvTimeoutError::Timeout | RecvTimeoutError::Disconnected) => break,
+            },
+        }
+    }
+    Some(jobs)
+}
+
 fn run(
-    rx: &Receiver<Job>,
+    rx: &Mutex<Receiver<Job>>,
     encoder: &Encoder,
     router: &Router,
     max_batch: usize,
     max_wait: Duration,
     metrics: &Metrics,
 ) {
-    while let Ok(first) = rx.recv() {
-        let mut jobs = vec![first];
-        let deadline = Instant::now() + max_wait;
-        while jobs.len() < max_batch {
-            match rx.try_recv() {
-                Ok(job) => jobs.push(job),
-                Err(_) if max_wait.is_zero() => break,
-                Err(_) => match rx.recv_timeout(deadline.saturating_duration_since(Instant::now()))
-                {
-                    Ok(job) => jobs.push(job),
-                    Err(RecvTimeoutError::Timeout | RecvTimeoutError::Disconnected) => break,
-                },
-            }
-        }
+    while let Some(mut jobs) = next_batch(rx, max_batch, max_wait) {
         // Requests whose caller has gone (deadline passed) are not embedded.
         jobs.retain(|j| !j.reply.is_closed());
         if jobs.is_empty() {

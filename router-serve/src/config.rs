@@ -155,6 +155,11 @@ pub struct BatchingConfig {
     /// what is already queued).
     #[serde(default)]
     pub max_wait_us: u64,
+    /// Encoder threads sharing the queue; 0 (default) means one per core on CPU (at most 8)
+    /// and one on CUDA. With more than one, each should run its matrix products on one core:
+    /// the binary sets `RAYON_NUM_THREADS=1` at start when it is unset.
+    #[serde(default)]
+    pub workers: usize,
     /// Predictions kept for repeated prompts (exact text); 0 disables the cache.
     #[serde(default = "default_decision_cache")]
     pub decision_cache: usize,
@@ -410,6 +415,9 @@ impl ServeConfig {
         if self.batching.max_batch == 0 {
             return Err(invalid("batching.max_batch", "must be positive".into()));
         }
+        if self.batching.workers > 64 {
+            return Err(invalid("batching.workers", "must be at most 64".into()));
+        }
         if self.log.rotate_bytes < 1024 {
             return Err(invalid("log.rotate_bytes", "must be at least 1024".into()));
         }
@@ -463,6 +471,18 @@ impl ServeConfig {
             }
         }
         Ok(())
+    }
+
+    /// Encoder threads to run: `batching.workers`, or for 0 one per core on CPU (at most 8)
+    /// and one on a GPU.
+    pub fn encoder_workers(&self) -> usize {
+        match self.batching.workers {
+            0 if self.server.device.trim().eq_ignore_ascii_case("cpu") => {
+                std::thread::available_parallelism().map_or(1, |n| n.get().min(8))
+            }
+            0 => 1,
+            n => n,
+        }
     }
 
     /// The band of mode `name`.

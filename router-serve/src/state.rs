@@ -151,6 +151,7 @@ impl Engine {
             router.clone(),
             config.batching.max_batch,
             Duration::from_micros(config.batching.max_wait_us),
+            config.encoder_workers(),
             metrics.clone(),
         )
         .map_err(LoadError::Thread)?;
