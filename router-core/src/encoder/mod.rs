@@ -3,9 +3,8 @@
 //! Text is tokenised without the tokenizer's own padding or truncation (the hub's
 //! `tokenizer.json` for all-MiniLM-L6-v2 pads and truncates at 128), truncated here to
 //! `max_seq_length` by the chosen [`Truncation`] mode, padded to the longest text of the batch,
-//! run through the BERT forward pass in [`bert`] (Candle, tuned for inference), mean-pooled over the attention mask and L2-normalised.
+//! run through `BertModel`, mean-pooled over the attention mask and L2-normalised.
 
-mod bert;
 mod resolve;
 
 use std::path::Path;
@@ -13,9 +12,7 @@ use std::str::FromStr;
 
 use candle_core::{DType, Device, Tensor};
 use candle_nn::VarBuilder;
-use candle_transformers::models::bert::Config as BertConfig;
-
-use self::bert::Bert;
+use candle_transformers::models::bert::{BertModel, Config as BertConfig};
 use serde::{Deserialize, Serialize};
 use tokenizers::Tokenizer;
 
@@ -77,7 +74,7 @@ pub struct TokenizedText {
 
 /// A loaded sentence encoder. Cheap to share behind an `Arc`; `embed` takes `&self`.
 pub struct Encoder {
-    model: Bert,
+    model: BertModel,
     tokenizer: Tokenizer,
     device: Device,
     max_seq_length: usize,
@@ -290,7 +287,7 @@ impl Encoder {
             VarBuilder::from_mmaped_safetensors(&[&weights_path], DType::F32, device)
                 .map_err(weights_err)?
         };
-        let model = Bert::load(vb, &config).map_err(weights_err)?;
+        let model = BertModel::load(vb, &config).map_err(weights_err)?;
 
         Ok(Self {
             model,
@@ -391,7 +388,8 @@ impl Encoder {
         }
         let ids = Tensor::from_vec(ids, (n, width), &self.device)?;
         let mask = Tensor::from_vec(mask, (n, width), &self.device)?;
-        let hidden = self.model.forward(&ids, &mask)?;
+        let token_types = ids.zeros_like()?;
+        let hidden = self.model.forward(&ids, &token_types, Some(&mask))?;
         let pooled = match self.pooling {
             Pooling::Mean => {
                 let mask = mask.to_dtype(DType::F32)?.unsqueeze(2)?;
