@@ -4,6 +4,29 @@ use candle_core::Device;
 
 use crate::error::{Error, Result};
 
+/// Makes every Candle matrix product run on the calling thread's core alone, by setting
+/// `RAYON_NUM_THREADS=1` (Candle reads it on each product) unless the user set it. With one
+/// encoder thread per core this gives more prompts per second than one thread using every
+/// core (measured on 2 cores: 65 against 37 decisions/s in router-serve, 69.9 against 81.2 s
+/// for a cold `router-train fit` on llmrouter). Returns whether it was set.
+///
+/// # Safety
+///
+/// Call it before any other thread exists (first thing in `main`): it changes the process
+/// environment, which other threads may be reading.
+#[expect(
+    unsafe_code,
+    reason = "std::env::set_var; the caller guarantees no other thread is running"
+)]
+pub unsafe fn use_one_core_per_thread() -> bool {
+    if std::env::var_os("RAYON_NUM_THREADS").is_some() {
+        return false;
+    }
+    // SAFETY: the caller guarantees the process has one thread.
+    unsafe { std::env::set_var("RAYON_NUM_THREADS", "1") };
+    true
+}
+
 /// Parses a device name. Asking for CUDA in a build without the `cuda` feature is an error,
 /// never a silent fallback to the CPU.
 pub fn parse_device(name: &str) -> Result<Device> {

@@ -83,21 +83,17 @@ fn run(cli: Cli) -> anyhow::Result<()> {
     }
 }
 
-/// With several encoder threads, each should run its matrix products on one core rather than
-/// all of them contending for every core: measured on 2 cores, 2 threads × 1 core give 65
-/// decisions/s at 64 clients against 37 for 1 thread × 2 cores, at the same single-prompt
-/// latency. Candle reads `RAYON_NUM_THREADS` on every product, so it is set here, before any
-/// other thread exists, unless the user set it.
+/// With several encoder threads, each runs its matrix products on one core (see
+/// `router_core::device::use_one_core_per_thread`).
 fn one_core_per_encoder_thread(workers: usize) {
-    if workers > 1 && std::env::var_os("RAYON_NUM_THREADS").is_none() {
+    if workers > 1 {
         #[expect(
             unsafe_code,
-            reason = "set_var before any other thread is started: nothing reads the environment concurrently"
+            reason = "called from `run` before the tokio runtime or any encoder thread starts"
         )]
-        // SAFETY: called from `run` before the tokio runtime and the encoder threads start;
-        // the process has one thread.
+        // SAFETY: the process has one thread here.
         unsafe {
-            std::env::set_var("RAYON_NUM_THREADS", "1");
+            router_core::device::use_one_core_per_thread();
         }
     }
 }

@@ -80,6 +80,16 @@ pub struct EmbedStats {
     pub seconds: f64,
 }
 
+/// Threads that encode batches side by side: one per core (at most 8) when
+/// `RAYON_NUM_THREADS=1`, else one (a single batch then uses every core).
+pub fn encode_threads() -> usize {
+    if std::env::var("RAYON_NUM_THREADS").is_ok_and(|v| v.trim() == "1") {
+        std::thread::available_parallelism().map_or(1, |n| n.get().min(8))
+    } else {
+        1
+    }
+}
+
 /// Embeds `texts` (in order), reading what it can from the cache in `cache_dir` and appending
 /// what it had to encode. Texts are encoded in batches of similar length, so little padding
 /// is computed.
@@ -157,27 +167,65 @@ pub fn embed_all(
             }
             None => None,
         };
-        for chunk in order.chunks(batch_size.max(1)) {
-            let batch: Vec<_> = chunk.iter().map(|&j| tokenized[j].clone()).collect();
-            let vectors = encoder.embed_tokenized(&batch)?;
-            // One write per batch on an O_APPEND file: whole records, never interleaved with
-            // another process appending to the same cache.
-            let mut records = Vec::with_capacity(chunk.len() * (32 + dim * 4));
-            for (&j, v) in chunk.iter().zip(vectors) {
-                let key = keys[missing[j]];
-                records.extend_from_slice(&key);
-                for x in &v {
-                    records.extend_from_slice(&x.to_le_bytes());
+        // Several batches at once, one per thread, when each thread's matrix products run on
+        // one core (RAYON_NUM_THREADS=1, which `router-train` sets): on 2 cores this encodes
+        // about 1.5× as many prompts per second as one batch on both cores.
+        let threads = encode_threads();
+        let batch_size = batch_size.max(1);
+        for group in order.chunks(batch_size * threads) {
+            let chunks: Vec<&[usize]> = group.chunks(batch_size).collect();
+            let results: Vec<router_core::Result<Vec<Vec<f32>>>> = if chunks.len() == 1 {
+                vec![
+                    encoder.embed_tokenized(
+                        &chunks[0]
+                            .iter()
+                            .map(|&j| tokenized[j].clone())
+                            .collect::<Vec<_>>(),
+                    ),
+                ]
+            } else {
+                std::thread::scope(|scope| {
+                    let handles: Vec<_> = chunks
+                        .iter()
+                        .map(|chunk| {
+                            let batch: Vec<_> =
+                                chunk.iter().map(|&j| tokenized[j].clone()).collect();
+                            scope.spawn(move || encoder.embed_tokenized(&batch))
+                        })
+                        .collect();
+                    handles
+                        .into_iter()
+                        .map(|h| {
+                            h.join().unwrap_or_else(|_| {
+                                Err(router_core::Error::InvalidInput(
+                                    "an encoding thread panicked".to_owned(),
+                                ))
+                            })
+                        })
+                        .collect()
+                })
+            };
+            for (chunk, vectors) in chunks.iter().zip(results) {
+                let vectors = vectors?;
+                // One write per batch on an O_APPEND file: whole records, never interleaved
+                // with another process appending to the same cache.
+                let mut records = Vec::with_capacity(chunk.len() * (32 + dim * 4));
+                for (&j, v) in chunk.iter().zip(vectors) {
+                    let key = keys[missing[j]];
+                    records.extend_from_slice(&key);
+                    for x in &v {
+                        records.extend_from_slice(&x.to_le_bytes());
+                    }
+                    cache.insert(key, v);
                 }
-                cache.insert(key, v);
+                if let (Some(f), Some(p)) = (file.as_mut(), path.as_ref()) {
+                    f.write_all(&records).map_err(|source| TrainError::Cache {
+                        path: p.clone(),
+                        source,
+                    })?;
+                }
+                bar.inc(chunk.len() as u64);
             }
-            if let (Some(f), Some(p)) = (file.as_mut(), path.as_ref()) {
-                f.write_all(&records).map_err(|source| TrainError::Cache {
-                    path: p.clone(),
-                    source,
-                })?;
-            }
-            bar.inc(chunk.len() as u64);
         }
         bar.finish_and_clear();
     }

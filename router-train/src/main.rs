@@ -228,7 +228,19 @@ impl FitArgs {
 fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Fit(args) => {
-            let report = run_fit(&args.into_config()?)?;
+            let config = args.into_config()?;
+            if config.device.trim().eq_ignore_ascii_case("cpu") {
+                #[expect(
+                    unsafe_code,
+                    reason = "called before any thread is started: fitting starts them"
+                )]
+                // SAFETY: the process has one thread here; encoding then runs one batch per
+                // core (router_train::embed_cache::encode_threads).
+                unsafe {
+                    router_core::device::use_one_core_per_thread();
+                }
+            }
+            let report = run_fit(&config)?;
             println!("{report}");
         }
         Command::FetchEncoder => {
