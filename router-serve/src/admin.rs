@@ -111,16 +111,12 @@ pub struct NewKey {
     pub team: String,
     #[serde(default)]
     pub user: String,
-    #[serde(default = "default_tier")]
+    #[serde(default = "crate::tenants::default_tier")]
     pub tier: String,
     #[serde(default)]
     pub rpm: Option<u32>,
     #[serde(default)]
     pub tpm: Option<u64>,
-}
-
-fn default_tier() -> String {
-    "default".into()
 }
 
 /// Creates a key; the answer is the only time the key itself is shown.

@@ -138,6 +138,15 @@ fn worst_case_usd(engine: &Engine, plan: &Plan, output_tokens: u64) -> f64 {
         .fold(0.0, f64::max)
 }
 
+/// An upstream's JSON body, passed on with `status`.
+fn json_response(status: StatusCode, body: Bytes) -> Response {
+    let content_type = [(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    )];
+    (status, content_type, body).into_response()
+}
+
 /// What settling a request needs to know.
 struct Bill {
     identity: Identity,
@@ -338,15 +347,7 @@ async fn chat_inner(
             settle(state, &engine, bill, &record).await;
             record.latency = latency(upstream_ms);
             finish(state, &record, "chat");
-            let mut response = (
-                StatusCode::OK,
-                [(
-                    header::CONTENT_TYPE,
-                    HeaderValue::from_static("application/json"),
-                )],
-                body,
-            )
-                .into_response();
+            let mut response = json_response(StatusCode::OK, body);
             let h = response.headers_mut();
             router_headers(
                 h,
@@ -449,15 +450,7 @@ async fn chat_inner(
             settle(state, &engine, bill, &record).await;
             record.latency = latency(upstream_ms);
             finish(state, &record, "chat");
-            let mut response = (
-                status,
-                [(
-                    header::CONTENT_TYPE,
-                    HeaderValue::from_static("application/json"),
-                )],
-                body,
-            )
-                .into_response();
+            let mut response = json_response(status, body);
             let h = response.headers_mut();
             router_headers(
                 h,

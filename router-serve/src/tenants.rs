@@ -78,7 +78,7 @@ impl fmt::Debug for KeyConfig {
     }
 }
 
-fn default_tier() -> String {
+pub(crate) fn default_tier() -> String {
     "default".to_owned()
 }
 

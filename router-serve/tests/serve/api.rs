@@ -3,7 +3,7 @@
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 
-use crate::common::{MODELS, PROMPT, TestServer, chat_body, merge};
+use crate::common::{MODELS, PROMPT, TestServer, chat_body, get_json, merge, metrics};
 
 fn assert_openai_error(body: &Value, code: &str) {
     let e = &body["error"];
@@ -230,15 +230,7 @@ async fn bad_requests_get_openai_errors_and_lose_nothing() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn models_health_and_metrics() {
     let t = TestServer::start().await;
-    let models: Value = t
-        .client
-        .get(t.url("/v1/models"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let models: Value = get_json(&t.url("/v1/models")).await;
     assert_eq!(models["object"], "list");
     let ids: Vec<&str> = models["data"]
         .as_array()
@@ -255,29 +247,13 @@ async fn models_health_and_metrics() {
     ] {
         assert!(ids.contains(&id), "{ids:?}");
     }
-    let health: Value = t
-        .client
-        .get(t.url("/health"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let health: Value = get_json(&t.url("/health")).await;
     assert_eq!(health["status"], "ok");
     assert_eq!(health["routable_models"], MODELS.len());
 
     t.post("/v1/chat/completions", chat_body("router", false))
         .await;
-    let metrics = t
-        .client
-        .get(t.url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = metrics(&t.url("")).await;
     for name in [
         "router_requests_total{endpoint=\"chat\"",
         "router_decision_seconds_bucket",
@@ -304,15 +280,7 @@ async fn a_repeated_prompt_is_decided_from_the_cache() {
     );
     assert_eq!(first["chosen"], third["chosen"]);
     assert_eq!(first["input_tokens"], second["input_tokens"]);
-    let metrics = t
-        .client
-        .get(t.url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = metrics(&t.url("")).await;
     assert!(
         metrics.contains("router_decision_cache_total{result=\"hit\"} 2"),
         "{metrics}"

@@ -451,3 +451,42 @@ impl Binary {
         assert!(ok, "kill -{name} {pid}");
     }
 }
+
+/// The text of `GET {base}/metrics`.
+pub async fn metrics(base: &str) -> String {
+    reqwest::get(format!("{base}/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap()
+}
+
+/// Polls `/v1/route` at `base` until the balanced mode's band is `band` (a reload took
+/// effect); returns the last band seen, after at most 5 s.
+pub async fn wait_for_band(base: &str, band: f64) -> Value {
+    let client = reqwest::Client::new();
+    let mut seen = Value::Null;
+    for _ in 0..100 {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let d: Value = client
+            .post(format!("{base}/v1/route"))
+            .json(&json!({"messages": [{"role": "user", "content": "hi"}]}))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        seen = d["band"].clone();
+        if seen == band {
+            break;
+        }
+    }
+    seen
+}
+
+/// `GET url` as JSON.
+pub async fn get_json(url: &str) -> Value {
+    reqwest::get(url).await.unwrap().json().await.unwrap()
+}

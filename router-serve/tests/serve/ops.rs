@@ -10,8 +10,8 @@ use router_serve::state::CliOverrides;
 use serde_json::{Value, json};
 
 use crate::common::{
-    Behaviour, Binary, Fake, PROMPT, TestServer, chat_body, config_text, default_router,
-    read_jsonl, sse_data,
+    Behaviour, Binary, Fake, PROMPT, TestServer, chat_body, config_text, default_router, get_json,
+    metrics, read_jsonl, sse_data, wait_for_band,
 };
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -157,14 +157,7 @@ async fn reload_swaps_artifact_and_config_under_load_and_refuses_a_broken_config
         let statuses = task.await.unwrap();
         assert!(statuses.iter().all(|&s| s == 200), "{statuses:?}");
     }
-    let health: Value = client
-        .get(url("/health"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let health: Value = get_json(&url("/health")).await;
     assert_eq!(health["router"], "router-b");
     let d: Value = client
         .post(url("/v1/route"))
@@ -197,14 +190,7 @@ async fn reload_swaps_artifact_and_config_under_load_and_refuses_a_broken_config
         .unwrap();
     assert_eq!(ok.status(), 200);
     assert_eq!(ok.headers()["x-router-band"], "0.3");
-    let metrics = client
-        .get(url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = metrics(&url("")).await;
     assert!(
         metrics.contains("router_reloads_total{result=\"error\",trigger=\"admin\"} 1"),
         "{metrics}"
@@ -228,24 +214,7 @@ async fn a_changed_config_file_is_picked_up() {
         format!("{text}\n[routing]\nmodes = {{ balanced = 0.25 }}\n"),
     )
     .unwrap();
-    let client = reqwest::Client::new();
-    let mut band = Value::Null;
-    for _ in 0..100 {
-        tokio::time::sleep(Duration::from_millis(50)).await;
-        let d: Value = client
-            .post(format!("http://{}/v1/route", server.addr()))
-            .json(&json!({"messages": [{"role": "user", "content": "hi"}]}))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
-        band = d["band"].clone();
-        if band == 0.25 {
-            break;
-        }
-    }
+    let band = wait_for_band(&format!("http://{}", server.addr()), 0.25).await;
     assert_eq!(band, 0.25);
     server.shutdown().await;
 }
@@ -335,23 +304,7 @@ async fn the_binary_forwards_the_key_reloads_on_sighup_and_exits_on_sigterm() {
     )
     .unwrap();
     bin.signal("HUP");
-    let mut band = Value::Null;
-    for _ in 0..100 {
-        tokio::time::sleep(Duration::from_millis(50)).await;
-        let d: Value = client
-            .post(format!("{base}/v1/route"))
-            .json(&json!({"messages": [{"role": "user", "content": "hi"}]}))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
-        band = d["band"].clone();
-        if band == 0.4 {
-            break;
-        }
-    }
+    let band = wait_for_band(&base, 0.4).await;
     assert_eq!(band, 0.4, "SIGHUP reloaded the config");
 
     bin.signal("TERM");

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use serde_json::{Value, json};
 
-use crate::common::{MODELS, TestServer, chat_body, merge};
+use crate::common::{MODELS, TestServer, chat_body, get_json, merge};
 
 const FREE_MODELS: [&str; 3] = [
     "gemma-2-9b-it",
@@ -218,15 +218,7 @@ hard_usd = 0.0000001
     assert_eq!(body["error"]["code"], "insufficient_quota");
     assert!(body["error"]["message"].as_str().unwrap().contains("alice"));
 
-    let budgets: Value = t
-        .client
-        .get(t.url("/v1/budgets"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let budgets: Value = get_json(&t.url("/v1/budgets")).await;
     let ads = budgets["budgets"]
         .as_array()
         .unwrap()
@@ -456,15 +448,7 @@ async fn the_dashboard_shows_the_ledger_in_a_real_browser() {
             assert_eq!(r.status(), 200);
         }
     }
-    let spend: Value = t
-        .client
-        .get(t.url("/v1/spend?group_by=team"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let spend: Value = get_json(&t.url("/v1/spend?group_by=team")).await;
     assert_eq!(spend["totals"]["requests"], 8);
     let bad = t
         .client

@@ -4,7 +4,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 
-use crate::common::{Behaviour, TestServer, chat_body, merge, sse_data};
+use crate::common::{Behaviour, TestServer, chat_body, merge, metrics, sse_data};
 
 /// The balanced decision for the test prompt: the chosen model and the next in line.
 async fn chosen_and_next(t: &TestServer) -> (String, String) {
@@ -40,15 +40,7 @@ async fn a_5xx_falls_back_to_the_next_candidate() {
     assert_eq!(attempts[1]["outcome"], "ok");
     assert_eq!(rec["chosen"], chosen.as_str());
     assert_eq!(rec["model"], next.as_str());
-    let metrics = t
-        .client
-        .get(t.url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = metrics(&t.url("")).await;
     assert!(
         metrics.contains(&format!("router_fallbacks_total{{model=\"{chosen}\"}} 1")),
         "{metrics}"
