@@ -148,6 +148,11 @@ impl Manifest {
     pub fn model_index(&self, name: &str) -> Option<usize> {
         self.models.iter().position(|m| m.name == name)
     }
+
+    /// The model named `name`.
+    pub fn model(&self, name: &str) -> Option<&ModelInfo> {
+        self.models.iter().find(|m| m.name == name)
+    }
 }
 
 /// A loaded router: manifest, head and calibration, ready to predict.

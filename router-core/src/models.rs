@@ -33,11 +33,14 @@ pub struct ModelInfo {
 }
 
 impl ModelInfo {
+    /// Cost in USD of `input_tokens` in and `output_tokens` out at this model's prices.
+    pub fn cost_usd(&self, input_tokens: f64, output_tokens: f64) -> f64 {
+        (input_tokens * self.input_price_per_1m + output_tokens * self.output_price_per_1m) / 1e6
+    }
+
     /// Expected cost in USD of answering a prompt of `input_tokens` tokens.
     pub fn expected_cost(&self, input_tokens: usize) -> f64 {
-        (input_tokens as f64 * self.input_price_per_1m
-            + self.expected_output_tokens * self.output_price_per_1m)
-            / 1e6
+        self.cost_usd(input_tokens as f64, self.expected_output_tokens)
     }
 }
 

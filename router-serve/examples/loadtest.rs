@@ -244,22 +244,19 @@ fn prompt(i: usize) -> String {
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     let upstream = fake_upstream().await?;
-    let models = [
-        "codegemma-7b",
-        "gemma-2-9b-it",
-        "llama-3.1-8b-instruct",
-        "llama-3.1-nemotron-51b-instruct",
-        "llama-3.3-nemotron-super-49b-v1",
-        "llama3-chatqa-1.5-70b",
-        "llama3-chatqa-1.5-8b",
-        "mistral-7b-instruct-v0.3",
-        "qwen2.5-7b-instruct",
-    ];
+    let router_dir = concat!(env!("CARGO_MANIFEST_DIR"), "/../models/llmrouter");
+    // Every model the default router knows goes to the fake upstream.
+    let models: Vec<String> =
+        router_core::artifact::Router::load(std::path::Path::new(router_dir))?
+            .model_names()
+            .into_iter()
+            .map(str::to_owned)
+            .collect();
     let config = format!(
         "[server]\nlisten = \"127.0.0.1:0\"\nrouter = \"{router}\"\nwatch_interval_ms = 0\ndecision_timeout_ms = 30000\n\
          [batching]\nworkers = {workers}\n\
          [[upstreams]]\nname = \"fake\"\nbase_url = \"http://{upstream}/v1\"\nmodels = {models:?}\n",
-        router = concat!(env!("CARGO_MANIFEST_DIR"), "/../models/llmrouter"),
+        router = router_dir,
         workers = args.workers,
     );
     let config = ServeConfig::parse(&config, "loadtest")?;

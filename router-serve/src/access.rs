@@ -99,6 +99,34 @@ pub fn identify(
     }
 }
 
+/// A request's caller and what it may do.
+pub struct Admission {
+    pub identity: Identity,
+    pub tags: Vec<String>,
+    pub policy: Policy,
+}
+
+/// Identifies the caller of `req` and works out its policy (tier, rules, budgets at `now`).
+pub fn admit(
+    money: &Money,
+    engine: &Engine,
+    headers: &HeaderMap,
+    req: &ChatRequest,
+    now: u64,
+) -> Result<Admission, ApiError> {
+    let identity = identify(money, engine, headers, req.user.as_deref())?;
+    let tags = tags(headers);
+    let status = money
+        .budgets
+        .status(&engine.config.tenants.budgets, &identity, now);
+    let policy = policy(engine, &identity, req, &tags, status)?;
+    Ok(Admission {
+        identity,
+        tags,
+        policy,
+    })
+}
+
 /// `x-router-tags: a, b`.
 pub fn tags(headers: &HeaderMap) -> Vec<String> {
     headers

@@ -62,11 +62,9 @@ pub async fn spend(state: &AppState, query: SpendQuery) -> Result<SpendAnswer, A
         ApiError::NotConfigured("spend is read from the ledger, and auth.ledger is not set".into())
     })?;
     let (by, from, to) = (query.group_by, query.from.clone(), query.to.clone());
-    let rows =
-        tokio::task::spawn_blocking(move || ledger.spend(by, from.as_deref(), to.as_deref()))
-            .await
-            .map_err(|e| ApiError::Ledger(e.to_string()))?
-            .map_err(|e| ApiError::Ledger(e.to_string()))?;
+    let rows = ledger
+        .run(move |l| l.spend(by, from.as_deref(), to.as_deref()))
+        .await?;
     let mut totals = SpendGroup {
         group: "total".into(),
         requests: 0,
@@ -171,10 +169,7 @@ pub async fn create_key(state: &AppState, new: NewKey) -> Result<Value, ApiError
         },
     };
     let to_store = stored.clone();
-    tokio::task::spawn_blocking(move || ledger.add_key(&to_store))
-        .await
-        .map_err(|e| ApiError::Ledger(e.to_string()))?
-        .map_err(|e| ApiError::Ledger(e.to_string()))?;
+    ledger.run(move |l| l.add_key(&to_store)).await?;
     if let Ok(mut table) = state.money.created_keys.write() {
         table.insert(stored.digest, stored.identity.clone());
     }
@@ -217,10 +212,7 @@ pub async fn delete_key(state: &AppState, name: String) -> Result<Value, ApiErro
         .clone()
         .ok_or_else(|| ApiError::NotConfigured("auth.ledger is not set".into()))?;
     let lookup = name.clone();
-    let removed = tokio::task::spawn_blocking(move || ledger.remove_key(&lookup))
-        .await
-        .map_err(|e| ApiError::Ledger(e.to_string()))?
-        .map_err(|e| ApiError::Ledger(e.to_string()))?;
+    let removed = ledger.run(move |l| l.remove_key(&lookup)).await?;
     if let Ok(mut table) = state.money.created_keys.write() {
         table.remove_named(&name);
     }

@@ -13,7 +13,7 @@ use serde_json::Value;
 use tracing::Instrument;
 use tracing::field::Empty;
 
-use crate::access::{self, Policy};
+use crate::access::{self, Admission};
 use crate::budget::{Reservation, now_unix};
 use crate::error::{ApiError, rate_headers};
 use crate::ledger::SpendRow;
@@ -122,19 +122,8 @@ fn cap_max_tokens(req: &mut ChatRequest, cap: Option<u64>) -> Option<u64> {
 fn worst_case_usd(engine: &Engine, plan: &Plan, output_tokens: u64) -> f64 {
     plan.targets
         .iter()
-        .filter_map(|t| {
-            engine
-                .router
-                .manifest
-                .models
-                .iter()
-                .find(|m| m.name == t.model)
-        })
-        .map(|m| {
-            (plan.input_tokens as f64 * m.input_price_per_1m
-                + output_tokens as f64 * m.output_price_per_1m)
-                / 1e6
-        })
+        .filter_map(|t| engine.router.manifest.model(&t.model))
+        .map(|m| m.cost_usd(plan.input_tokens as f64, output_tokens as f64))
         .fold(0.0, f64::max)
 }
 
@@ -171,9 +160,7 @@ async fn settle(state: &Arc<AppState>, engine: &Engine, bill: Bill, record: &Dec
     let expected_usd = engine
         .router
         .manifest
-        .models
-        .iter()
-        .find(|m| m.name == model)
+        .model(&model)
         .map_or(cost, |m| m.expected_cost(bill.input_tokens));
     let usage = record.usage.unwrap_or_default();
     let row = SpendRow {
@@ -194,13 +181,8 @@ async fn settle(state: &Arc<AppState>, engine: &Engine, bill: Bill, record: &Dec
         counterfactual_usd: bill.counterfactual_usd,
         status: record.status.clone(),
     };
-    let written = tokio::task::spawn_blocking(move || ledger.insert(&row)).await;
-    match written {
-        Ok(Ok(())) => {}
-        Ok(Err(e)) => {
-            tracing::error!(error = %e, "ledger write failed; this request's spend is only in memory")
-        }
-        Err(e) => tracing::error!(error = %e, "ledger task failed"),
+    if let Err(e) = ledger.run(move |l| l.insert(&row)).await {
+        tracing::error!(error = %e, "ledger write failed; this request's spend is only in memory");
     }
 }
 
@@ -218,12 +200,13 @@ async fn chat_inner(
     span.record("gen_ai.request.model", req.model.as_str());
 
     // Admission: who, what their tier, rules and budgets allow, and their rate limit.
-    let identity = access::identify(&state.money, &engine, headers, req.user.as_deref())?;
-    let tags = access::tags(headers);
     let now = now_unix();
     let budgets = &engine.config.tenants.budgets;
-    let status = state.money.budgets.status(budgets, &identity, now);
-    let policy: Policy = access::policy(&engine, &identity, &req, &tags, status)?;
+    let Admission {
+        identity,
+        tags,
+        policy,
+    } = access::admit(&state.money, &engine, headers, &req, now)?;
     let max_tokens = cap_max_tokens(&mut req, policy.max_tokens);
     let output_worst = max_tokens.unwrap_or(engine.config.tenants.auth.default_max_tokens);
     let input_estimate = req.total_chars().div_ceil(4) as u64;

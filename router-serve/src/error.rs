@@ -55,7 +55,7 @@ pub enum ApiError {
     #[error("{0}")]
     Forbidden(String),
     #[error("the spend ledger failed: {0}")]
-    Ledger(String),
+    Ledger(#[from] crate::ledger::LedgerError),
 }
 
 #[derive(Serialize)]

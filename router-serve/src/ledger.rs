@@ -26,6 +26,8 @@ pub enum LedgerError {
         #[source]
         source: std::io::Error,
     },
+    #[error("ledger task failed: {0}")]
+    Task(#[from] tokio::task::JoinError),
 }
 
 /// One settled request.
@@ -162,6 +164,15 @@ impl Ledger {
             path: path.to_owned(),
             conn: Mutex::new(conn),
         })
+    }
+
+    /// Runs `f` on the blocking pool: SQLite calls block.
+    pub async fn run<T: Send + 'static>(
+        self: &std::sync::Arc<Self>,
+        f: impl FnOnce(&Ledger) -> Result<T, LedgerError> + Send + 'static,
+    ) -> Result<T, LedgerError> {
+        let ledger = self.clone();
+        tokio::task::spawn_blocking(move || f(&ledger)).await?
     }
 
     fn err(&self, source: rusqlite::Error) -> LedgerError {

@@ -404,12 +404,7 @@ pub fn sha256_hex(text: &str) -> String {
 
 /// The current time in RFC 3339 (UTC, seconds).
 pub fn now_rfc3339() -> String {
-    rfc3339_utc(
-        SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map(|d| d.as_secs())
-            .unwrap_or_default(),
-    )
+    rfc3339_utc(crate::budget::now_unix())
 }
 
 #[cfg(test)]

@@ -161,8 +161,14 @@ pub async fn plan(engine: &Engine, req: &ChatRequest, policy: &Policy) -> Result
         .decision_cache
         .with_label_values(&[if cached.is_some() { "hit" } else { "miss" }])
         .inc();
+    let extra_tokens = other_chars.div_ceil(CHARS_PER_TOKEN);
+    // The length is checked before anything is embedded (and on a cache hit too: the rest of
+    // the conversation may differ).
     let (quality, embedded_tokens) = match cached {
-        Some(hit) => (Ok(hit.quality.clone()), hit.tokens),
+        Some(hit) => {
+            check_length(engine, hit.tokens + extra_tokens)?;
+            (Ok(hit.quality.clone()), hit.tokens)
+        }
         None => {
             let tokenized = if text.len() <= INLINE_TOKENIZE_BYTES {
                 engine.encoder.tokenize(&text)
@@ -177,7 +183,7 @@ pub async fn plan(engine: &Engine, req: &ChatRequest, policy: &Policy) -> Result
                 ApiError::invalid(format!("cannot tokenise the prompt: {e}"), Some("messages"))
             })?;
             let n = tokens.untruncated_len;
-            check_length(engine, n + other_chars.div_ceil(CHARS_PER_TOKEN))?;
+            check_length(engine, n + extra_tokens)?;
             let quality = match tokio::time::timeout(deadline, engine.predict(tokens)).await {
                 Ok(Ok(quality)) => {
                     engine.cache.insert(
@@ -198,8 +204,7 @@ pub async fn plan(engine: &Engine, req: &ChatRequest, policy: &Policy) -> Result
             (quality, n)
         }
     };
-    let input_tokens = embedded_tokens + other_chars.div_ceil(CHARS_PER_TOKEN);
-    check_length(engine, input_tokens)?;
+    let input_tokens = embedded_tokens + extra_tokens;
     let predicted = quality.and_then(|q| {
         explain(&engine.router, &q, input_tokens, band, &allowed).map_err(|e| e.to_string())
     });
@@ -347,17 +352,8 @@ fn fail_open_targets(engine: &Engine, allowed: &[bool]) -> Vec<Target> {
 /// Cost in USD of `usage` on artifact model `model` (None for models the router has no price for).
 pub(crate) fn cost_of(engine: &Engine, model: &str, usage: Option<Usage>) -> Option<f64> {
     let usage = usage?;
-    let info = engine
-        .router
-        .manifest
-        .models
-        .iter()
-        .find(|m| m.name == model)?;
-    Some(
-        (usage.input_tokens as f64 * info.input_price_per_1m
-            + usage.output_tokens as f64 * info.output_price_per_1m)
-            / 1e6,
-    )
+    let info = engine.router.manifest.model(model)?;
+    Some(info.cost_usd(usage.input_tokens as f64, usage.output_tokens as f64))
 }
 
 /// The decision record's fields known once the plan is made.
@@ -516,14 +512,8 @@ pub async fn route(
     }
     let bytes = serde_json::to_vec(&value).map_err(ApiError::InvalidJson)?;
     let req = parse_chat(&bytes, &headers)?;
-    let identity = access::identify(&state.money, &engine, &headers, req.user.as_deref())?;
-    let tags = access::tags(&headers);
-    let status = state
-        .money
-        .budgets
-        .status(&engine.config.tenants.budgets, &identity, now_unix());
-    let policy = access::policy(&engine, &identity, &req, &tags, status)?;
-    let plan = plan(&engine, &req, &policy).await?;
+    let admission = access::admit(&state.money, &engine, &headers, &req, now_unix())?;
+    let plan = plan(&engine, &req, &admission.policy).await?;
     state
         .metrics
         .decision_seconds

@@ -8,7 +8,6 @@ use std::collections::{BTreeMap, HashMap};
 use std::fmt;
 
 use serde::Deserialize;
-use sha2::{Digest, Sha256};
 
 /// `[auth]`.
 #[derive(Debug, Clone, Deserialize)]
@@ -211,10 +210,7 @@ impl Identity {
 
 /// Hex SHA-256 of a key.
 pub fn key_digest(key: &str) -> String {
-    Sha256::digest(key.as_bytes())
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
+    crate::log::sha256_hex(key)
 }
 
 /// Known keys by digest.

@@ -382,6 +382,11 @@ fn fit_knn(
         k,
         alpha,
     )?;
+    knn_fitted(knn, k, alpha, ("best_validation_loss", loss))
+}
+
+/// A fitted kNN head, with its tuned `k` and `alpha` and the loss that chose them.
+fn knn_fitted(knn: Knn, k: usize, alpha: f32, loss: (&str, f64)) -> Result<Fitted> {
     let tensors = knn.tensors()?;
     Ok(Fitted {
         spec: HeadSpec::Knn { k, alpha },
@@ -390,7 +395,7 @@ fn fit_knn(
         hyperparameters: BTreeMap::from([
             ("k".into(), k as f64),
             ("alpha".into(), f64::from(alpha)),
-            ("best_validation_loss".into(), loss),
+            (loss.0.to_owned(), loss.1),
         ]),
     })
 }
@@ -582,18 +587,8 @@ fn fit_knn_loo(
     }
     let (loss, k, alpha, oof) = best.unwrap_or_else(|| (f64::NAN, 20, 0.0, logits_for(20, 0.0)));
     let knn = Knn::new(keys, data.y.clone(), data.mask.clone(), prior, k, alpha)?;
-    let tensors = knn.tensors()?;
     Ok((
-        Fitted {
-            spec: HeadSpec::Knn { k, alpha },
-            head: Head::Knn(knn),
-            tensors,
-            hyperparameters: BTreeMap::from([
-                ("k".into(), k as f64),
-                ("alpha".into(), f64::from(alpha)),
-                ("leave_one_out_loss".into(), loss),
-            ]),
-        },
+        knn_fitted(knn, k, alpha, ("leave_one_out_loss", loss))?,
         oof,
     ))
 }

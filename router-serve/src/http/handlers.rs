@@ -5,8 +5,9 @@ use std::sync::Arc;
 
 use axum::Json;
 use axum::body::Body;
-use axum::extract::{ConnectInfo, Path, Query, State};
+use axum::extract::{ConnectInfo, Path, Query, Request, State};
 use axum::http::{HeaderMap, Uri, header};
+use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
 
@@ -84,52 +85,32 @@ pub async fn metrics(State(state): State<Arc<AppState>>) -> Response {
         .into_response()
 }
 
-pub async fn reload(
-    State(state): State<Arc<AppState>>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
-    headers: HeaderMap,
-) -> Result<Response, ApiError> {
-    authorize_admin(&state, peer, &headers)?;
+pub async fn reload(State(state): State<Arc<AppState>>) -> Result<Response, ApiError> {
     let report = state.reload("admin").await.map_err(ApiError::Reload)?;
     Ok(Json(report).into_response())
 }
 
 pub async fn spend(
     State(state): State<Arc<AppState>>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
-    headers: HeaderMap,
     query: Result<Query<admin::SpendQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Response, ApiError> {
-    authorize_admin(&state, peer, &headers)?;
     let Query(query) = query.map_err(|e| ApiError::invalid(e.body_text(), Some("group_by")))?;
     Ok(Json(admin::spend(&state, query).await?).into_response())
 }
 
-pub async fn budgets(
-    State(state): State<Arc<AppState>>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
-    headers: HeaderMap,
-) -> Result<Response, ApiError> {
-    authorize_admin(&state, peer, &headers)?;
+pub async fn budgets(State(state): State<Arc<AppState>>) -> Result<Response, ApiError> {
     Ok(Json(admin::budgets(&state)).into_response())
 }
 
-pub async fn list_keys(
-    State(state): State<Arc<AppState>>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
-    headers: HeaderMap,
-) -> Result<Response, ApiError> {
-    authorize_admin(&state, peer, &headers)?;
+pub async fn list_keys(State(state): State<Arc<AppState>>) -> Result<Response, ApiError> {
     Ok(Json(admin::list_keys(&state)).into_response())
 }
 
 pub async fn create_key(
     State(state): State<Arc<AppState>>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, ApiError> {
-    authorize_admin(&state, peer, &headers)?;
     let bytes = read_body(&state, &headers, body).await?;
     let new = serde_json::from_slice(&bytes).map_err(ApiError::InvalidJson)?;
     Ok(Json(admin::create_key(&state, new).await?).into_response())
@@ -137,11 +118,8 @@ pub async fn create_key(
 
 pub async fn delete_key(
     State(state): State<Arc<AppState>>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
-    headers: HeaderMap,
     Path(name): Path<String>,
 ) -> Result<Response, ApiError> {
-    authorize_admin(&state, peer, &headers)?;
     Ok(Json(admin::delete_key(&state, name).await?).into_response())
 }
 
@@ -158,8 +136,18 @@ pub async fn not_found(uri: Uri) -> ApiError {
     ApiError::NotFound(format!("no endpoint at {}", uri.path()))
 }
 
-/// With an admin key configured, the request must bear it; without one, only loopback peers
-/// may call admin endpoints.
+/// Middleware on the admin routes (see `routes.rs`): with an admin key configured, the
+/// request must bear it; without one, only loopback peers may call them.
+pub async fn require_admin(
+    State(state): State<Arc<AppState>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    request: Request,
+    next: Next,
+) -> Result<Response, ApiError> {
+    authorize_admin(&state, peer, request.headers())?;
+    Ok(next.run(request).await)
+}
+
 fn authorize_admin(
     state: &AppState,
     peer: SocketAddr,

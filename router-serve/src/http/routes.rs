@@ -3,20 +3,16 @@
 use std::sync::Arc;
 
 use axum::Router;
+use axum::middleware::from_fn_with_state;
 use axum::routing::{delete, get, post};
 
 use super::handlers;
 use crate::state::AppState;
 
-/// Every endpoint of the server.
+/// Every endpoint of the server. The admin group (reload, keys, spend, budgets) sits behind
+/// one authorisation layer.
 pub fn app(state: Arc<AppState>) -> Router {
-    Router::new()
-        .route("/v1/chat/completions", post(handlers::chat_completions))
-        .route("/v1/route", post(handlers::route))
-        .route("/v1/models", get(handlers::models))
-        .route("/v1/feedback", post(handlers::feedback))
-        .route("/health", get(handlers::health))
-        .route("/metrics", get(handlers::metrics))
+    let admin = Router::new()
         .route("/admin/reload", post(handlers::reload))
         .route(
             "/admin/keys",
@@ -25,7 +21,16 @@ pub fn app(state: Arc<AppState>) -> Router {
         .route("/admin/keys/{name}", delete(handlers::delete_key))
         .route("/v1/spend", get(handlers::spend))
         .route("/v1/budgets", get(handlers::budgets))
+        .route_layer(from_fn_with_state(state.clone(), handlers::require_admin));
+    Router::new()
+        .route("/v1/chat/completions", post(handlers::chat_completions))
+        .route("/v1/route", post(handlers::route))
+        .route("/v1/models", get(handlers::models))
+        .route("/v1/feedback", post(handlers::feedback))
+        .route("/health", get(handlers::health))
+        .route("/metrics", get(handlers::metrics))
         .route("/dashboard", get(handlers::dashboard))
+        .merge(admin)
         .fallback(handlers::not_found)
         .with_state(state)
 }
