@@ -4,6 +4,7 @@
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 
+use router_core::policy::Policy;
 use router_train::{FitConfig, HeadChoice, run_fit};
 
 use crate::report::{RouterReport, pct};
@@ -16,6 +17,9 @@ pub struct BenchConfig {
     /// Only these datasets (folder names); all when empty.
     pub only: Vec<String>,
     pub heads: Vec<String>,
+    /// Policies the default head (`ensemble` when trained, else the last head) is also
+    /// evaluated under, besides `eval.policy`.
+    pub also_policies: Vec<Policy>,
     pub out: PathBuf,
     pub eval: EvalConfig,
 }
@@ -104,13 +108,30 @@ pub fn run_bench(config: &BenchConfig) -> Result<String> {
             eprintln!("trained {name} / {head}");
             routers.push(out);
         }
+        let default_head = config
+            .heads
+            .iter()
+            .position(|h| h == "ensemble")
+            .or_else(|| config.heads.len().checked_sub(1));
         let mut eval = config.eval.clone();
-        eval.routers = routers;
+        eval.routers.clone_from(&routers);
         eval.data = vec![labels.display().to_string()];
         eval.out = config.out.join(&name);
         let report = run_eval(&eval)?;
         eprintln!("evaluated {name}: {}", eval.out.display());
         rows.extend(report.routers.into_iter().map(|r| (name.clone(), r)));
+        for &policy in &config.also_policies {
+            let Some(head) = default_head.filter(|_| policy != config.eval.policy) else {
+                continue;
+            };
+            let mut other = eval.clone();
+            other.policy = policy;
+            other.routers = vec![routers[head].clone()];
+            other.out = config.out.join(format!("{name}-{policy}"));
+            let report = run_eval(&other)?;
+            eprintln!("evaluated {name} ({policy}): {}", other.out.display());
+            rows.extend(report.routers.into_iter().map(|r| (name.clone(), r)));
+        }
     }
     let summary = summary_table(&rows);
     std::fs::create_dir_all(&config.out).map_err(|source| EvalError::Io {
@@ -137,16 +158,17 @@ fn num(v: Option<f64>) -> String {
     v.map_or_else(|| "–".to_owned(), |v| format!("{v:.3}"))
 }
 
-/// dataset × head × {savings at parity, within 5 %, quality at best cost, AIQ}.
+/// dataset × head × policy × {savings at parity, within 5 %, quality at best cost, AIQ}.
 pub fn summary_table(rows: &[(String, RouterReport)]) -> String {
     let mut s = String::from(
-        "| dataset | head | savings at parity | savings within 5 % | quality at best cost | AIQ |\n|---|---|---|---|---|---|\n",
+        "| dataset | head | policy | savings at parity | savings within 5 % | quality at best cost | AIQ |\n|---|---|---|---|---|---|---|\n",
     );
     for (dataset, r) in rows {
         let _ = writeln!(
             s,
-            "| {dataset} | {} | {} | {} | {} | {} |",
+            "| {dataset} | {} | {} | {} | {} | {} | {} |",
             r.head,
+            r.policy,
             with_interval(r, r.savings_at_parity, "savings_at_parity", pct),
             with_interval(
                 r,

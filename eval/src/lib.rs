@@ -27,6 +27,7 @@ use std::path::{Path, PathBuf};
 
 use router_core::artifact::{EncoderSpec, Router};
 use router_core::device::parse_device;
+use router_core::policy::Policy;
 use router_core::split::{Split, assign};
 use router_train::data::{self, LoadOptions, Table};
 use router_train::embed_cache;
@@ -68,6 +69,8 @@ pub struct EvalConfig {
     pub all_prompts: bool,
     /// Band at which routing shares, per-task and per-model numbers are reported.
     pub report_band: f64,
+    /// How a model is chosen within the band (the serving default: `value`).
+    pub policy: Policy,
     pub bootstrap: usize,
     pub seed: u64,
     pub cache_dir: Option<PathBuf>,
@@ -86,6 +89,7 @@ impl EvalConfig {
             out,
             all_prompts: false,
             report_band: 0.05,
+            policy: Policy::default(),
             bootstrap: 1000,
             seed: 0,
             cache_dir: router_train::default_cache_dir(),

@@ -4,6 +4,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Args, Parser, Subcommand};
+use router_core::policy::Policy;
 use router_eval::bench::{BenchConfig, run_bench};
 use router_eval::{EvalConfig, run_eval};
 
@@ -54,6 +55,10 @@ struct CommonArgs {
     /// Band (0–1 quality points) at which routing shares and per-task numbers are reported.
     #[arg(long, default_value_t = 0.05, global = true)]
     report_band: f64,
+    /// How a model is chosen within the band: value (the best value for money, the serving
+    /// default) or cheapest.
+    #[arg(long, env = "ROUTER_POLICY", default_value = "value", global = true)]
+    policy: Policy,
     /// Bootstrap resamples for the 95 % intervals.
     #[arg(long, default_value_t = 1000, global = true)]
     bootstrap: usize,
@@ -88,6 +93,10 @@ struct BenchArgs {
     /// Output folder: routers/, one report folder per dataset, summary.md.
     #[arg(long, default_value = "eval/results")]
     out: PathBuf,
+    /// Also evaluate the default head under these policies (reports in `<dataset>-<policy>/`,
+    /// rows in the summary), e.g. `cheapest` to compare with routers published under it.
+    #[arg(long, value_delimiter = ',', default_value = "cheapest")]
+    also_policies: Vec<Policy>,
 }
 
 fn eval_config(
@@ -103,6 +112,7 @@ fn eval_config(
     anyhow::ensure!(common.bootstrap > 0, "--bootstrap must be at least 1");
     let mut config = EvalConfig::new(routers, data, out);
     config.report_band = common.report_band;
+    config.policy = common.policy;
     config.bootstrap = common.bootstrap;
     config.seed = common.seed;
     if let Some(dir) = &common.cache_dir {
@@ -121,6 +131,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 datasets: args.datasets,
                 only: args.only,
                 heads: args.heads,
+                also_policies: args.also_policies,
                 out: args.out,
                 eval,
             })?;

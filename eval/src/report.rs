@@ -5,6 +5,7 @@ use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 
 use router_core::artifact::Router;
+use router_core::policy::Policy;
 use serde::Serialize;
 
 use crate::metrics::{self, Point};
@@ -54,6 +55,8 @@ pub struct TaskRow {
 pub struct RouterReport {
     pub router: String,
     pub head: String,
+    /// How the model was chosen within the band (`value` or `cheapest`).
+    pub policy: Policy,
     pub curve: Vec<CurvePoint>,
     pub savings_at_parity: Option<f64>,
     pub savings_within: BTreeMap<String, Option<f64>>,
@@ -128,8 +131,14 @@ pub fn evaluate_router(
     config: &EvalConfig,
 ) -> Result<RouterReport> {
     let bands = sweep::bands();
-    let band_choices =
-        sweep::choices(set, predictions, expected_costs, &router.routable(), &bands)?;
+    let band_choices = sweep::choices(
+        set,
+        config.policy,
+        predictions,
+        expected_costs,
+        &router.routable(),
+        &bands,
+    )?;
     let pre = Precomputed::new(set, &band_choices);
     let ones = vec![1.0; set.n()];
     let headline = pre.headline(&ones);
@@ -204,6 +213,7 @@ pub fn evaluate_router(
     Ok(RouterReport {
         router: path.display().to_string(),
         head: router.manifest.head.kind().to_owned(),
+        policy: config.policy,
         curve,
         savings_at_parity: headline.savings_at_parity,
         savings_within: headline.savings_within,
@@ -377,6 +387,17 @@ impl Report {
             self.cheapest.cost,
             self.oracle.quality,
             self.oracle.cost
+        );
+        let _ = writeln!(
+            s,
+            "Policy: **{}** ({}).\n",
+            self.primary.policy,
+            match self.primary.policy {
+                Policy::Value => {
+                    "within the band, the best value q − λ·c/c_max with λ = band / (1 − band)"
+                }
+                Policy::Cheapest => "the cheapest model within the band",
+            }
         );
         let _ = writeln!(
             s,

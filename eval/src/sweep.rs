@@ -2,7 +2,7 @@
 
 use std::collections::BTreeMap;
 
-use router_core::policy::choose;
+use router_core::policy::{Policy, choose};
 use serde::Serialize;
 
 use crate::metrics::{self, PgrPoint, Point};
@@ -72,6 +72,7 @@ pub fn bands() -> Vec<f64> {
 /// evaluated on it.
 pub fn choices(
     set: &EvalSet,
+    policy: Policy,
     predictions: &[f32],
     expected_costs: &[f64],
     routable: &[bool],
@@ -100,6 +101,7 @@ pub fn choices(
                 .map(|i| {
                     let row = i * m..(i + 1) * m;
                     choose(
+                        policy,
                         &predictions[row.clone()],
                         &expected_costs[row],
                         band,
@@ -420,7 +422,15 @@ mod tests {
         // Predictions equal to the true scores: band 0 picks the best, cheapest among ties.
         let pred = set.scores.clone();
         let bands = [0.0, 1.0];
-        let ch = choices(&set, &pred, &set.costs, &[true; 2], &bands).unwrap();
+        let ch = choices(
+            &set,
+            Policy::Cheapest,
+            &pred,
+            &set.costs,
+            &[true; 2],
+            &bands,
+        )
+        .unwrap();
         assert_eq!(ch[0], vec![0, 1, 0]);
         assert_eq!(ch[1], vec![0, 0, 0]);
         let pre = Precomputed::new(&set, &ch);

@@ -8,7 +8,7 @@ use std::path::Path;
 use candle_core::Device;
 use criterion::{BenchmarkId, Criterion, criterion_group, criterion_main};
 use router_core::artifact::Router;
-use router_core::policy::choose;
+use router_core::policy::{Policy, choose};
 
 fn bench(c: &mut Criterion) {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../models/llmrouter");
@@ -39,9 +39,11 @@ fn bench(c: &mut Criterion) {
         .remove(0);
     let costs = router.expected_costs(64);
     let routable = router.routable();
-    c.bench_function("policy_choose_9_models", |b| {
-        b.iter(|| choose(&quality, &costs, 0.05, Some(&routable)))
-    });
+    for policy in Policy::ALL {
+        c.bench_function(&format!("policy_{policy}_9_models"), |b| {
+            b.iter(|| choose(policy, &quality, &costs, 0.05, Some(&routable)))
+        });
+    }
     c.bench_function("tokenize_one_prompt", |b| {
         b.iter(|| encoder.tokenize(&prompts[0]))
     });

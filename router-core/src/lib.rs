@@ -7,11 +7,11 @@
 //!   vector, how well each candidate model would answer, and their calibration.
 //! - [`artifact`]: the router artifact on disk (`router.json` + `head.safetensors`), written by
 //!   `router-train` and read by `router-serve` and `router-eval` through the same code.
-//! - [`policy`]: the quality band: the cheapest model whose predicted quality is within the band
-//!   of the best.
+//! - [`policy`]: the quality band: among the models whose predicted quality is within the band
+//!   of the best, the best value for money (or simply the cheapest).
 //!
 //! ```no_run
-//! use router_core::{artifact::Router, encoder::Encoder, policy::choose};
+//! use router_core::{artifact::Router, encoder::Encoder, policy::{Policy, choose}};
 //! # fn main() -> router_core::Result<()> {
 //! let router = Router::load(std::path::Path::new("models/llmrouter"))?;
 //! let encoder = router.load_encoder(&candle_core::Device::Cpu)?;
@@ -20,7 +20,7 @@
 //! let quality = router.predict(&embedding)?;
 //! let tokens = encoder.count_tokens(prompt)?;
 //! let costs = router.expected_costs(tokens);
-//! let decision = choose(&quality[0], &costs, 0.05, None)?;
+//! let decision = choose(Policy::Value, &quality[0], &costs, 0.05, None)?;
 //! println!("route to {}", router.manifest.models[decision.chosen].name);
 //! # Ok(())
 //! # }

@@ -7,6 +7,7 @@ use std::fmt;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
+use router_core::policy::Policy;
 use serde::Deserialize;
 
 use crate::tenants::{AuthConfig, BudgetConfig, KeyConfig, RuleConfig, Tenants, TierConfig};
@@ -135,6 +136,10 @@ pub struct RoutingConfig {
     /// reachable as `model: "router-m"`.
     #[serde(default = "default_modes")]
     pub modes: BTreeMap<String, f64>,
+    /// How a model is chosen within the band: `value` (the best value for money, default) or
+    /// `cheapest`.
+    #[serde(default)]
+    pub policy: Policy,
     #[serde(default = "default_embed_text")]
     pub embed_text: EmbedText,
     /// Whether requests may set their own band, mode or model subset (header or body field).
@@ -625,6 +630,15 @@ mod tests {
     }
 
     #[test]
+    fn the_policy_defaults_to_value_and_can_be_cheapest() {
+        let default = ServeConfig::parse("", "t.toml").map(|c| c.routing.policy);
+        assert_eq!(default.ok(), Some(Policy::Value));
+        let cheapest = ServeConfig::parse("[routing]\npolicy = \"cheapest\"", "t.toml")
+            .map(|c| c.routing.policy);
+        assert_eq!(cheapest.ok(), Some(Policy::Cheapest));
+    }
+
+    #[test]
     fn a_typo_is_an_error_naming_the_key() {
         let err = ServeConfig::parse("[server]\nlisten_addr = \"127.0.0.1:1\"\n", "t.toml")
             .unwrap_err()
@@ -662,6 +676,7 @@ mod tests {
                 "router",
             ),
             ("[server]\nmax_body_bytes = 0", "server.max_body_bytes"),
+            ("[routing]\npolicy = \"cheap\"", "cheapest"),
         ] {
             let err = ServeConfig::parse(text, "t").unwrap_err().to_string();
             assert!(err.contains(key), "{text}: {err}");

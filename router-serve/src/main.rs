@@ -6,6 +6,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
+use router_core::policy::Policy;
 use router_serve::Server;
 use router_serve::route::Route;
 use router_serve::state::{CliOverrides, read_config};
@@ -51,6 +52,10 @@ enum Command {
         /// Quality band, in 0–1 quality points below the best predicted model.
         #[arg(long, default_value_t = 0.05)]
         band: f64,
+        /// How a model is chosen within the band: value or cheapest (default: the config's
+        /// routing.policy).
+        #[arg(long)]
+        policy: Option<Policy>,
     },
 }
 
@@ -63,9 +68,14 @@ fn run(cli: Cli) -> anyhow::Result<()> {
     let config = read_config(cli.config.as_deref(), &overrides)?;
     one_core_per_encoder_thread(config.encoder_workers());
     match cli.command {
-        Some(Command::Route { prompt, band }) => {
+        Some(Command::Route {
+            prompt,
+            band,
+            policy,
+        }) => {
             let route = Route::load(&config.server.router, &config.server.device)?;
-            let decision = route.decide(&prompt, band)?;
+            let policy = policy.unwrap_or(config.routing.policy);
+            let decision = route.decide(&prompt, band, policy)?;
             println!("{}", serde_json::to_string_pretty(&decision)?);
             Ok(())
         }

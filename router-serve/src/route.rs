@@ -1,5 +1,5 @@
-//! The routing decision: embed the prompt, predict every model's quality, choose the cheapest
-//! model within the band of the best. [`explain`] turns a prediction into the decision the
+//! The routing decision: embed the prompt, predict every model's quality, choose a model within
+//! the band of the best by the configured policy (the best value by default, or the cheapest). [`explain`] turns a prediction into the decision the
 //! server acts on and reports; [`Route`] does the whole path synchronously (the `route` CLI).
 
 use std::path::Path;
@@ -8,7 +8,7 @@ use std::time::Instant;
 use router_core::artifact::Router;
 use router_core::device::parse_device;
 use router_core::encoder::Encoder;
-use router_core::policy::choose;
+use router_core::policy::{Policy, choose};
 use serde::Serialize;
 
 /// A router and its encoder, ready to decide.
@@ -35,10 +35,11 @@ pub struct RouteDecision {
     pub chosen: String,
     pub best_predicted: String,
     pub band: f64,
+    pub policy: Policy,
     pub input_tokens: usize,
     /// Every model, in the artifact's order.
     pub candidates: Vec<Candidate>,
-    /// Models inside the band, cheapest first (the chosen one first).
+    /// Models inside the band, in the policy's order of preference (the chosen one first).
     pub in_band: Vec<String>,
     /// The order models are tried in if the chosen one fails: the rest of the band, then the
     /// other routable models by predicted quality.
@@ -52,16 +53,17 @@ pub struct RouteDecision {
 }
 
 /// The decision for predicted `quality` (calibrated, model order) on a conversation of
-/// `input_tokens` tokens at `band`, among the models `allowed` marks.
+/// `input_tokens` tokens at `band` under `policy`, among the models `allowed` marks.
 pub fn explain(
     router: &Router,
     quality: &[f32],
     input_tokens: usize,
     band: f64,
+    policy: Policy,
     allowed: &[bool],
 ) -> router_core::Result<RouteDecision> {
     let costs = router.expected_costs(input_tokens);
-    let decision = choose(quality, &costs, band, Some(allowed))?;
+    let decision = choose(policy, quality, &costs, band, Some(allowed))?;
     let names = router.model_names();
     let candidates = names
         .iter()
@@ -93,6 +95,7 @@ pub fn explain(
         chosen: names[decision.chosen].to_owned(),
         best_predicted: names[decision.best].to_owned(),
         band,
+        policy,
         input_tokens,
         candidates,
         in_band,
@@ -113,9 +116,14 @@ impl Route {
         Ok(Self { router, encoder })
     }
 
-    /// Decides which model answers `prompt` at quality band `band` (0–1 points), among the
-    /// artifact's routable models.
-    pub fn decide(&self, prompt: &str, band: f64) -> router_core::Result<RouteDecision> {
+    /// Decides which model answers `prompt` at quality band `band` (0–1 points) under `policy`,
+    /// among the artifact's routable models.
+    pub fn decide(
+        &self,
+        prompt: &str,
+        band: f64,
+        policy: Policy,
+    ) -> router_core::Result<RouteDecision> {
         let start = Instant::now();
         let tokens = self.encoder.tokenize(prompt)?;
         let embedding = self
@@ -132,6 +140,7 @@ impl Route {
             &quality,
             tokens.untruncated_len,
             band,
+            policy,
             &self.router.routable(),
         )?;
         decision.decision_ms = start.elapsed().as_secs_f64() * 1e3;

@@ -206,7 +206,15 @@ pub async fn plan(engine: &Engine, req: &ChatRequest, policy: &Policy) -> Result
     };
     let input_tokens = embedded_tokens + extra_tokens;
     let predicted = quality.and_then(|q| {
-        explain(&engine.router, &q, input_tokens, band, &allowed).map_err(|e| e.to_string())
+        explain(
+            &engine.router,
+            &q,
+            input_tokens,
+            band,
+            routing.policy,
+            &allowed,
+        )
+        .map_err(|e| e.to_string())
     });
     let decision_ms = start.elapsed().as_secs_f64() * 1e3;
     match predicted {
@@ -422,6 +430,9 @@ pub(crate) fn router_headers(
         }
         if let Some(mode) = &plan.mode {
             set("x-router-mode", mode.clone());
+        }
+        if let Some(d) = &plan.decision {
+            set("x-router-policy", d.policy.to_string());
         }
         let quality = plan.decision.as_ref().and_then(|d| {
             let model = answered?;

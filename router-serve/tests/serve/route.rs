@@ -2,6 +2,7 @@
 
 use std::path::Path;
 
+use router_core::policy::Policy;
 use router_serve::route::Route;
 
 fn default_router() -> std::path::PathBuf {
@@ -12,27 +13,31 @@ fn default_router() -> std::path::PathBuf {
 fn the_shipped_router_decides_within_its_band() -> anyhow::Result<()> {
     let route = Route::load(&default_router(), "cpu")?;
     let prompt = "Natalia sold clips to 48 of her friends in April, and then she sold half as many clips in May. How many clips did Natalia sell altogether in April and May?";
-    let strict = route.decide(prompt, 0.0)?;
-    let loose = route.decide(prompt, 1.0)?;
-    assert_eq!(strict.candidates.len(), 9);
-    // Band 0 takes the best predicted model; band 1 the cheapest.
-    assert_eq!(strict.chosen, strict.best_predicted);
-    let cheapest = loose
-        .candidates
-        .iter()
-        .min_by(|a, b| a.expected_cost_usd.total_cmp(&b.expected_cost_usd))
-        .map(|c| c.model.clone());
-    assert_eq!(Some(loose.chosen.clone()), cheapest);
-    // Whatever the band, the choice is in band and no dearer than the best.
-    let mid = route.decide(prompt, 0.05)?;
-    let pick = |name: &str| mid.candidates.iter().find(|c| c.model == name).cloned();
-    let (chosen, best) = (pick(&mid.chosen), pick(&mid.best_predicted));
-    let (Some(chosen), Some(best)) = (chosen, best) else {
-        anyhow::bail!("chosen or best missing from the candidates");
-    };
-    assert!(chosen.in_band);
-    assert!(chosen.predicted_quality >= best.predicted_quality - 0.05 - 1e-6);
-    assert!(chosen.expected_cost_usd <= best.expected_cost_usd);
+    for policy in Policy::ALL {
+        let strict = route.decide(prompt, 0.0, policy)?;
+        let loose = route.decide(prompt, 1.0, policy)?;
+        assert_eq!(strict.candidates.len(), 9);
+        assert_eq!(strict.policy, policy);
+        // Band 0 takes the best predicted model; band 1 the cheapest.
+        assert_eq!(strict.chosen, strict.best_predicted);
+        let cheapest = loose
+            .candidates
+            .iter()
+            .min_by(|a, b| a.expected_cost_usd.total_cmp(&b.expected_cost_usd))
+            .map(|c| c.model.clone());
+        assert_eq!(Some(loose.chosen.clone()), cheapest);
+        // Whatever the band, the choice is in band and no dearer than the best.
+        let mid = route.decide(prompt, 0.05, policy)?;
+        let pick = |name: &str| mid.candidates.iter().find(|c| c.model == name).cloned();
+        let (chosen, best) = (pick(&mid.chosen), pick(&mid.best_predicted));
+        let (Some(chosen), Some(best)) = (chosen, best) else {
+            anyhow::bail!("chosen or best missing from the candidates");
+        };
+        assert!(chosen.in_band);
+        assert!(chosen.predicted_quality >= best.predicted_quality - 0.05 - 1e-6);
+        assert!(chosen.expected_cost_usd <= best.expected_cost_usd);
+        assert_eq!(mid.in_band.first(), Some(&mid.chosen));
+    }
     Ok(())
 }
 
@@ -40,7 +45,7 @@ fn the_shipped_router_decides_within_its_band() -> anyhow::Result<()> {
 fn a_bad_band_or_router_is_an_error() {
     assert!(Route::load(Path::new("/nonexistent/router"), "cpu").is_err());
     if let Ok(route) = Route::load(&default_router(), "cpu") {
-        assert!(route.decide("hi", 1.5).is_err());
+        assert!(route.decide("hi", 1.5, Policy::Value).is_err());
     }
 }
 
