@@ -41,7 +41,7 @@ use router_core::models::{CHARS_PER_TOKEN, DEFAULT_EXPECTED_OUTPUT_TOKENS, Model
 use router_core::split::{Split, assign};
 
 pub use error::{Result, TrainError};
-pub use fit::HeadChoice;
+pub use fit::{Calibration, HeadChoice};
 
 use crate::data::{LoadOptions, Table};
 use crate::fit::{NetParams, SplitData};
@@ -68,6 +68,8 @@ pub struct FitConfig {
     /// Mark models that another model beats on the training prompts at no higher price for
     /// any prompt length; the policy never routes to them.
     pub prune_dominated: bool,
+    /// Pooled (default), shared or per-model Platt scaling.
+    pub calibration: Calibration,
 }
 
 impl FitConfig {
@@ -108,6 +110,7 @@ impl FitConfig {
             },
             progress: false,
             prune_dominated: false,
+            calibration: Calibration::default(),
         }
     }
 }
@@ -295,7 +298,7 @@ pub fn run_fit(config: &FitConfig) -> Result<FitReport> {
     };
     lap(&mut stages, "fit");
 
-    let calibration: Vec<Platt> = fit::calibrate(&fit_logits, &fit_data);
+    let calibration: Vec<Platt> = fit::calibrate(&fit_logits, &fit_data, config.calibration);
     let calibrated = fit::apply_calibration(&fit_logits, &calibration);
     let validation = model_metrics(&table, &fit_data, &calibrated);
     // What the final head predicts for the validation prompts, for callers that check the
@@ -340,6 +343,15 @@ pub fn run_fit(config: &FitConfig) -> Result<FitReport> {
         .map_or(0, |d| d.as_secs());
     let mut hyperparameters = fitted.hyperparameters.clone();
     hyperparameters.insert("encode_batch_size".into(), config.encode_batch_size as f64);
+    // 0 shared, 1 pooled, 2 per model.
+    hyperparameters.insert(
+        "calibration".into(),
+        match config.calibration {
+            Calibration::Shared => 0.0,
+            Calibration::Pooled => 1.0,
+            Calibration::PerModel => 2.0,
+        },
+    );
     // Stage times up to calibration; writing happens after the manifest is made.
     let seconds: BTreeMap<String, f64> =
         stages.iter().map(|(k, v)| ((*k).to_owned(), *v)).collect();

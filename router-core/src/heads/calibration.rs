@@ -1,6 +1,7 @@
-//! Per-model Platt scaling: `p = σ(a·z + b)` on the head's logit `z`, fitted on the validation
-//! split so that a predicted 0.8 means "right 80 % of the time" for every model alike, which is
-//! what makes a quality band comparable across models.
+//! Platt scaling: `p = σ(a·z + b)` on the head's logit `z`, one `(a, b)` per model, fitted on
+//! the validation split by `router-train` (shared by every model, pooled toward a shared one, or
+//! per model) so that a predicted 0.8 means "right 80 % of the time", which is what makes a
+//! quality band comparable across models.
 
 use serde::{Deserialize, Serialize};
 
