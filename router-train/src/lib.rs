@@ -92,7 +92,7 @@ impl FitConfig {
             ]),
             encoder: EncoderSource::default(),
             device: "cpu".to_owned(),
-            truncation: Truncation::Head,
+            truncation: Truncation::HeadTail,
             load: LoadOptions::default(),
             test_fraction: 0.2,
             validation_fraction: 0.1,

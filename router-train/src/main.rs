@@ -80,8 +80,10 @@ struct FitArgs {
     /// Device for the encoder: cpu, cuda or cuda:N (CUDA needs the `cuda` feature).
     #[arg(long, env = "ROUTER_DEVICE", default_value = "cpu")]
     device: String,
-    /// How prompts longer than the encoder's window are cut: head or head_tail.
-    #[arg(long, env = "ROUTER_TRUNCATION", default_value = "head")]
+    /// How prompts longer than the encoder's window are cut: head_tail (the first and last
+    /// halves), head or tail. Few-shot prompts share their first few hundred tokens; the
+    /// question that tells them apart is at the end.
+    #[arg(long, env = "ROUTER_TRUNCATION", default_value = "head_tail")]
     truncation: String,
     /// Raw score range `LO,HI` to normalise to 0–1; detected from the data when absent.
     #[arg(long, env = "ROUTER_TRAIN_SCORE_RANGE")]

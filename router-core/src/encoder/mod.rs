@@ -33,6 +33,9 @@ pub enum Truncation {
     /// Keep the first and the last halves, joined by the separator token: in few-shot prompts
     /// the part that tells prompts apart is the tail.
     HeadTail,
+    /// Keep the last tokens: the question of a few-shot prompt, the latest turn of a long
+    /// conversation.
+    Tail,
 }
 
 impl FromStr for Truncation {
@@ -42,6 +45,7 @@ impl FromStr for Truncation {
         match s {
             "head" => Ok(Self::Head),
             "head_tail" | "head-tail" => Ok(Self::HeadTail),
+            "tail" => Ok(Self::Tail),
             other => Err(Error::UnknownTruncation(other.to_owned())),
         }
     }
@@ -52,6 +56,7 @@ impl std::fmt::Display for Truncation {
         f.write_str(match self {
             Self::Head => "head",
             Self::HeadTail => "head_tail",
+            Self::Tail => "tail",
         })
     }
 }
@@ -438,6 +443,10 @@ fn truncate_ids(ids: &[u32], specials: &[u32], max_len: usize, mode: Truncation)
             out.extend(separator);
             out.extend_from_slice(&content[content.len() - last..]);
         }
+        Truncation::Tail => {
+            let budget = max_len.saturating_sub(prefix + suffix).min(content.len());
+            out.extend_from_slice(&content[content.len() - budget..]);
+        }
     }
     out.extend_from_slice(tail);
     out
@@ -471,6 +480,15 @@ mod tests {
         assert_eq!(
             truncate_ids(&ids, &specials, 6, Truncation::Head),
             vec![101, 1, 2, 3, 4, 102]
+        );
+    }
+
+    #[test]
+    fn tail_keeps_the_last_tokens_inside_cls_and_sep() {
+        let (ids, specials) = sample();
+        assert_eq!(
+            truncate_ids(&ids, &specials, 6, Truncation::Tail),
+            vec![101, 7, 8, 9, 10, 102]
         );
     }
 
