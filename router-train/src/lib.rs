@@ -595,6 +595,14 @@ fn truncate(s: &str, n: usize) -> String {
 mod tests {
     use super::*;
 
+    #[test]
+    fn few_shot_prompts_are_embedded_with_their_question_by_default() {
+        // routerbench's few-shot prompts share their first few hundred tokens: under `head`
+        // truncation the router never saw their questions.
+        let config = FitConfig::new(Vec::new(), PathBuf::new(), PathBuf::new());
+        assert_eq!(config.truncation, Truncation::HeadTail);
+    }
+
     fn model(name: &str, price: f64) -> ModelInfo {
         ModelInfo {
             name: name.into(),
