@@ -84,6 +84,17 @@ pub fn run_bench(config: &BenchConfig) -> Result<String> {
             config.datasets.display()
         )));
     }
+    let default_head = config
+        .heads
+        .iter()
+        .position(|h| h == "ensemble")
+        .or_else(|| config.heads.len().checked_sub(1));
+    let other_policies: Vec<Policy> = config
+        .also_policies
+        .iter()
+        .copied()
+        .filter(|&p| p != config.eval.policy)
+        .collect();
     let mut rows: Vec<(String, RouterReport)> = Vec::new();
     for dir in dirs {
         let Some((labels, prices)) = dataset_files(&dir) else {
@@ -108,11 +119,6 @@ pub fn run_bench(config: &BenchConfig) -> Result<String> {
             eprintln!("trained {name} / {head}");
             routers.push(out);
         }
-        let default_head = config
-            .heads
-            .iter()
-            .position(|h| h == "ensemble")
-            .or_else(|| config.heads.len().checked_sub(1));
         let mut eval = config.eval.clone();
         eval.routers.clone_from(&routers);
         eval.data = vec![labels.display().to_string()];
@@ -120,17 +126,16 @@ pub fn run_bench(config: &BenchConfig) -> Result<String> {
         let report = run_eval(&eval)?;
         eprintln!("evaluated {name}: {}", eval.out.display());
         rows.extend(report.routers.into_iter().map(|r| (name.clone(), r)));
-        for &policy in &config.also_policies {
-            let Some(head) = default_head.filter(|_| policy != config.eval.policy) else {
-                continue;
-            };
-            let mut other = eval.clone();
-            other.policy = policy;
-            other.routers = vec![routers[head].clone()];
-            other.out = config.out.join(format!("{name}-{policy}"));
-            let report = run_eval(&other)?;
-            eprintln!("evaluated {name} ({policy}): {}", other.out.display());
-            rows.extend(report.routers.into_iter().map(|r| (name.clone(), r)));
+        if let Some(head) = default_head {
+            for &policy in &other_policies {
+                let mut other = eval.clone();
+                other.policy = policy;
+                other.routers = vec![routers[head].clone()];
+                other.out = config.out.join(format!("{name}-{policy}"));
+                let report = run_eval(&other)?;
+                eprintln!("evaluated {name} ({policy}): {}", other.out.display());
+                rows.extend(report.routers.into_iter().map(|r| (name.clone(), r)));
+            }
         }
     }
     let summary = summary_table(&rows);

@@ -1,6 +1,7 @@
 //! The routing decision: embed the prompt, predict every model's quality, choose a model within
-//! the band of the best by the configured policy (the best value by default, or the cheapest). [`explain`] turns a prediction into the decision the
-//! server acts on and reports; [`Route`] does the whole path synchronously (the `route` CLI).
+//! the band of the best by the configured policy (the best value by default, or the cheapest).
+//! [`explain`] turns a prediction into the decision the server acts on and reports; [`Route`]
+//! does the whole path synchronously (the `route` CLI).
 
 use std::path::Path;
 use std::time::Instant;

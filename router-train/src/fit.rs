@@ -597,13 +597,13 @@ fn fit_knn_loo(
 pub const MAX_PLATT_SLOPE: f32 = 1.0;
 
 /// How the head's logits are calibrated on the validation split.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, clap::ValueEnum)]
 pub enum Calibration {
     /// One Platt scaling for every model, fitted on all their validation cells together: it
     /// corrects the head's overall over- or under-confidence and leaves the models' order on
     /// each prompt as the head predicted it.
     Shared,
-    /// Per-model scalings shrunk toward the shared one by [`POOLING_PSEUDO_CELLS`]
+    /// Per-model scalings shrunk toward the shared one by `POOLING_PSEUDO_CELLS` (50)
     /// pseudo-observations: a model keeps its own correction only where its validation cells
     /// clearly support it (a head that is systematically off for a model trained on few
     /// prompts), not the few points of noise in a few hundred cells.
@@ -618,16 +618,6 @@ pub enum Calibration {
 
 /// Strength of [`Calibration::Pooled`]'s pull toward the shared scaling, in validation cells.
 pub const POOLING_PSEUDO_CELLS: f64 = 50.0;
-
-impl Calibration {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Shared => "shared",
-            Self::Pooled => "pooled",
-            Self::PerModel => "per_model",
-        }
-    }
-}
 
 /// Platt parameters, one per model in model order, fitted on the validation split's logits.
 pub fn calibrate(logits: &[Vec<f32>], val: &SplitData, mode: Calibration) -> Vec<Platt> {

@@ -33,13 +33,6 @@ enum Command {
 }
 
 #[derive(Clone, Copy, ValueEnum)]
-enum CalibrationArg {
-    Pooled,
-    Shared,
-    PerModel,
-}
-
-#[derive(Clone, Copy, ValueEnum)]
 enum HeadKind {
     Mlp,
     Mf,
@@ -154,7 +147,7 @@ struct FitArgs {
     /// shared scaling), shared (one for all models: keeps their order on every prompt) or
     /// per-model.
     #[arg(long, value_enum, default_value = "pooled")]
-    calibration: CalibrationArg,
+    calibration: Calibration,
     /// Never route to a model that another model beats on the training prompts at no higher
     /// price for any prompt length.
     #[arg(long, env = "ROUTER_TRAIN_PRUNE_DOMINATED")]
@@ -235,11 +228,7 @@ impl FitArgs {
         };
         config.progress = !self.quiet;
         config.prune_dominated = self.prune_dominated;
-        config.calibration = match self.calibration {
-            CalibrationArg::Pooled => Calibration::Pooled,
-            CalibrationArg::Shared => Calibration::Shared,
-            CalibrationArg::PerModel => Calibration::PerModel,
-        };
+        config.calibration = self.calibration;
         Ok(config)
     }
 }
