@@ -1,11 +1,12 @@
 //! Encoder latency and throughput on the real default model (all-MiniLM-L6-v2).
 //!
 //! `cargo bench -p router-core --bench encoder`: single-prompt latency at 16, 64, 256 and 512
-//! input tokens (512 is truncated to the model's 256) and the throughput of a batch of 32.
+//! input tokens (512 is truncated to the model's 256) and the throughput of a batch of 32, for
+//! the int8 and the f32 encoder. `ENCODER_BENCH_PRECISION=int8` (or `f32`) runs one of them.
 
 use candle_core::Device;
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
-use router_core::encoder::{Encoder, EncoderSource, Truncation, resolve};
+use router_core::encoder::{Encoder, EncoderSource, Precision, Truncation, resolve};
 
 /// A text of exactly `tokens` tokens, [CLS] and [SEP] included.
 fn text_of(encoder: &Encoder, tokens: usize) -> String {
@@ -22,27 +23,37 @@ fn text_of(encoder: &Encoder, tokens: usize) -> String {
 }
 
 fn bench(c: &mut Criterion) {
-    let encoder = resolve(&EncoderSource::default())
-        .and_then(|r| Encoder::load(&r, &Device::Cpu, Truncation::Head))
-        .unwrap_or_else(|e| panic!("cannot load the encoder: {e}"));
-    let mut group = c.benchmark_group("encode_one");
-    group.sample_size(20);
-    group.measurement_time(std::time::Duration::from_secs(5));
-    for tokens in [16, 64, 256, 512] {
-        let text = text_of(&encoder, tokens);
-        group.bench_with_input(BenchmarkId::from_parameter(tokens), &text, |b, text| {
-            b.iter(|| encoder.embed(&[text.as_str()]))
-        });
-    }
-    group.finish();
+    let only = std::env::var("ENCODER_BENCH_PRECISION").ok();
+    let resolved = resolve(&EncoderSource::default())
+        .unwrap_or_else(|e| panic!("cannot resolve the encoder: {e}"));
+    for precision in [Precision::Int8, Precision::F32] {
+        if only.as_deref().is_some_and(|p| p != precision.to_string()) {
+            continue;
+        }
+        let encoder = Encoder::load(&resolved, &Device::Cpu, Truncation::Head, precision)
+            .unwrap_or_else(|e| panic!("cannot load the encoder: {e}"));
+        let mut group = c.benchmark_group(format!("encode_one_{precision}"));
+        group.sample_size(20);
+        group.measurement_time(std::time::Duration::from_secs(5));
+        for tokens in [16, 64, 256, 512] {
+            let text = text_of(&encoder, tokens);
+            group.bench_with_input(BenchmarkId::from_parameter(tokens), &text, |b, text| {
+                b.iter(|| encoder.embed(&[text.as_str()]))
+            });
+        }
+        group.finish();
 
-    let mut group = c.benchmark_group("encode_batch32");
-    let texts: Vec<String> = (0..32).map(|i| text_of(&encoder, 12 + i % 24)).collect();
-    let refs: Vec<&str> = texts.iter().map(String::as_str).collect();
-    group.throughput(Throughput::Elements(32));
-    group.sample_size(10);
-    group.bench_function("short_12_to_35_tokens", |b| b.iter(|| encoder.embed(&refs)));
-    group.finish();
+        let mut group = c.benchmark_group(format!("encode_batch32_{precision}"));
+        let texts: Vec<String> = (0..32).map(|i| text_of(&encoder, 12 + i % 24)).collect();
+        let refs: Vec<&str> = texts.iter().map(String::as_str).collect();
+        group.throughput(Throughput::Elements(32));
+        group.sample_size(10);
+        group.bench_function("short_12_to_35_tokens", |b| b.iter(|| encoder.embed(&refs)));
+        let texts: Vec<String> = (0..32).map(|_| text_of(&encoder, 64)).collect();
+        let refs: Vec<&str> = texts.iter().map(String::as_str).collect();
+        group.bench_function("64_tokens", |b| b.iter(|| encoder.embed(&refs)));
+        group.finish();
+    }
 }
 
 criterion_group!(benches, bench);

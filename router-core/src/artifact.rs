@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use candle_core::{Device, Tensor};
 use serde::{Deserialize, Serialize};
 
-use crate::encoder::{Encoder, EncoderSource, Pooling, Truncation};
+use crate::encoder::{Encoder, EncoderSource, Pooling, Precision, Truncation};
 use crate::error::{Error, Result};
 use crate::heads::calibration::Platt;
 use crate::heads::{Head, HeadSpec};
@@ -31,6 +31,10 @@ pub struct EncoderSpec {
     pub max_seq_length: usize,
     pub truncation: Truncation,
     pub pooling: Pooling,
+    /// The dense layers' arithmetic the embeddings were computed with; `f32` for routers
+    /// written before the field existed.
+    #[serde(default)]
+    pub precision: Precision,
 }
 
 /// What the scores in the training data meant, and how they were normalised to 0–1.
@@ -262,7 +266,7 @@ impl Router {
     /// Loads the encoder from `source`, checking it against the manifest.
     pub fn load_encoder_from(&self, source: &EncoderSource, device: &Device) -> Result<Encoder> {
         let spec = &self.manifest.encoder;
-        let encoder = Encoder::from_source(source, device, spec.truncation)?;
+        let encoder = Encoder::from_source(source, device, spec.truncation, spec.precision)?;
         let fail = |message: String| Error::Artifact {
             path: self.dir.join(MANIFEST_FILE),
             message,
@@ -399,6 +403,7 @@ mod tests {
                 max_seq_length: 16,
                 truncation: Truncation::Head,
                 pooling: Pooling::Mean,
+                precision: Precision::F32,
             },
             head: HeadSpec::Mf { dim: 2 },
             models: vec![model("a"), model("b")],
@@ -452,6 +457,33 @@ mod tests {
             router.predict(&[vec![1.0, 0.0]]).is_err(),
             "wrong dimension"
         );
+    }
+
+    #[test]
+    fn routers_written_before_int8_existed_load_as_f32() {
+        let dir = tempfile::tempdir().unwrap();
+        Router::save(dir.path(), &manifest(), &tensors()).unwrap();
+        let path = dir.path().join(MANIFEST_FILE);
+        let mut json: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+        let encoder = json["encoder"].as_object_mut().unwrap();
+        assert_eq!(encoder.remove("precision"), Some("f32".into()));
+        std::fs::write(&path, json.to_string()).unwrap();
+        let router = Router::load(dir.path()).unwrap();
+        assert_eq!(router.manifest.encoder.precision, Precision::F32);
+
+        json["encoder"]["precision"] = "int8".into();
+        std::fs::write(&path, json.to_string()).unwrap();
+        let router = Router::load(dir.path()).unwrap();
+        assert_eq!(router.manifest.encoder.precision, Precision::Int8);
+
+        json["encoder"]["precision"] = "fp8".into();
+        std::fs::write(&path, json.to_string()).unwrap();
+        let e = Router::load(dir.path())
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
+        assert!(e.contains("router.json") && e.contains("fp8"), "{e}");
     }
 
     fn load_error(edit: impl Fn(&mut Manifest), tensors: &HashMap<String, Tensor>) -> String {

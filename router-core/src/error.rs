@@ -53,8 +53,10 @@ pub enum Error {
     UnknownDevice(String),
     #[error("device `{0}` was asked for, but this binary was built without the `cuda` feature")]
     CudaNotCompiled(String),
-    #[error("unknown truncation mode `{0}` (expected `head` or `head_tail`)")]
+    #[error("unknown truncation mode `{0}` (expected `head`, `head_tail` or `tail`)")]
     UnknownTruncation(String),
+    #[error("unknown encoder precision `{0}` (expected `f32` or `int8`)")]
+    UnknownPrecision(String),
     #[error("tokenizing failed: {0}")]
     Tokenize(String),
     #[error(transparent)]

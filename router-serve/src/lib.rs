@@ -108,6 +108,9 @@ impl Server {
             router = %engine.router.manifest.name,
             models = engine.router.n_models(),
             routable = engine.routable.iter().filter(|r| **r).count(),
+            encoder = %engine.router.manifest.encoder.id,
+            precision = %engine.encoder.precision(),
+            kernel = engine.encoder.int8_kernel().map_or("-", |k| k.as_str()),
             "router loaded"
         );
         for u in &engine.config.upstreams {

