@@ -356,7 +356,7 @@ fn fit_knn(
     let keys = Tensor::from_slice(&train.x, (train.n, train.dim), device)?;
     let (vx, vy, vmask) = val.tensors(device)?;
     let (ks, alphas) = knn_grid(k, alpha);
-    let mut best: Option<(f64, usize, f32)> = None;
+    let mut best: Option<(KnnScore, usize, f32)> = None;
     for &k in &ks {
         for &a in &alphas {
             let knn = Knn::new(
@@ -367,13 +367,22 @@ fn fit_knn(
                 k,
                 a,
             )?;
-            let loss = f64::from(masked_bce(&knn.forward(&vx)?, &vy, &vmask)?.to_scalar::<f32>()?);
-            if best.is_none_or(|(l, _, _)| loss < l) {
-                best = Some((loss, k, a));
+            let logits = knn.forward(&vx)?;
+            let score = KnnScore {
+                bce: f64::from(masked_bce(&logits, &vy, &vmask)?.to_scalar::<f32>()?),
+                pairwise: pairwise_loss(
+                    &logits.flatten_all()?.to_vec1()?,
+                    &val.y,
+                    &val.mask,
+                    val.models,
+                ),
+            };
+            if best.as_ref().is_none_or(|(b, _, _)| score.better_than(b)) {
+                best = Some((score, k, a));
             }
         }
     }
-    let (loss, k, alpha) = best.unwrap_or((f64::NAN, 20, 0.0));
+    let (score, k, alpha) = best.unwrap_or((KnnScore::NONE, 20, 0.0));
     let knn = Knn::new(
         keys,
         train.y.clone(),
@@ -382,11 +391,40 @@ fn fit_knn(
         k,
         alpha,
     )?;
-    knn_fitted(knn, k, alpha, ("best_validation_loss", loss))
+    knn_fitted(knn, k, alpha, "validation", score)
 }
 
-/// A fitted kNN head, with its tuned `k` and `alpha` and the loss that chose them.
-fn knn_fitted(knn: Knn, k: usize, alpha: f32, loss: (&str, f64)) -> Result<Fitted> {
+/// What chooses the kNN's `k` and `α`: the pairwise loss, which scores how the logits order the
+/// models on each prompt (all that routing uses), then the BCE where it ties or is undefined.
+///
+/// The BCE alone rewards predicting how hard a prompt is for every model, which a small `k`
+/// does well and routing does not use: on the shipped data it picked k = 20 on zeroeval,
+/// where the pairwise loss picks 100.
+#[derive(Debug, Clone, Copy)]
+struct KnnScore {
+    bce: f64,
+    pairwise: f64,
+}
+
+impl KnnScore {
+    const NONE: Self = Self {
+        bce: f64::NAN,
+        pairwise: f64::NAN,
+    };
+
+    fn better_than(&self, other: &Self) -> bool {
+        match (self.pairwise.is_nan(), other.pairwise.is_nan()) {
+            (false, false) if self.pairwise != other.pairwise => self.pairwise < other.pairwise,
+            (false, true) => true,
+            (true, false) => false,
+            _ => self.bce < other.bce || (other.bce.is_nan() && !self.bce.is_nan()),
+        }
+    }
+}
+
+/// A fitted kNN head, with its tuned `k` and `alpha` and the losses that chose them (`split`
+/// names the predictions they were measured on).
+fn knn_fitted(knn: Knn, k: usize, alpha: f32, split: &str, score: KnnScore) -> Result<Fitted> {
     let tensors = knn.tensors()?;
     Ok(Fitted {
         spec: HeadSpec::Knn { k, alpha },
@@ -395,7 +433,8 @@ fn knn_fitted(knn: Knn, k: usize, alpha: f32, loss: (&str, f64)) -> Result<Fitte
         hyperparameters: BTreeMap::from([
             ("k".into(), k as f64),
             ("alpha".into(), f64::from(alpha)),
-            (loss.0.to_owned(), loss.1),
+            (format!("best_{split}_loss"), score.bce),
+            (format!("{split}_pairwise_loss"), score.pairwise),
         ]),
     })
 }
@@ -513,6 +552,36 @@ pub fn fit_cross(
     }
 }
 
+/// Mean BCE of `σ(l_a − l_b)` against `½ + (y_a − y_b)/2` over every prompt's pairs of observed
+/// models whose scores differ: how well the logits order the models on each prompt, which is
+/// all that routing uses of them.
+pub fn pairwise_loss(logits: &[f32], y: &[f32], mask: &[f32], models: usize) -> f64 {
+    let (mut total, mut count) = (0f64, 0usize);
+    for ((l, y), m) in logits
+        .chunks_exact(models)
+        .zip(y.chunks_exact(models))
+        .zip(mask.chunks_exact(models))
+    {
+        for a in 0..models {
+            for b in a + 1..models {
+                if m[a] == 0.0 || m[b] == 0.0 || y[a] == y[b] {
+                    continue;
+                }
+                let z = f64::from(l[a] - l[b]);
+                let t = 0.5 + f64::from(y[a] - y[b]) / 2.0;
+                // softplus(z) − t·z, stable for large |z|.
+                total += z.max(0.0) + (-z.abs()).exp().ln_1p() - t * z;
+                count += 1;
+            }
+        }
+    }
+    if count == 0 {
+        f64::NAN
+    } else {
+        total / count as f64
+    }
+}
+
 /// The (k, α) candidates: the given value, or the grid tuned over.
 fn knn_grid(k: Option<usize>, alpha: Option<f32>) -> (Vec<usize>, Vec<f32>) {
     (
@@ -521,7 +590,7 @@ fn knn_grid(k: Option<usize>, alpha: Option<f32>) -> (Vec<usize>, Vec<f32>) {
     )
 }
 
-/// kNN on all rows; k and α chosen by the masked BCE of leave-one-out predictions (each row's
+/// kNN on all rows; k and α chosen by the [`KnnScore`] of leave-one-out predictions (each row's
 /// neighbours exclude itself), which are also the out-of-fold logits.
 fn fit_knn_loo(
     data: &SplitData,
@@ -570,27 +639,27 @@ fn fit_knn_loo(
             .collect()
     };
     let (_, y, mask) = data.tensors(device)?;
-    let loss_of = |logits: &[Vec<f32>]| -> Result<f64> {
+    let score_of = |logits: &[Vec<f32>]| -> Result<KnnScore> {
         let flat: Vec<f32> = logits.iter().flatten().copied().collect();
+        let pairwise = pairwise_loss(&flat, &data.y, &data.mask, m);
         let z = Tensor::from_vec(flat, (n, m), device)?;
-        Ok(f64::from(masked_bce(&z, &y, &mask)?.to_scalar::<f32>()?))
+        let bce = f64::from(masked_bce(&z, &y, &mask)?.to_scalar::<f32>()?);
+        Ok(KnnScore { bce, pairwise })
     };
-    let mut best: Option<(f64, usize, f32, Vec<Vec<f32>>)> = None;
+    let mut best: Option<(KnnScore, usize, f32, Vec<Vec<f32>>)> = None;
     for &k in &ks {
         for &a in &alphas {
             let logits = logits_for(k, a);
-            let loss = loss_of(&logits)?;
-            if best.as_ref().is_none_or(|b| loss < b.0) {
-                best = Some((loss, k, a, logits));
+            let score = score_of(&logits)?;
+            if best.as_ref().is_none_or(|b| score.better_than(&b.0)) {
+                best = Some((score, k, a, logits));
             }
         }
     }
-    let (loss, k, alpha, oof) = best.unwrap_or_else(|| (f64::NAN, 20, 0.0, logits_for(20, 0.0)));
+    let (score, k, alpha, oof) =
+        best.unwrap_or_else(|| (KnnScore::NONE, 20, 0.0, logits_for(20, 0.0)));
     let knn = Knn::new(keys, data.y.clone(), data.mask.clone(), prior, k, alpha)?;
-    Ok((
-        knn_fitted(knn, k, alpha, ("leave_one_out_loss", loss))?,
-        oof,
-    ))
+    Ok((knn_fitted(knn, k, alpha, "leave_one_out", score)?, oof))
 }
 
 /// Platt slopes above this are capped (see [`fit_platt`]).
@@ -721,6 +790,47 @@ mod tests {
         let expected = (bce(0.3, 1.0) + bce(-1.2, 0.0) + bce(2.0, 0.0)) / 3.0;
         assert!((base - expected).abs() < 1e-5, "{base} vs {expected}");
         Ok(())
+    }
+
+    #[test]
+    fn pairwise_loss_scores_the_order_within_each_prompt() {
+        // Prompt 1: models 0 and 1 differ (0 right), 2 is masked. Prompt 2: all tie (no pair).
+        // Prompt 3: 1 beats 2 by a graded 0.5 (target ¾), model 0 is masked.
+        let y = [1.0, 0.0, 1.0, 0.5, 0.5, 0.5, 0.0, 0.75, 0.25];
+        let mask = [1.0, 1.0, 0.0, 1.0, 1.0, 1.0, 0.0, 1.0, 1.0];
+        let logits = [2.0, 0.5, -9.0, 0.0, 3.0, -3.0, 5.0, 1.0, 1.0];
+        // Reference by hand: softplus(z) − t·z for z = 2 − 0.5 (t = 1) and z = 0 (t = ¾).
+        let softplus = |z: f64| (1.0 + z.exp()).ln();
+        let expected = ((softplus(1.5) - 1.5) + softplus(0.0)) / 2.0;
+        let got = pairwise_loss(&logits, &y, &mask, 3);
+        assert!((got - expected).abs() < 1e-9, "{got} vs {expected}");
+        // Adding the same amount to every logit of a prompt (its difficulty) changes nothing.
+        let shifted: Vec<f32> = logits
+            .iter()
+            .enumerate()
+            .map(|(i, l)| l + (i / 3) as f32)
+            .collect();
+        assert!((pairwise_loss(&shifted, &y, &mask, 3) - got).abs() < 1e-9);
+        // No differing pair at all: undefined, so the BCE decides.
+        assert!(pairwise_loss(&[0.0, 1.0], &[1.0, 1.0], &[1.0, 1.0], 2).is_nan());
+        let a = KnnScore {
+            bce: 0.5,
+            pairwise: f64::NAN,
+        };
+        let b = KnnScore {
+            bce: 0.6,
+            pairwise: f64::NAN,
+        };
+        assert!(a.better_than(&b) && !b.better_than(&a));
+        let c = KnnScore {
+            bce: 0.9,
+            pairwise: 0.3,
+        };
+        let d = KnnScore {
+            bce: 0.4,
+            pairwise: 0.31,
+        };
+        assert!(c.better_than(&d), "the pairwise loss decides first");
     }
 
     #[test]
