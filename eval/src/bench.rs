@@ -4,6 +4,7 @@
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 
+use router_core::encoder::Precision;
 use router_core::policy::Policy;
 use router_train::{FitConfig, HeadChoice, run_fit};
 
@@ -20,6 +21,9 @@ pub struct BenchConfig {
     /// Policies the default head (`ensemble` when trained, else the last head) is also
     /// evaluated under, besides `eval.policy`.
     pub also_policies: Vec<Policy>,
+    /// The encoder's precision for training (and so for the evaluation, which embeds as the
+    /// router says).
+    pub precision: Precision,
     pub out: PathBuf,
     pub eval: EvalConfig,
 }
@@ -112,6 +116,7 @@ pub fn run_bench(config: &BenchConfig) -> Result<String> {
                 out.clone(),
             );
             fit.head = head_choice(head)?;
+            fit.precision = config.precision;
             fit.cache_dir.clone_from(&config.eval.cache_dir);
             fit.progress = config.eval.progress;
             let report = run_fit(&fit)?;

@@ -97,6 +97,10 @@ struct BenchArgs {
     /// rows in the summary), e.g. `cheapest` to compare with routers published under it.
     #[arg(long, value_delimiter = ',', default_value = "cheapest")]
     also_policies: Vec<Policy>,
+    /// The encoder's dense layers while training: int8 (router-train's default) or f32, to
+    /// compare the two.
+    #[arg(long, env = "ROUTER_PRECISION", default_value = "int8")]
+    precision: router_core::encoder::Precision,
 }
 
 fn eval_config(
@@ -132,6 +136,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 only: args.only,
                 heads: args.heads,
                 also_policies: args.also_policies,
+                precision: args.precision,
                 out: args.out,
                 eval,
             })?;

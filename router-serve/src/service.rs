@@ -649,6 +649,12 @@ pub fn health(state: &AppState) -> Value {
         "router": engine.router.manifest.name,
         "router_created_at": engine.router.manifest.created_at,
         "routable_models": engine.routable.iter().filter(|r| **r).count(),
+        "encoder": {
+            "id": engine.router.manifest.encoder.id,
+            "precision": engine.encoder.precision().to_string(),
+            "int8_kernel": engine.encoder.int8_kernel().map(|k| k.as_str()),
+            "device": format!("{:?}", engine.encoder.device()),
+        },
         "upstreams_with_credentials": engine.config.upstreams.iter().filter(|u| u.has_credentials() && u.api_key_env.is_some()).count(),
     })
 }

@@ -81,7 +81,7 @@ struct FitArgs {
     #[arg(long, env = "ROUTER_TRUNCATION", default_value = "head_tail")]
     truncation: String,
     /// The encoder's dense layers: int8 (per-channel int8 weights, per-token int8 activations;
-    /// 4–6× faster on the CPU, embeddings at cosine ≥ 0.995 to f32) or f32. Recorded in the
+    /// 4–10× faster on the CPU, embeddings at cosine ≥ 0.995 to f32) or f32. Recorded in the
     /// router, so the server embeds the same way. A GPU always runs f32.
     #[arg(long, env = "ROUTER_PRECISION", default_value = "int8")]
     precision: String,

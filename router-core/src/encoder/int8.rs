@@ -74,6 +74,35 @@ impl Int8Kernel {
         Self::Portable
     }
 
+    /// [`Int8Kernel::detect`], unless `ROUTER_INT8_KERNEL` names a slower kernel this CPU can
+    /// run (`avx2` or `portable`; for benchmarks and tests). Every kernel gives the same
+    /// outputs, so this changes the speed only.
+    pub fn from_env_or_detect() -> Self {
+        let best = Self::detect();
+        let Ok(wanted) = std::env::var("ROUTER_INT8_KERNEL") else {
+            return best;
+        };
+        let supported = |k: Self| match (best, k) {
+            (_, Self::Portable) => true,
+            (Self::Avx512Vnni | Self::Avx2, Self::Avx2) => true,
+            (b, k) => b == k,
+        };
+        match [Self::Avx512Vnni, Self::Avx2, Self::Portable]
+            .into_iter()
+            .find(|k| k.as_str() == wanted)
+        {
+            Some(k) if supported(k) => k,
+            _ => {
+                tracing::warn!(
+                    wanted,
+                    using = best.as_str(),
+                    "ROUTER_INT8_KERNEL names no kernel this CPU runs"
+                );
+                best
+            }
+        }
+    }
+
     pub fn as_str(self) -> &'static str {
         match self {
             Self::Avx512Vnni => "avx512-vnni",
@@ -142,10 +171,6 @@ impl Int8Linear {
             bias: bias.to_vec(),
             activation,
         })
-    }
-
-    pub(crate) fn in_features(&self) -> usize {
-        self.k
     }
 
     pub(crate) fn out_features(&self) -> usize {
@@ -259,13 +284,13 @@ fn dot_portable(x: &[u8], rows: usize, k: usize, w: &[i8], acc: &mut [[i32; NR];
     for (r, acc) in acc.iter_mut().enumerate().take(rows) {
         acc.fill(0);
         let x = &x[r * k..(r + 1) * k];
-        for (g, xs) in x.chunks_exact(4).enumerate() {
-            let wg = &w[g * NR * 4..(g + 1) * NR * 4];
-            for (j, ws) in wg.chunks_exact(4).enumerate() {
-                acc[j] += xs
+        // The weights of a group of 4 inputs are channel-major, 4 bytes per channel.
+        for (xs, wg) in x.chunks_exact(4).zip(w.chunks_exact(NR * 4)) {
+            for (a, ws) in acc.iter_mut().zip(wg.chunks_exact(4)) {
+                *a += xs
                     .iter()
                     .zip(ws)
-                    .map(|(&a, &b)| i32::from(a) * i32::from(b))
+                    .map(|(&x, &w)| i32::from(x) * i32::from(w))
                     .sum::<i32>();
             }
         }

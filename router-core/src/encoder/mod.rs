@@ -8,6 +8,7 @@
 //! On the CPU the dense layers run in int8 by default ([`Precision::Int8`], see [`int8`]); on
 //! a GPU, or with [`Precision::F32`], the model is Candle's `BertModel` in f32.
 
+mod cpu_ops;
 pub mod int8;
 mod quantized;
 mod resolve;
@@ -472,18 +473,8 @@ impl Encoder {
             Backbone::F32(model) => self.pool_padded(model, batch)?,
             Backbone::Int8(model) => {
                 let sequences: Vec<&[u32]> = batch.iter().map(|t| t.ids.as_slice()).collect();
-                let hidden = model.forward(&sequences)?;
-                let mut rows = Vec::with_capacity(batch.len());
-                let mut offset = 0;
-                for seq in &sequences {
-                    let tokens = hidden.narrow(0, offset, seq.len())?;
-                    rows.push(match self.pooling {
-                        Pooling::Mean => tokens.mean(0)?,
-                        Pooling::Cls => tokens.get(0)?,
-                    });
-                    offset += seq.len();
-                }
-                Tensor::stack(&rows, 0)?
+                let pooled = model.embed(&sequences, self.pooling)?;
+                Tensor::from_vec(pooled, (batch.len(), self.dim), &self.device)?
             }
         };
         let norms = pooled

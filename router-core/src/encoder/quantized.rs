@@ -4,71 +4,27 @@
 //! absolute positions, erf GELU), with three changes: the query, key and value projections
 //! are one 3·h-wide layer, the attention's 1/√d is folded into the query weights before they
 //! are quantised (per-channel scales make that exact), and the GELU runs in the intermediate
-//! layer's epilogue. Embeddings, attention products, softmax and layer norms stay in f32.
+//! layer's epilogue. Embeddings, attention, softmax and layer norms stay in f32
+//! ([`super::cpu_ops`]). Plain buffers throughout: no padding, no tensor per operation.
 
-use candle_core::{CpuStorage, CustomOp1, Layout, Shape, Tensor};
 use candle_nn::VarBuilder;
 use candle_transformers::models::bert::{Config as BertConfig, HiddenAct};
 
+use super::Pooling;
+use super::cpu_ops::{self, Heads};
 use super::int8::{Activation, Int8Kernel, Int8Linear};
 
-/// One dense layer applied to the last dimension of a contiguous f32 tensor.
-struct DenseOp<'a> {
-    layer: &'a Int8Linear,
-    kernel: Int8Kernel,
-}
-
-impl CustomOp1 for DenseOp<'_> {
-    fn name(&self) -> &'static str {
-        "int8-dense"
-    }
-
-    fn cpu_fwd(
-        &self,
-        storage: &CpuStorage,
-        layout: &Layout,
-    ) -> candle_core::Result<(CpuStorage, Shape)> {
-        let CpuStorage::F32(data) = storage else {
-            candle_core::bail!("int8-dense takes f32 input");
-        };
-        let Some((start, end)) = layout.contiguous_offsets() else {
-            candle_core::bail!("int8-dense takes a contiguous input");
-        };
-        let mut dims = layout.shape().dims().to_vec();
-        let k = dims.last().copied().unwrap_or(0);
-        if k != self.layer.in_features() {
-            candle_core::bail!(
-                "int8-dense expects {} input features, got {k}",
-                self.layer.in_features()
-            );
-        }
-        let x = &data[start..end];
-        let m = x.len() / k;
-        let n = self.layer.out_features();
-        let mut out = vec![0f32; m * n];
-        self.layer.forward(self.kernel, x, m, &mut out);
-        if let Some(last) = dims.last_mut() {
-            *last = n;
-        }
-        Ok((CpuStorage::F32(out), Shape::from(dims)))
-    }
-}
-
 struct Norm {
-    weight: Tensor,
-    bias: Tensor,
+    weight: Vec<f32>,
+    bias: Vec<f32>,
 }
 
 impl Norm {
     fn load(vb: VarBuilder, size: usize) -> candle_core::Result<Self> {
         Ok(Self {
-            weight: vb.get(size, "weight")?,
-            bias: vb.get(size, "bias")?,
+            weight: vb.get(size, "weight")?.to_vec1()?,
+            bias: vb.get(size, "bias")?.to_vec1()?,
         })
-    }
-
-    fn forward(&self, x: &Tensor, eps: f32) -> candle_core::Result<Tensor> {
-        candle_nn::ops::layer_norm(x, &self.weight, &self.bias, eps)
     }
 }
 
@@ -83,9 +39,12 @@ struct Layer {
 
 /// all-MiniLM-style BERT with int8 dense layers. CPU only.
 pub(crate) struct QuantizedBert {
-    word_embeddings: Tensor,
-    position_embeddings: Tensor,
-    token_type_embedding: Tensor,
+    /// `vocab × hidden`, row-major.
+    word_embeddings: Vec<f32>,
+    /// `positions × hidden`.
+    position_embeddings: Vec<f32>,
+    /// Token type 0 (sentence-transformers never sets another).
+    token_type_embedding: Vec<f32>,
     embedding_norm: Norm,
     layers: Vec<Layer>,
     heads: usize,
@@ -134,14 +93,21 @@ impl QuantizedBert {
         let heads = config.num_attention_heads;
         let head_dim = h / heads;
         let emb = vb.pp("embeddings");
-        let word_embeddings = emb.get((config.vocab_size, h), "word_embeddings.weight")?;
-        let position_embeddings = emb.get(
-            (config.max_position_embeddings, h),
-            "position_embeddings.weight",
-        )?;
+        let word_embeddings = emb
+            .get((config.vocab_size, h), "word_embeddings.weight")?
+            .flatten_all()?
+            .to_vec1()?;
+        let position_embeddings = emb
+            .get(
+                (config.max_position_embeddings, h),
+                "position_embeddings.weight",
+            )?
+            .flatten_all()?
+            .to_vec1()?;
         let token_type_embedding = emb
             .get((config.type_vocab_size, h), "token_type_embeddings.weight")?
-            .get(0)?;
+            .get(0)?
+            .to_vec1()?;
         let embedding_norm = Norm::load(emb.pp("LayerNorm"), h)?;
         let scale = 1.0 / (head_dim as f32).sqrt();
         let mut layers = Vec::with_capacity(config.num_hidden_layers);
@@ -184,7 +150,7 @@ impl QuantizedBert {
             head_dim,
             hidden: h,
             eps: config.layer_norm_eps as f32,
-            kernel: Int8Kernel::detect(),
+            kernel: Int8Kernel::from_env_or_detect(),
         })
     }
 
@@ -192,23 +158,21 @@ impl QuantizedBert {
         self.kernel
     }
 
-    fn dense(&self, layer: &Int8Linear, x: &Tensor) -> candle_core::Result<Tensor> {
-        x.contiguous()?.apply_op1_no_bwd(&DenseOp {
-            layer,
-            kernel: self.kernel,
-        })
-    }
-
-    /// Token vectors of every sequence, packed: `(Σ len, hidden)`, the rows of sequence `i`
-    /// after those of sequences `0..i`. No padding is computed, and every operation sees only
-    /// its own sequence's rows, so a text embeds bit for bit the same alone or in any batch
-    /// (int8 rounding would otherwise amplify the last-bit differences of padded shapes).
-    pub(crate) fn forward(&self, sequences: &[&[u32]]) -> candle_core::Result<Tensor> {
+    /// One pooled (not yet normalised) vector per sequence, `sequences.len() × hidden`.
+    ///
+    /// Every sequence is computed on its own rows only, so a text embeds bit for bit the same
+    /// alone or in any batch (int8 rounding would otherwise amplify the last-bit differences of
+    /// padded shapes). The dense layers take all rows of the batch at once.
+    pub(crate) fn embed(
+        &self,
+        sequences: &[&[u32]],
+        pooling: Pooling,
+    ) -> candle_core::Result<Vec<f32>> {
         let h = self.hidden;
-        let positions = self.position_embeddings.dim(0)?;
+        let positions = self.position_embeddings.len() / h;
+        let vocab = self.word_embeddings.len() / h;
         let total: usize = sequences.iter().map(|s| s.len()).sum();
-        let mut ids = Vec::with_capacity(total);
-        let mut position_ids = Vec::with_capacity(total);
+        let mut x = Vec::with_capacity(total * h);
         for seq in sequences {
             if seq.is_empty() {
                 candle_core::bail!("an empty token sequence cannot be embedded");
@@ -219,40 +183,78 @@ impl QuantizedBert {
                     seq.len()
                 );
             }
-            ids.extend_from_slice(seq);
-            position_ids.extend(0..seq.len() as u32);
+            for (p, &id) in seq.iter().enumerate() {
+                let id = id as usize;
+                if id >= vocab {
+                    candle_core::bail!("token id {id} is outside the vocabulary of {vocab}");
+                }
+                let word = &self.word_embeddings[id * h..(id + 1) * h];
+                let pos = &self.position_embeddings[p * h..(p + 1) * h];
+                x.extend(
+                    word.iter()
+                        .zip(pos)
+                        .zip(&self.token_type_embedding)
+                        .map(|((w, p), t)| w + p + t),
+                );
+            }
         }
-        let device = self.word_embeddings.device();
-        let ids = Tensor::from_vec(ids, total, device)?;
-        let position_ids = Tensor::from_vec(position_ids, total, device)?;
-        let x = (self.word_embeddings.index_select(&ids, 0)?
-            + self.position_embeddings.index_select(&position_ids, 0)?)?
-        .broadcast_add(&self.token_type_embedding)?;
-        let mut x = self.embedding_norm.forward(&x, self.eps)?;
+        let kernel = self.kernel;
+        let norm = |x: &mut [f32], residual: Option<&[f32]>, n: &Norm| {
+            cpu_ops::layer_norm(kernel, x, residual, &n.weight, &n.bias, self.eps);
+        };
+        norm(&mut x, None, &self.embedding_norm);
+        let shape = Heads {
+            heads: self.heads,
+            head_dim: self.head_dim,
+        };
+        let mut qkv = vec![0f32; total * 3 * h];
+        let mut context = vec![0f32; total * h];
+        let mut attended = vec![0f32; total * h];
+        let mut inner = Vec::new();
         for layer in &self.layers {
-            let qkv = self.dense(&layer.qkv, &x)?;
-            let mut contexts = Vec::with_capacity(sequences.len());
+            layer.qkv.forward(kernel, &x, total, &mut qkv);
             let mut offset = 0;
             for seq in sequences {
-                let len = seq.len();
-                let part = qkv
-                    .narrow(0, offset, len)?
-                    .reshape((len, 3, self.heads, self.head_dim))?
-                    .permute((1, 2, 0, 3))?;
-                let q = part.get(0)?.contiguous()?;
-                let k = part.get(1)?.contiguous()?;
-                let v = part.get(2)?.contiguous()?;
-                let probs = candle_nn::ops::softmax_last_dim(&q.matmul(&k.t()?)?)?;
-                contexts.push(probs.matmul(&v)?.transpose(0, 1)?.reshape((len, h))?);
-                offset += len;
+                let rows = offset..offset + seq.len();
+                cpu_ops::attention(
+                    kernel,
+                    &qkv[rows.start * 3 * h..rows.end * 3 * h],
+                    shape,
+                    &mut context[rows.start * h..rows.end * h],
+                );
+                offset = rows.end;
             }
-            let context = Tensor::cat(&contexts, 0)?;
-            let attended = (self.dense(&layer.attention_out, &context)? + &x)?;
-            let attended = layer.attention_norm.forward(&attended, self.eps)?;
-            let inner = self.dense(&layer.intermediate, &attended)?;
-            let out = (self.dense(&layer.output, &inner)? + &attended)?;
-            x = layer.output_norm.forward(&out, self.eps)?;
+            layer
+                .attention_out
+                .forward(kernel, &context, total, &mut attended);
+            norm(&mut attended, Some(&x), &layer.attention_norm);
+            inner.resize(total * layer.intermediate.out_features(), 0.0);
+            layer
+                .intermediate
+                .forward(kernel, &attended, total, &mut inner);
+            layer.output.forward(kernel, &inner, total, &mut x);
+            norm(&mut x, Some(&attended), &layer.output_norm);
         }
-        Ok(x)
+        let mut pooled = vec![0f32; sequences.len() * h];
+        let mut offset = 0;
+        for (seq, out) in sequences.iter().zip(pooled.chunks_exact_mut(h)) {
+            let rows = &x[offset * h..(offset + seq.len()) * h];
+            match pooling {
+                Pooling::Cls => out.copy_from_slice(&rows[..h]),
+                Pooling::Mean => {
+                    for row in rows.chunks_exact(h) {
+                        for (o, v) in out.iter_mut().zip(row) {
+                            *o += v;
+                        }
+                    }
+                    let n = seq.len() as f32;
+                    for o in out.iter_mut() {
+                        *o /= n;
+                    }
+                }
+            }
+            offset += seq.len();
+        }
+        Ok(pooled)
     }
 }

@@ -250,6 +250,9 @@ async fn models_health_and_metrics() {
     let health: Value = get_json(&t.url("/health")).await;
     assert_eq!(health["status"], "ok");
     assert_eq!(health["routable_models"], MODELS.len());
+    // The shipped router was trained on int8 embeddings: the server embeds the same way.
+    assert_eq!(health["encoder"]["precision"], "int8");
+    assert!(health["encoder"]["int8_kernel"].is_string(), "{health}");
 
     t.post("/v1/chat/completions", chat_body("router", false))
         .await;
