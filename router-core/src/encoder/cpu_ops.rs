@@ -227,9 +227,20 @@ mod x86 {
     }
 }
 
-/// Whether the f32 code may use AVX2 + FMA (true for both x86 int8 kernels).
+/// Whether the f32 code may use AVX2 + FMA: not when the portable kernel was asked for (to
+/// measure it), and only where the CPU has both (the detection is cached).
 fn simd(kernel: Int8Kernel) -> bool {
-    cfg!(target_arch = "x86_64") && kernel != Int8Kernel::Portable
+    #[cfg(target_arch = "x86_64")]
+    {
+        kernel != Int8Kernel::Portable
+            && std::is_x86_feature_detected!("avx2")
+            && std::is_x86_feature_detected!("fma")
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        let _ = kernel;
+        false
+    }
 }
 
 /// `x ← LayerNorm(x + residual)` over rows of `gamma.len()` values.
@@ -243,7 +254,7 @@ pub(crate) fn layer_norm(
 ) {
     if simd(kernel) {
         #[cfg(target_arch = "x86_64")]
-        // SAFETY: both x86 int8 kernels are detected only on CPUs with AVX2 and FMA.
+        // SAFETY: `simd` checked that the CPU has AVX2 and FMA.
         unsafe {
             x86::layer_norm_rows(x, residual, gamma, beta, eps);
         }

@@ -50,7 +50,7 @@ pub(crate) struct Int8Linear {
 pub enum Int8Kernel {
     /// AVX-512 VNNI (`vpdpbusd`): Intel Ice Lake and later, AMD Zen 4 and later.
     Avx512Vnni,
-    /// AVX2 (`vpmaddwd` on bytes widened to 16 bits).
+    /// AVX2 and FMA (`vpmaddwd` on bytes widened to 16 bits).
     Avx2,
     /// Plain Rust, any CPU.
     Portable,
@@ -61,13 +61,16 @@ impl Int8Kernel {
     pub fn detect() -> Self {
         #[cfg(target_arch = "x86_64")]
         {
-            if std::is_x86_feature_detected!("avx512f")
+            // FMA too: the epilogue's and the f32 code's `mul_add` must be an instruction.
+            let fma = std::is_x86_feature_detected!("fma");
+            if fma
+                && std::is_x86_feature_detected!("avx512f")
                 && std::is_x86_feature_detected!("avx512bw")
                 && std::is_x86_feature_detected!("avx512vnni")
             {
                 return Self::Avx512Vnni;
             }
-            if std::is_x86_feature_detected!("avx2") {
+            if fma && std::is_x86_feature_detected!("avx2") {
                 return Self::Avx2;
             }
         }
@@ -116,7 +119,8 @@ impl Int8Linear {
     /// Quantises `weight` (`n × k`, row-major, one row per output channel) and `bias` (`n`).
     ///
     /// Returns `None` when the shape does not suit the packing (`n` not a multiple of 64 or
-    /// `k` not a multiple of 4); the caller then keeps the layer in f32.
+    /// `k` not a multiple of 4); [`super::quantized::QuantizedBert::supports`] refuses such
+    /// models first, and the encoder then runs in f32.
     pub(crate) fn new(
         weight: &[f32],
         bias: &[f32],
@@ -195,15 +199,21 @@ impl Int8Linear {
         }
     }
 
-    /// All panels for the rows of `x`, in the kernel's instruction set.
+    /// All panels for the rows of `x`, in the kernel's instruction set. A kernel the CPU
+    /// lacks (a caller's mistake) runs the portable code instead: same outputs, never UB.
     fn rows(&self, kernel: Int8Kernel, x: &[f32], out: &mut [f32]) {
         match kernel {
-            // SAFETY: each kernel value is only produced by `detect` after checking the CPU
-            // features its function is compiled for.
+            // SAFETY: the guard checked the CPU features the function is compiled for (the
+            // detection is cached: an atomic load).
             #[cfg(target_arch = "x86_64")]
-            Int8Kernel::Avx512Vnni => unsafe { x86::rows_vnni(self, x, out) },
+            Int8Kernel::Avx512Vnni if Int8Kernel::detect() == Int8Kernel::Avx512Vnni => unsafe {
+                x86::rows_vnni(self, x, out)
+            },
             #[cfg(target_arch = "x86_64")]
-            Int8Kernel::Avx2 => unsafe { x86::rows_avx2(self, x, out) },
+            Int8Kernel::Avx2
+                if std::is_x86_feature_detected!("avx2")
+                    && std::is_x86_feature_detected!("fma") =>
+            unsafe { x86::rows_avx2(self, x, out) },
             _ => self.rows_with(x, out, dot_portable),
         }
     }

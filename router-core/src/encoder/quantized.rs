@@ -3,7 +3,7 @@
 //! The same computation as `candle_transformers::models::bert::BertModel` (post-norm layers,
 //! absolute positions, erf GELU), with three changes: the query, key and value projections
 //! are one 3·h-wide layer, the attention's 1/√d is folded into the query weights before they
-//! are quantised (per-channel scales make that exact), and the GELU runs in the intermediate
+//! are quantised (the per-channel scales absorb it), and the GELU runs in the intermediate
 //! layer's epilogue. Embeddings, attention, softmax and layer norms stay in f32
 //! ([`super::cpu_ops`]). Plain buffers throughout: no padding, no tensor per operation.
 
