@@ -17,38 +17,26 @@ pub fn encoder_dir() -> PathBuf {
     .clone()
 }
 
-/// The real default encoder in `head` truncation mode, loaded once per test binary.
+/// The real default encoder in `head` truncation mode and f32 (what sentence-transformers
+/// computes), loaded once per test binary.
 pub fn encoder() -> Arc<Encoder> {
     static ENCODER: OnceLock<Arc<Encoder>> = OnceLock::new();
-    ENCODER
-        .get_or_init(|| {
-            match Encoder::load_dir(
-                &encoder_dir(),
-                &Device::Cpu,
-                Truncation::Head,
-                Precision::F32,
-            ) {
-                Ok(e) => Arc::new(e),
-                Err(e) => panic!("cannot load the default encoder: {e}"),
-            }
-        })
-        .clone()
+    load_once(&ENCODER, Precision::F32)
 }
 
-/// The real default encoder with int8 dense layers (`head` truncation), loaded once.
+/// The same with int8 dense layers.
 pub fn int8_encoder() -> Arc<Encoder> {
     static ENCODER: OnceLock<Arc<Encoder>> = OnceLock::new();
-    ENCODER
-        .get_or_init(|| {
-            match Encoder::load_dir(
-                &encoder_dir(),
-                &Device::Cpu,
-                Truncation::Head,
-                Precision::Int8,
-            ) {
-                Ok(e) => Arc::new(e),
-                Err(e) => panic!("cannot load the default encoder in int8: {e}"),
-            }
-        })
-        .clone()
+    load_once(&ENCODER, Precision::Int8)
+}
+
+fn load_once(cell: &OnceLock<Arc<Encoder>>, precision: Precision) -> Arc<Encoder> {
+    cell.get_or_init(|| {
+        let dir = encoder_dir();
+        match Encoder::load_dir(&dir, &Device::Cpu, Truncation::Head, precision) {
+            Ok(e) => Arc::new(e),
+            Err(e) => panic!("cannot load the default encoder in {precision}: {e}"),
+        }
+    })
+    .clone()
 }
