@@ -35,6 +35,9 @@ pub struct EncoderSpec {
     /// written before the field existed.
     #[serde(default)]
     pub precision: Precision,
+    /// With `int8`: the version of the int8 arithmetic ([`crate::encoder::int8::SCHEME`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub int8_scheme: Option<u32>,
 }
 
 /// What the scores in the training data meant, and how they were normalised to 0–1.
@@ -289,6 +292,9 @@ impl Router {
                 spec.max_seq_length
             )));
         }
+        if let Some(warning) = precision_mismatch(spec, &encoder) {
+            tracing::warn!(router = %self.manifest.name, "{warning}");
+        }
         Ok(encoder)
     }
 
@@ -369,6 +375,28 @@ pub fn rfc3339_utc(secs: u64) -> String {
     )
 }
 
+/// Why the encoder will not embed exactly as the router's training did, if it will not: a GPU
+/// runs f32 for an int8 router, or another version of the int8 arithmetic. Predictions are then
+/// off by the rounding (cosine ≈ 0.998 between embeddings), not wrong; retraining fixes it.
+pub fn precision_mismatch(spec: &EncoderSpec, encoder: &Encoder) -> Option<String> {
+    if encoder.precision() != spec.precision {
+        return Some(format!(
+            "the router was trained on {} embeddings, this encoder computes {}",
+            spec.precision,
+            encoder.precision()
+        ));
+    }
+    let running = crate::encoder::int8::SCHEME;
+    match spec.int8_scheme {
+        Some(trained) if encoder.precision() == Precision::Int8 && trained != running => {
+            Some(format!(
+                "the router was trained on int8 scheme {trained} embeddings, this build computes scheme {running}"
+            ))
+        }
+        _ => None,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use std::collections::{BTreeMap, HashMap};
@@ -404,6 +432,7 @@ mod tests {
                 truncation: Truncation::Head,
                 pooling: Pooling::Mean,
                 precision: Precision::F32,
+                int8_scheme: None,
             },
             head: HeadSpec::Mf { dim: 2 },
             models: vec![model("a"), model("b")],

@@ -168,6 +168,37 @@ fn load(dir: &Path) -> Result<Encoder, Error> {
 }
 
 #[test]
+fn a_router_fed_other_embeddings_is_named() {
+    use router_core::artifact::{EncoderSpec, precision_mismatch};
+    use router_core::encoder::int8::SCHEME;
+    let encoder = common::int8_encoder();
+    let mut spec = EncoderSpec {
+        id: encoder.model_id().to_owned(),
+        revision: encoder.revision().to_owned(),
+        weights_sha256: encoder.weights_sha256().to_owned(),
+        dim: encoder.dim(),
+        max_seq_length: encoder.max_seq_length(),
+        truncation: encoder.truncation(),
+        pooling: encoder.pooling(),
+        precision: Precision::Int8,
+        int8_scheme: Some(SCHEME),
+    };
+    assert_eq!(precision_mismatch(&spec, &encoder), None);
+    // Written before the scheme was recorded: nothing to compare.
+    spec.int8_scheme = None;
+    assert_eq!(precision_mismatch(&spec, &encoder), None);
+    spec.int8_scheme = Some(SCHEME + 1);
+    let warning = precision_mismatch(&spec, &encoder).unwrap_or_default();
+    assert!(warning.contains("scheme"), "{warning}");
+    spec.precision = Precision::F32;
+    let warning = precision_mismatch(&spec, &encoder).unwrap_or_default();
+    assert!(
+        warning.contains("f32") && warning.contains("int8"),
+        "{warning}"
+    );
+}
+
+#[test]
 fn precision_parses_and_refuses_unknown_names() {
     assert_eq!("int8".parse::<Precision>().ok(), Some(Precision::Int8));
     assert_eq!("f32".parse::<Precision>().ok(), Some(Precision::F32));

@@ -33,9 +33,12 @@ pub fn cache_file(dir: &Path, encoder: &Encoder) -> PathBuf {
         encoder.truncation(),
         encoder.max_seq_length()
     );
-    // f32 files keep the name they had before int8 existed.
-    if encoder.precision() != Precision::F32 {
-        identity.push_str(&format!("\n{}", encoder.precision()));
+    // f32 files keep the name they had before int8 existed; int8 ones change with its scheme.
+    if encoder.precision() == Precision::Int8 {
+        identity.push_str(&format!(
+            "\nint8\nscheme {}",
+            router_core::encoder::int8::SCHEME
+        ));
     }
     let digest = format!("{:x}", Sha256::digest(identity.as_bytes()));
     dir.join(format!("{}-{}.bin", &digest[..16], encoder.dim()))

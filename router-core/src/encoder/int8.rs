@@ -17,6 +17,12 @@
               buffers whose lengths are checked on entry"
 )]
 
+/// The version of the int8 path's arithmetic (quantisation, kernels' epilogue, the f32 parts in
+/// `cpu_ops`). Bump it whenever an embedding could change by even one bit: embedding caches are
+/// keyed by it, and routers record it (`encoder.int8_scheme`), so that a router is never fed
+/// embeddings rounded differently from the ones it was trained on without a warning.
+pub const SCHEME: u32 = 1;
+
 /// Output channels per packed panel (four 16-lane vectors).
 const NR: usize = 64;
 /// Rows per micro-kernel call.
