@@ -168,6 +168,40 @@ fn load(dir: &Path) -> Result<Encoder, Error> {
 }
 
 #[test]
+fn int8_embeddings_are_pinned_by_the_scheme() -> anyhow::Result<()> {
+    // SHA-256 of the little-endian f32 bytes of each embedding, int8 scheme 1. The same on
+    // every CPU: computed here with the VNNI and the portable kernels and on aarch64 (under
+    // qemu). If this fails, the int8 arithmetic changed: bump `int8::SCHEME` (caches and
+    // routers key on it) and write the new digests here.
+    use router_core::encoder::int8::SCHEME;
+    use sha2::Digest;
+    let pinned: [(&str, &str); 3] = [
+        (
+            "Hello, world!",
+            "a6425c2c3a8e55b14e13f3925f9b8a3f57ccd4b2e88117c2da758ca161b70e07",
+        ),
+        (
+            "What is the capital of France?",
+            "88f80b3866382509c54fb8409970144cc96de2d0f9c1c5bae753226a6d26f541",
+        ),
+        (
+            "Write a Python function that checks whether a number is prime, and explain its \
+             complexity in two sentences.",
+            "2f6409bc83a14f34c7f9dada46ee32b625747f3390e24e2cc8be08a3bf5708a9",
+        ),
+    ];
+    assert_eq!(SCHEME, 1, "new scheme: update the digests below");
+    let encoder = common::int8_encoder();
+    let texts: Vec<&str> = pinned.iter().map(|(t, _)| *t).collect();
+    for ((text, want), embedding) in pinned.iter().zip(encoder.embed(&texts)?) {
+        let bytes: Vec<u8> = embedding.iter().flat_map(|v| v.to_le_bytes()).collect();
+        let got = format!("{:x}", sha2::Sha256::digest(&bytes));
+        assert_eq!(&got, want, "int8 embedding of {text:?} changed");
+    }
+    Ok(())
+}
+
+#[test]
 fn a_router_fed_other_embeddings_is_named() {
     use router_core::artifact::{EncoderSpec, precision_mismatch};
     use router_core::encoder::int8::SCHEME;

@@ -4,10 +4,14 @@
 //! kept in 8 explicit lanes, products accumulated along the contiguous dimension), and compiled
 //! for AVX2 + FMA where the CPU has it. Every instruction set runs the same operations in the
 //! same order, `mul_add` included, so the results are the same everywhere.
-#![expect(
-    unsafe_code,
-    reason = "calls into `#[target_feature]` copies of the same safe code, reached only after \
+// The unsafe code is x86 only (other targets run the portable code).
+#![cfg_attr(
+    target_arch = "x86_64",
+    expect(
+        unsafe_code,
+        reason = "calls into `#[target_feature]` copies of the same safe code, reached only after \
               the CPU features were detected"
+    )
 )]
 
 use rayon::prelude::*;

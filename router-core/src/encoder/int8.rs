@@ -10,11 +10,15 @@
 //! The integer dot products are exact, so every kernel (VNNI, AVX2, portable) gives the same
 //! accumulators and, through the same epilogue, the same outputs: an embedding does not depend
 //! on the machine that computed it.
-#![expect(
-    unsafe_code,
-    reason = "SIMD intrinsics behind runtime CPU feature detection; every unsafe block is \
+// The unsafe code is x86 only (other targets run the portable code).
+#![cfg_attr(
+    target_arch = "x86_64",
+    expect(
+        unsafe_code,
+        reason = "SIMD intrinsics behind runtime CPU feature detection; every unsafe block is \
               reached only after the features it needs were detected, and reads inside \
               buffers whose lengths are checked on entry"
+    )
 )]
 
 /// The version of the int8 path's arithmetic (quantisation, kernels' epilogue, the f32 parts in
@@ -495,15 +499,10 @@ mod tests {
 
     fn kernels() -> Vec<Int8Kernel> {
         let mut all = vec![Int8Kernel::Portable];
-        #[cfg(target_arch = "x86_64")]
-        {
-            if std::is_x86_feature_detected!("avx2") {
-                all.push(Int8Kernel::Avx2);
-            }
-            if Int8Kernel::detect() == Int8Kernel::Avx512Vnni {
-                all.push(Int8Kernel::Avx512Vnni);
-            }
+        if cfg!(target_arch = "x86_64") {
+            all.extend([Int8Kernel::Avx2, Int8Kernel::Avx512Vnni]);
         }
+        // A kernel the CPU lacks runs the portable code, so every one of them can be asked for.
         all
     }
 

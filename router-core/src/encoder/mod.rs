@@ -472,9 +472,15 @@ impl Encoder {
         let pooled = match &self.model {
             Backbone::F32(model) => self.pool_padded(model, batch)?,
             Backbone::Int8(model) => {
+                // Pooled and normalised in plain Rust too: Candle's reductions sum in an order
+                // of their own per CPU family, which would break the bit-identity.
                 let sequences: Vec<&[u32]> = batch.iter().map(|t| t.ids.as_slice()).collect();
-                let pooled = model.embed(&sequences, self.pooling)?;
-                Tensor::from_vec(pooled, (batch.len(), self.dim), &self.device)?
+                let embedded = model.embed(&sequences, self.pooling)?;
+                return Ok(Tensor::from_vec(
+                    embedded,
+                    (batch.len(), self.dim),
+                    &self.device,
+                )?);
             }
         };
         let norms = pooled

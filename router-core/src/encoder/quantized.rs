@@ -158,7 +158,7 @@ impl QuantizedBert {
         self.kernel
     }
 
-    /// One pooled (not yet normalised) vector per sequence, `sequences.len() × hidden`.
+    /// One pooled, L2-normalised vector per sequence, `sequences.len() × hidden`.
     ///
     /// Every sequence is computed on its own rows only, so a text embeds bit for bit the same
     /// alone or in any batch (int8 rounding would otherwise amplify the last-bit differences of
@@ -254,6 +254,15 @@ impl QuantizedBert {
                 }
             }
             offset += seq.len();
+            // In order, one value at a time: the same sum on every CPU.
+            let norm = out
+                .iter()
+                .fold(0f32, |s, v| v.mul_add(*v, s))
+                .sqrt()
+                .max(1e-12);
+            for o in out.iter_mut() {
+                *o /= norm;
+            }
         }
         Ok(pooled)
     }
