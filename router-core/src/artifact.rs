@@ -386,13 +386,10 @@ pub fn precision_mismatch(spec: &EncoderSpec, encoder: &Encoder) -> Option<Strin
             encoder.precision()
         ));
     }
-    let running = crate::encoder::int8::SCHEME;
-    match spec.int8_scheme {
-        Some(trained) if encoder.precision() == Precision::Int8 && trained != running => {
-            Some(format!(
-                "the router was trained on int8 scheme {trained} embeddings, this build computes scheme {running}"
-            ))
-        }
+    match (spec.int8_scheme, encoder.int8_scheme()) {
+        (Some(trained), Some(running)) if trained != running => Some(format!(
+            "the router was trained on int8 scheme {trained} embeddings, this build computes scheme {running}"
+        )),
         _ => None,
     }
 }

@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use indicatif::{ProgressBar, ProgressStyle};
-use router_core::encoder::{Encoder, Precision};
+use router_core::encoder::Encoder;
 use sha2::{Digest, Sha256};
 
 use crate::error::{Result, TrainError};
@@ -34,11 +34,8 @@ pub fn cache_file(dir: &Path, encoder: &Encoder) -> PathBuf {
         encoder.max_seq_length()
     );
     // f32 files keep the name they had before int8 existed; int8 ones change with its scheme.
-    if encoder.precision() == Precision::Int8 {
-        identity.push_str(&format!(
-            "\nint8\nscheme {}",
-            router_core::encoder::int8::SCHEME
-        ));
+    if let Some(scheme) = encoder.int8_scheme() {
+        identity.push_str(&format!("\nint8\nscheme {scheme}"));
     }
     let digest = format!("{:x}", Sha256::digest(identity.as_bytes()));
     dir.join(format!("{}-{}.bin", &digest[..16], encoder.dim()))

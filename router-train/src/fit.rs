@@ -367,16 +367,7 @@ fn fit_knn(
                 k,
                 a,
             )?;
-            let logits = knn.forward(&vx)?;
-            let score = KnnScore {
-                bce: f64::from(masked_bce(&logits, &vy, &vmask)?.to_scalar::<f32>()?),
-                pairwise: pairwise_loss(
-                    &logits.flatten_all()?.to_vec1()?,
-                    &val.y,
-                    &val.mask,
-                    val.models,
-                ),
-            };
+            let score = KnnScore::of(&knn.forward(&vx)?, val, &vy, &vmask)?;
             if best.as_ref().is_none_or(|(b, _, _)| score.better_than(b)) {
                 best = Some((score, k, a));
             }
@@ -411,6 +402,20 @@ impl KnnScore {
         bce: f64::NAN,
         pairwise: f64::NAN,
     };
+
+    /// The losses of `logits` `(n, models)` against `data`, whose targets and mask are also
+    /// given as tensors (`y`, `mask`).
+    fn of(logits: &Tensor, data: &SplitData, y: &Tensor, mask: &Tensor) -> Result<Self> {
+        Ok(Self {
+            bce: f64::from(masked_bce(logits, y, mask)?.to_scalar::<f32>()?),
+            pairwise: pairwise_loss(
+                &logits.flatten_all()?.to_vec1()?,
+                &data.y,
+                &data.mask,
+                data.models,
+            ),
+        })
+    }
 
     fn better_than(&self, other: &Self) -> bool {
         match (self.pairwise.is_nan(), other.pairwise.is_nan()) {
@@ -641,10 +646,7 @@ fn fit_knn_loo(
     let (_, y, mask) = data.tensors(device)?;
     let score_of = |logits: &[Vec<f32>]| -> Result<KnnScore> {
         let flat: Vec<f32> = logits.iter().flatten().copied().collect();
-        let pairwise = pairwise_loss(&flat, &data.y, &data.mask, m);
-        let z = Tensor::from_vec(flat, (n, m), device)?;
-        let bce = f64::from(masked_bce(&z, &y, &mask)?.to_scalar::<f32>()?);
-        Ok(KnnScore { bce, pairwise })
+        KnnScore::of(&Tensor::from_vec(flat, (n, m), device)?, data, &y, &mask)
     };
     let mut best: Option<(KnnScore, usize, f32, Vec<Vec<f32>>)> = None;
     for &k in &ks {

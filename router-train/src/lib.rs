@@ -375,8 +375,7 @@ pub fn run_fit(config: &FitConfig) -> Result<FitReport> {
             truncation: encoder.truncation(),
             pooling: encoder.pooling(),
             precision: encoder.precision(),
-            int8_scheme: (encoder.precision() == Precision::Int8)
-                .then_some(router_core::encoder::int8::SCHEME),
+            int8_scheme: encoder.int8_scheme(),
         },
         head: fitted.spec.clone(),
         models,

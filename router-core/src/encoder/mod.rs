@@ -124,7 +124,6 @@ pub struct TokenizedText {
 /// A loaded sentence encoder. Cheap to share behind an `Arc`; `embed` takes `&self`.
 pub struct Encoder {
     model: Backbone,
-    precision: Precision,
     tokenizer: Tokenizer,
     device: Device,
     max_seq_length: usize,
@@ -147,7 +146,7 @@ impl std::fmt::Debug for Encoder {
             .field("truncation", &self.truncation)
             .field("pooling", &self.pooling)
             .field("device", &self.device)
-            .field("precision", &self.precision)
+            .field("precision", &self.precision())
             .finish_non_exhaustive()
     }
 }
@@ -360,18 +359,16 @@ impl Encoder {
                 "int8 encoder runs on the CPU for GELU BERT models only; using f32"
             );
         }
-        let (model, precision) = if int8 {
+        let model = if int8 {
             let model = quantized::QuantizedBert::load(vb, &config).map_err(weights_err)?;
             tracing::debug!(kernel = model.kernel().as_str(), "int8 encoder");
-            (Backbone::Int8(model), Precision::Int8)
+            Backbone::Int8(model)
         } else {
-            let model = BertModel::load(vb, &config).map_err(weights_err)?;
-            (Backbone::F32(model), Precision::F32)
+            Backbone::F32(BertModel::load(vb, &config).map_err(weights_err)?)
         };
 
         Ok(Self {
             model,
-            precision,
             tokenizer,
             device: device.clone(),
             max_seq_length,
@@ -403,7 +400,16 @@ impl Encoder {
 
     /// The precision that runs (see [`Encoder::load`]).
     pub fn precision(&self) -> Precision {
-        self.precision
+        match self.model {
+            Backbone::F32(_) => Precision::F32,
+            Backbone::Int8(_) => Precision::Int8,
+        }
+    }
+
+    /// The version of the int8 arithmetic that computes the embeddings ([`int8::SCHEME`]);
+    /// `None` in f32.
+    pub fn int8_scheme(&self) -> Option<u32> {
+        (self.precision() == Precision::Int8).then_some(int8::SCHEME)
     }
 
     /// The kernel of the int8 dense layers on this CPU; `None` in f32.
@@ -469,30 +475,25 @@ impl Encoder {
 
     /// Like [`Encoder::embed_tokenized`] but keeps the `(batch, dim)` result on the device.
     pub fn embed_tensor(&self, batch: &[TokenizedText]) -> Result<Tensor> {
-        let pooled = match &self.model {
-            Backbone::F32(model) => self.pool_padded(model, batch)?,
+        match &self.model {
+            Backbone::F32(model) => self.embed_padded(model, batch),
             Backbone::Int8(model) => {
                 // Pooled and normalised in plain Rust too: Candle's reductions sum in an order
                 // of their own per CPU family, which would break the bit-identity.
                 let sequences: Vec<&[u32]> = batch.iter().map(|t| t.ids.as_slice()).collect();
                 let embedded = model.embed(&sequences, self.pooling)?;
-                return Ok(Tensor::from_vec(
+                Ok(Tensor::from_vec(
                     embedded,
                     (batch.len(), self.dim),
                     &self.device,
-                )?);
+                )?)
             }
-        };
-        let norms = pooled
-            .sqr()?
-            .sum_keepdim(1)?
-            .sqrt()?
-            .clamp(1e-12, f64::MAX)?;
-        Ok(pooled.broadcast_div(&norms)?)
+        }
     }
 
-    /// Candle's `BertModel` over the batch padded to its longest text, pooled over the mask.
-    fn pool_padded(&self, model: &BertModel, batch: &[TokenizedText]) -> Result<Tensor> {
+    /// Candle's `BertModel` over the batch padded to its longest text, pooled over the mask and
+    /// L2-normalised.
+    fn embed_padded(&self, model: &BertModel, batch: &[TokenizedText]) -> Result<Tensor> {
         let n = batch.len();
         let width = batch.iter().map(|t| t.ids.len()).max().unwrap_or(0).max(1);
         let mut ids = Vec::with_capacity(n * width);
@@ -507,7 +508,7 @@ impl Encoder {
         let ids = Tensor::from_vec(ids, (n, width), &self.device)?;
         let mask = Tensor::from_vec(mask, (n, width), &self.device)?;
         let hidden = model.forward(&ids, &ids.zeros_like()?, Some(&mask))?;
-        Ok(match self.pooling {
+        let pooled = match self.pooling {
             Pooling::Mean => {
                 let mask = mask.to_dtype(DType::F32)?.unsqueeze(2)?;
                 let summed = hidden.broadcast_mul(&mask)?.sum(1)?;
@@ -515,7 +516,13 @@ impl Encoder {
                 summed.broadcast_div(&counts)?
             }
             Pooling::Cls => hidden.narrow(1, 0, 1)?.squeeze(1)?,
-        })
+        };
+        let norms = pooled
+            .sqr()?
+            .sum_keepdim(1)?
+            .sqrt()?
+            .clamp(1e-12, f64::MAX)?;
+        Ok(pooled.broadcast_div(&norms)?)
     }
 }
 

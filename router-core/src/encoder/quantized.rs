@@ -62,7 +62,18 @@ fn dense(
 ) -> candle_core::Result<Int8Linear> {
     let weight = vb.get((n, k), "weight")?.flatten_all()?.to_vec1::<f32>()?;
     let bias = vb.get(n, "bias")?.to_vec1::<f32>()?;
-    Int8Linear::new(&weight, &bias, n, k, activation)
+    pack(&weight, &bias, n, k, activation)
+}
+
+/// [`Int8Linear::new`], with an unsuitable shape as an error.
+fn pack(
+    weight: &[f32],
+    bias: &[f32],
+    n: usize,
+    k: usize,
+    activation: Activation,
+) -> candle_core::Result<Int8Linear> {
+    Int8Linear::new(weight, bias, n, k, activation)
         .ok_or_else(|| candle_core::Error::Msg(format!("a {n}×{k} layer cannot be packed")))
 }
 
@@ -127,9 +138,7 @@ impl QuantizedBert {
                 w.extend(wp);
                 b.extend(bp);
             }
-            let qkv = Int8Linear::new(&w, &b, 3 * h, h, Activation::Identity).ok_or_else(|| {
-                candle_core::Error::Msg(format!("a {}×{h} layer cannot be packed", 3 * h))
-            })?;
+            let qkv = pack(&w, &b, 3 * h, h, Activation::Identity)?;
             let inter = config.intermediate_size;
             layers.push(Layer {
                 qkv,
