@@ -9,6 +9,7 @@ use router_core::policy::Policy;
 use router_train::{FitConfig, HeadChoice, run_fit};
 
 use crate::report::{RouterReport, pct};
+use crate::sweep;
 use crate::{EvalConfig, EvalError, Result, run_eval, write_file};
 
 /// What to run.
@@ -24,12 +25,40 @@ pub struct BenchConfig {
     /// The encoder's precision for training (and so for the evaluation, which embeds as the
     /// router says).
     pub precision: Precision,
+    /// Also re-measure the reference routers on each dataset's split (see
+    /// [`REFERENCES`]) and compare the default head with them, paired.
+    pub references: bool,
     pub out: PathBuf,
     pub eval: EvalConfig,
 }
 
+/// The reference routers, re-measured here on each dataset's own test split under the
+/// `cheapest` policy they were defined with: (label, folder suffix, head). The third reference,
+/// "told the task label", needs no training (see [`crate::task_label_predictions`]).
+pub fn reference_heads() -> [(&'static str, &'static str, HeadChoice); 2] {
+    [
+        (
+            "RouterBench kNN (k = 20)",
+            "knn20",
+            HeadChoice::Knn {
+                k: Some(20),
+                alpha: Some(0.0),
+            },
+        ),
+        ("logistic regression", "linear", HeadChoice::Linear),
+    ]
+}
+
+/// The numbers the default head is compared with references on.
+const PAIRED: [(&str, &str); 3] = [
+    ("savings_at_parity", "savings at parity"),
+    ("savings_within_0.05", "savings within 5 %"),
+    ("aiq", "AIQ"),
+];
+
 fn head_choice(name: &str) -> Result<HeadChoice> {
     Ok(match name {
+        "linear" => HeadChoice::Linear,
         "mlp" => HeadChoice::Mlp {
             hidden: 256,
             dropout: 0.2,
@@ -46,7 +75,7 @@ fn head_choice(name: &str) -> Result<HeadChoice> {
         ]),
         other => {
             return Err(EvalError::Invalid(format!(
-                "unknown head `{other}` (mlp, mf, knn, ensemble)"
+                "unknown head `{other}` (linear, mlp, mf, knn, ensemble)"
             )));
         }
     })
@@ -100,6 +129,7 @@ pub fn run_bench(config: &BenchConfig) -> Result<String> {
         .filter(|&p| p != config.eval.policy)
         .collect();
     let mut rows: Vec<(String, RouterReport)> = Vec::new();
+    let mut reference_rows = Vec::new();
     for dir in dirs {
         let Some((labels, prices)) = dataset_files(&dir) else {
             continue;
@@ -107,30 +137,65 @@ pub fn run_bench(config: &BenchConfig) -> Result<String> {
         let name = dir
             .file_name()
             .map_or_else(String::new, |n| n.to_string_lossy().into_owned());
-        let mut routers = Vec::new();
-        for head in &config.heads {
+        let train = |head: &str, choice: HeadChoice| -> Result<PathBuf> {
             let out = config.out.join("routers").join(format!("{name}-{head}"));
             let mut fit = FitConfig::new(
                 vec![labels.display().to_string()],
                 prices.clone(),
                 out.clone(),
             );
-            fit.head = head_choice(head)?;
+            fit.head = choice;
             fit.precision = config.precision;
             fit.cache_dir.clone_from(&config.eval.cache_dir);
             fit.progress = config.eval.progress;
             let report = run_fit(&fit)?;
             tracing::info!(dataset = %name, head, "trained:\n{report}");
             eprintln!("trained {name} / {head}");
-            routers.push(out);
-        }
+            Ok(out)
+        };
+        let routers = config
+            .heads
+            .iter()
+            .map(|head| train(head, head_choice(head)?))
+            .collect::<Result<Vec<_>>>()?;
         let mut eval = config.eval.clone();
         eval.routers.clone_from(&routers);
         eval.data = vec![labels.display().to_string()];
         eval.out = config.out.join(&name);
         let report = run_eval(&eval)?;
         eprintln!("evaluated {name}: {}", eval.out.display());
+        let default_row = default_head.map(|h| report.routers[h].clone());
         rows.extend(report.routers.into_iter().map(|r| (name.clone(), r)));
+        if config.references {
+            let mut refs = eval.clone();
+            refs.routers = Vec::new();
+            let mut ref_names = Vec::new();
+            for (label, suffix, choice) in reference_heads() {
+                refs.routers
+                    .push(train(&format!("reference-{suffix}"), choice)?);
+                ref_names.push(label);
+            }
+            refs.policy = Policy::Cheapest;
+            refs.task_reference = true;
+            refs.out = config.out.join(format!("{name}-references"));
+            let report = run_eval(&refs)?;
+            eprintln!("evaluated {name} (references): {}", refs.out.display());
+            for (mut r, label) in report
+                .routers
+                .into_iter()
+                .zip(ref_names.into_iter().chain(["told the task label"]))
+            {
+                label.clone_into(&mut r.head);
+                reference_rows.push(ReferenceRow {
+                    dataset: name.clone(),
+                    differences: default_row
+                        .as_ref()
+                        .map(|d| paired(d, &r))
+                        .unwrap_or_default(),
+                    reference: r,
+                });
+            }
+        }
         if let Some(head) = default_head {
             for &policy in &other_policies {
                 let mut other = eval.clone();
@@ -143,13 +208,103 @@ pub fn run_bench(config: &BenchConfig) -> Result<String> {
             }
         }
     }
-    let summary = summary_table(&rows);
+    let mut summary = summary_table(&rows);
+    if !reference_rows.is_empty() {
+        summary.push('\n');
+        summary.push_str(&reference_table(&reference_rows));
+    }
     std::fs::create_dir_all(&config.out).map_err(|source| EvalError::Io {
         path: config.out.clone(),
         source,
     })?;
     write_file(&config.out.join("summary.md"), &summary)?;
     Ok(summary)
+}
+
+/// A reference router on one dataset and the default head's paired differences from it.
+#[derive(Debug, Clone)]
+pub struct ReferenceRow {
+    pub dataset: String,
+    pub reference: RouterReport,
+    /// Per [`PAIRED`] key: the default head minus the reference on the full test set, and the
+    /// 95 % bootstrap interval of that difference over the same resamples.
+    pub differences: Vec<(f64, [f64; 2])>,
+}
+
+/// "never reached" as `−∞`, so that differences follow one rule.
+fn or_never(v: Option<f64>) -> f64 {
+    v.unwrap_or(f64::NEG_INFINITY)
+}
+
+fn headline(r: &RouterReport, key: &str) -> f64 {
+    or_never(match key {
+        "savings_at_parity" => r.savings_at_parity,
+        "savings_within_0.05" => r.savings_within.get("0.05").copied().flatten(),
+        "quality_at_best_cost" => r.quality_at_best_cost,
+        _ => r.aiq,
+    })
+}
+
+/// The default head's paired differences from a reference (empty when the bootstrap draws
+/// are not paired).
+fn paired(default: &RouterReport, reference: &RouterReport) -> Vec<(f64, [f64; 2])> {
+    PAIRED
+        .iter()
+        .map_while(|&(key, _)| {
+            let interval = sweep::paired_difference(&default.draws, &reference.draws, key)?;
+            let (a, b) = (headline(default, key), headline(reference, key));
+            Some((if a == b { 0.0 } else { a - b }, interval))
+        })
+        .collect()
+}
+
+/// A difference in points (savings ×100, AIQ ×100), `+∞` where only the reference never
+/// reaches the target.
+fn points(v: f64) -> String {
+    if v == f64::INFINITY {
+        "+∞".to_owned()
+    } else if v == f64::NEG_INFINITY {
+        "−∞".to_owned()
+    } else {
+        format!("{:+.1}", v * 100.0)
+    }
+}
+
+/// dataset × reference × {its savings at parity, within 5 %, AIQ} and the default head minus it.
+pub fn reference_table(rows: &[ReferenceRow]) -> String {
+    let mut s = String::from(
+        "| dataset | reference (policy `cheapest`) | savings at parity | savings within 5 % | AIQ |",
+    );
+    for (_, name) in PAIRED {
+        let _ = write!(s, " default − reference: {name} |");
+    }
+    s.push_str("\n|---|---|---|---|---|---|---|---|\n");
+    for row in rows {
+        let r = &row.reference;
+        let _ = write!(
+            s,
+            "| {} | {} | {} | {} | {} |",
+            row.dataset,
+            r.head,
+            with_interval(r, r.savings_at_parity, "savings_at_parity", pct),
+            with_interval(
+                r,
+                r.savings_within.get("0.05").copied().flatten(),
+                "savings_within_0.05",
+                pct
+            ),
+            with_interval(r, r.aiq, "aiq", num),
+        );
+        for i in 0..PAIRED.len() {
+            let cell = row.differences.get(i).map_or_else(
+                || "–".to_owned(),
+                |&(v, [lo, hi])| format!("{} [{}, {}]", points(v), points(lo), points(hi)),
+            );
+            let _ = write!(s, " {cell} |");
+        }
+        s.push('\n');
+    }
+    s
 }
 
 fn with_interval(

@@ -78,6 +78,9 @@ pub struct EvalConfig {
     pub progress: bool,
     /// Use only the first N distinct prompts of the data.
     pub max_prompts: Option<usize>,
+    /// Also evaluate the "told the task label" reference (see [`task_label_predictions`]),
+    /// routed with the first router's prices and policy; its row's head is `task label`.
+    pub task_reference: bool,
 }
 
 impl EvalConfig {
@@ -96,8 +99,60 @@ impl EvalConfig {
             device: "cpu".to_owned(),
             progress: false,
             max_prompts: None,
+            task_reference: false,
         }
     }
+}
+
+/// The "told the task label" reference: each model's predicted quality on a prompt is
+/// its mean score over the training prompts of the same task (its mean over every training
+/// prompt where the prompt has no task or a task training never saw; 0.5 where the model has
+/// no training score). It shows how much routing is won by recognising the kind of prompt
+/// alone. `models` in the router's order; rows of the result follow `test`.
+pub fn task_label_predictions(
+    table: &Table,
+    models: &[String],
+    train: &[usize],
+    test: &[usize],
+) -> Vec<f32> {
+    let tm = table.n_models();
+    let cols: Vec<Option<usize>> = models.iter().map(|m| table_index(table, m)).collect();
+    // Per task (None: every training prompt), per model: (sum, count).
+    let mut sums: BTreeMap<Option<&str>, Vec<(f64, usize)>> = BTreeMap::new();
+    for &p in train {
+        let task = table.prompts[p].task.as_deref();
+        for key in std::iter::once(None).chain(task.map(Some)) {
+            let row = sums
+                .entry(key)
+                .or_insert_with(|| vec![(0.0, 0); models.len()]);
+            for (j, c) in cols.iter().enumerate() {
+                if let Some(c) = *c
+                    && table.mask[p * tm + c] > 0.0
+                {
+                    row[j].0 += f64::from(table.scores[p * tm + c]);
+                    row[j].1 += 1;
+                }
+            }
+        }
+    }
+    let mean = |key: Option<&str>, j: usize| {
+        sums.get(&key)
+            .map(|row| row[j])
+            .filter(|&(_, n)| n > 0)
+            .map(|(s, n)| (s / n as f64) as f32)
+    };
+    test.iter()
+        .flat_map(|&p| {
+            let task = table.prompts[p].task.as_deref();
+            (0..models.len())
+                .map(move |j| {
+                    task.and_then(|t| mean(Some(t), j))
+                        .or_else(|| mean(None, j))
+                        .unwrap_or(0.5)
+                })
+                .collect::<Vec<_>>()
+        })
+        .collect()
 }
 
 /// Index of `name` in the table's models.
@@ -301,6 +356,7 @@ pub fn run_eval(config: &EvalConfig) -> Result<Report> {
     // Token counts and embeddings of the test prompts, kept while the next router names the
     // same encoder (same id, weights, truncation): heads compared in one report share them.
     let mut prepared: Option<(EncoderSpec, Vec<usize>, Vec<Vec<f32>>)> = None;
+    let mut first_expected_costs = Vec::new();
     for (router, path) in routers.iter().zip(&config.routers) {
         if prepared
             .as_ref()
@@ -341,6 +397,9 @@ pub fn run_eval(config: &EvalConfig) -> Result<Report> {
             .iter()
             .flat_map(|&t| router.expected_costs(t))
             .collect();
+        if first_expected_costs.is_empty() {
+            first_expected_costs.clone_from(&expected_costs);
+        }
         router_reports.push(report::evaluate_router(
             set,
             router,
@@ -353,6 +412,21 @@ pub fn run_eval(config: &EvalConfig) -> Result<Report> {
     let Some((set, cost_rule)) = set_and_rule else {
         return Err(EvalError::Invalid("nothing to evaluate".to_owned()));
     };
+    if config.task_reference {
+        let predictions = task_label_predictions(&table, &set.models, &train, &test);
+        let mut report = report::evaluate_router(
+            &set,
+            first,
+            &config.routers[0],
+            &predictions,
+            &first_expected_costs,
+            config,
+        )?;
+        "task label".clone_into(&mut report.head);
+        "reference: each model's mean training score on the prompt's task"
+            .clone_into(&mut report.router);
+        router_reports.push(report);
+    }
     let report = Report::new(&set, cost_rule, &files, config, router_reports);
     report.write(&config.out)?;
     Ok(report)
@@ -363,4 +437,61 @@ pub(crate) fn write_file(path: &Path, contents: &str) -> Result<()> {
         path: path.to_owned(),
         source,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn task_label_predictions_are_training_means_per_task() -> Result<()> {
+        let dir = tempfile::tempdir().map_err(|source| EvalError::Io {
+            path: std::env::temp_dir(),
+            source,
+        })?;
+        let csv = dir.path().join("labels.csv");
+        // Prompts 0–2 train (math ×2, code), 3–5 test (math, an unseen task, no task).
+        let rows = [
+            ("p0", "math", 1.0, 0.0),
+            ("p1", "math", 1.0, 1.0),
+            ("p2", "code", 0.0, 1.0),
+            ("p3", "math", 0.0, 0.0),
+            ("p4", "poetry", 1.0, 1.0),
+            ("p5", "", 1.0, 1.0),
+        ];
+        let mut text = String::from("prompt,task,model,score\n");
+        for (p, task, a, b) in rows {
+            text.push_str(&format!("{p},{task},a,{a}\n{p},{task},b,{b}\n"));
+        }
+        write_file(&csv, &text)?;
+        let table = data::load(&[csv], &LoadOptions::default())?;
+        let index = |name: &str| {
+            table
+                .prompts
+                .iter()
+                .position(|p| p.text == name)
+                .unwrap_or(usize::MAX)
+        };
+        let train: Vec<usize> = ["p0", "p1", "p2"].map(index).to_vec();
+        let test: Vec<usize> = ["p3", "p4", "p5"].map(index).to_vec();
+        // The router's order may differ from the table's.
+        let models = ["b".to_owned(), "a".to_owned()];
+        let got = task_label_predictions(&table, &models, &train, &test);
+        let expected = [
+            0.5,
+            1.0, // math: b 0, 1; a 1, 1
+            2.0 / 3.0,
+            2.0 / 3.0, // unseen task: every training prompt
+            2.0 / 3.0,
+            2.0 / 3.0, // no task: the same
+        ];
+        assert_eq!(got.len(), expected.len());
+        for (g, e) in got.iter().zip(expected) {
+            assert!((g - e).abs() < 1e-6, "{got:?}");
+        }
+        // A model without any training score predicts 0.5.
+        let got = task_label_predictions(&table, &["c".to_owned()], &train, &test);
+        assert_eq!(got, vec![0.5; 3]);
+        Ok(())
+    }
 }

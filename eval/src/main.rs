@@ -87,7 +87,7 @@ struct BenchArgs {
     /// Only these datasets (comma-separated folder names).
     #[arg(long, value_delimiter = ',')]
     only: Vec<String>,
-    /// Heads to train: mlp, mf, knn, ensemble.
+    /// Heads to train: linear, mlp, mf, knn, ensemble.
     #[arg(long, value_delimiter = ',', default_value = "mlp,mf,knn,ensemble")]
     heads: Vec<String>,
     /// Output folder: routers/, one report folder per dataset, summary.md.
@@ -101,6 +101,10 @@ struct BenchArgs {
     /// compare the two.
     #[arg(long, env = "ROUTER_PRECISION", default_value = "int8")]
     precision: router_core::encoder::Precision,
+    /// Skip re-measuring the reference routers (RouterBench kNN with k = 20, per-model
+    /// logistic regression, told the task label) and the paired comparison with them.
+    #[arg(long)]
+    no_references: bool,
 }
 
 fn eval_config(
@@ -137,6 +141,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 heads: args.heads,
                 also_policies: args.also_policies,
                 precision: args.precision,
+                references: !args.no_references,
                 out: args.out,
                 eval,
             })?;

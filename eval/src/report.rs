@@ -72,6 +72,9 @@ pub struct RouterReport {
     pub report_band: f64,
     pub per_model: Vec<ModelRow>,
     pub per_task: Vec<TaskRow>,
+    /// Every bootstrap resample's headline numbers, for paired comparisons between routers.
+    #[serde(skip)]
+    pub draws: sweep::Draws,
 }
 
 /// `report.json`. The first router's numbers are also at the top level.
@@ -151,7 +154,7 @@ pub fn evaluate_router(
         ),
         None => (None, None, None),
     };
-    let intervals = sweep::bootstrap(&pre, set.n(), config.bootstrap, config.seed);
+    let (intervals, draws) = sweep::bootstrap(&pre, set.n(), config.bootstrap, config.seed);
 
     // The report band's choices, for shares and the per-task table.
     let report_band = config.report_band.clamp(0.0, 1.0);
@@ -227,6 +230,7 @@ pub fn evaluate_router(
         report_band: bands[rb],
         per_model,
         per_task,
+        draws,
     })
 }
 

@@ -339,17 +339,45 @@ pub fn pgr_points(
     ))
 }
 
-/// Bootstrap percentile intervals (95 %) of the headline numbers over `resamples` resamples
-/// of the test prompts, seeded. A resample where a target is never reached counts as "never"
-/// (the lowest value); an interval end that falls there is `None`.
+/// The headline numbers of every bootstrap resample, in draw order. Two routers' draws with
+/// the same [`Draws::key`] were computed on the same resampled prompts (the weights depend only
+/// on the seed, the number of prompts and the number of resamples), so their differences are
+/// paired.
+#[derive(Debug, Clone, Default)]
+pub struct Draws {
+    /// `(seed, prompts, resamples)`.
+    pub key: (u64, usize, usize),
+    /// Per headline key; "never reached" is `-∞`.
+    pub samples: BTreeMap<String, Vec<f64>>,
+}
+
+/// The keys [`bootstrap`] resamples.
+pub const BOOTSTRAPPED: [&str; 4] = [
+    "savings_at_parity",
+    "savings_within_0.05",
+    "quality_at_best_cost",
+    "aiq",
+];
+
+/// 95 % percentile interval of sorted-or-not samples; an end at ±∞ stays infinite.
+fn percentile_interval(mut v: Vec<f64>) -> [f64; 2] {
+    v.sort_by(f64::total_cmp);
+    let at = |q: f64| v[((v.len() - 1) as f64 * q).round() as usize];
+    [at(0.025), at(0.975)]
+}
+
+/// Bootstrap resamples of the test prompts, seeded: the headline numbers of each
+/// ([`BOOTSTRAPPED`]), and their 95 % percentile intervals. A resample where a target is
+/// never reached counts as "never" (the lowest value); an interval end that falls there is
+/// `None`.
 pub fn bootstrap(
     pre: &Precomputed,
     n: usize,
     resamples: usize,
     seed: u64,
-) -> BTreeMap<String, [Option<f64>; 2]> {
+) -> (BTreeMap<String, [Option<f64>; 2]>, Draws) {
     let mut rng = router_train::fit::SplitMix::new(seed);
-    let mut samples: BTreeMap<&str, Vec<f64>> = BTreeMap::new();
+    let mut samples: BTreeMap<String, Vec<f64>> = BTreeMap::new();
     let mut weights = vec![0.0; n];
     for _ in 0..resamples {
         weights.iter_mut().for_each(|w| *w = 0.0);
@@ -357,38 +385,53 @@ pub fn bootstrap(
             weights[(rng.next_u64() % n as u64) as usize] += 1.0;
         }
         let h = pre.headline(&weights);
-        let never = f64::NEG_INFINITY;
-        samples
-            .entry("savings_at_parity")
-            .or_default()
-            .push(h.savings_at_parity.unwrap_or(never));
-        samples.entry("savings_within_0.05").or_default().push(
-            h.savings_within
-                .get("0.05")
-                .copied()
-                .flatten()
-                .unwrap_or(never),
-        );
-        samples
-            .entry("quality_at_best_cost")
-            .or_default()
-            .push(h.quality_at_best_cost.unwrap_or(never));
-        samples
-            .entry("aiq")
-            .or_default()
-            .push(h.aiq.unwrap_or(never));
+        let values = [
+            h.savings_at_parity,
+            h.savings_within.get("0.05").copied().flatten(),
+            h.quality_at_best_cost,
+            h.aiq,
+        ];
+        for (key, value) in BOOTSTRAPPED.iter().zip(values) {
+            samples
+                .entry((*key).to_owned())
+                .or_default()
+                .push(value.unwrap_or(f64::NEG_INFINITY));
+        }
     }
-    samples
-        .into_iter()
-        .map(|(k, mut v)| {
-            v.sort_by(f64::total_cmp);
-            let at = |q: f64| {
-                let x = v[((v.len() - 1) as f64 * q).round() as usize];
-                x.is_finite().then_some(x)
-            };
-            (k.to_owned(), [at(0.025), at(0.975)])
+    let intervals = samples
+        .iter()
+        .filter(|(_, v)| !v.is_empty())
+        .map(|(k, v)| {
+            let [lo, hi] = percentile_interval(v.clone());
+            (
+                k.clone(),
+                [lo.is_finite().then_some(lo), hi.is_finite().then_some(hi)],
+            )
         })
-        .collect()
+        .collect();
+    (
+        intervals,
+        Draws {
+            key: (seed, n, resamples),
+            samples,
+        },
+    )
+}
+
+/// The paired difference `a − b` of one headline number: its value on the full test set and
+/// the 95 % interval of its bootstrap draws. A resample where only `b` never reaches the target
+/// counts as `+∞` (only `a` does: `−∞`; neither: 0). `None` when the draws are not paired.
+pub fn paired_difference(a: &Draws, b: &Draws, key: &str) -> Option<[f64; 2]> {
+    let (x, y) = (a.samples.get(key)?, b.samples.get(key)?);
+    if a.key != b.key || x.len() != y.len() || x.is_empty() {
+        return None;
+    }
+    let diffs = x
+        .iter()
+        .zip(y)
+        .map(|(&x, &y)| if x == y { 0.0 } else { x - y })
+        .collect();
+    Some(percentile_interval(diffs))
 }
 
 #[cfg(test)]
@@ -445,5 +488,64 @@ mod tests {
         let pgr = pgr_points(&set, &ch, &pre).map(|(p, strong)| (p[0], strong));
         // 1 of 3 calls to the strong model recovers the whole gap.
         assert_eq!(pgr.map(|(p, s)| (p.pgr, s)), Some((1.0, 1)));
+    }
+
+    #[test]
+    fn paired_differences_follow_the_same_resamples() {
+        let draws = |key: (u64, usize, usize), v: &[f64]| Draws {
+            key,
+            samples: BTreeMap::from([("aiq".to_owned(), v.to_vec())]),
+        };
+        let k = (0, 3, 4);
+        let a = draws(k, &[0.5, 0.6, 0.7, 0.8]);
+        let b = draws(k, &[0.4, 0.6, 0.5, 0.9]);
+        // Differences 0.1, 0, 0.2, −0.1: the 2.5 % end is the smallest, the 97.5 % the largest.
+        let [lo, hi] = paired_difference(&a, &b, "aiq").unwrap();
+        assert!(
+            (lo + 0.1).abs() < 1e-12 && (hi - 0.2).abs() < 1e-12,
+            "{lo} {hi}"
+        );
+        assert_eq!(paired_difference(&a, &a, "aiq"), Some([0.0, 0.0]));
+        // "Never" on one side is an infinite difference; on both, none.
+        let never = f64::NEG_INFINITY;
+        let c = draws(k, &[never, never, never, never]);
+        assert_eq!(
+            paired_difference(&a, &c, "aiq"),
+            Some([f64::INFINITY, f64::INFINITY])
+        );
+        assert_eq!(paired_difference(&c, &c, "aiq"), Some([0.0, 0.0]));
+        // Other resamples, or another key: not paired.
+        assert_eq!(
+            paired_difference(&a, &draws((1, 3, 4), &[0.0; 4]), "aiq"),
+            None
+        );
+        assert_eq!(paired_difference(&a, &b, "savings_at_parity"), None);
+    }
+
+    #[test]
+    fn bootstrap_draws_are_the_same_resamples_for_every_router() {
+        let set = toy();
+        let perfect = set.scores.clone();
+        let wrong: Vec<f32> = perfect.iter().map(|s| 1.0 - s).collect();
+        let pre = |pred: &[f32]| {
+            let ch = choices(
+                &set,
+                Policy::Cheapest,
+                pred,
+                &set.costs,
+                &[true; 2],
+                &bands(),
+            )
+            .unwrap();
+            Precomputed::new(&set, &ch)
+        };
+        let (_, a) = bootstrap(&pre(&perfect), set.n(), 50, 7);
+        let (intervals, b) = bootstrap(&pre(&wrong), set.n(), 50, 7);
+        assert_eq!(a.key, b.key);
+        assert_eq!(a.samples["aiq"].len(), 50);
+        assert!(intervals.contains_key("aiq"));
+        // Perfect predictions are never worse than inverted ones on the same resample.
+        let [lo, _] = paired_difference(&a, &b, "aiq").unwrap();
+        assert!(lo >= 0.0, "{lo}");
     }
 }

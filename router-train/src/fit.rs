@@ -1,10 +1,11 @@
-//! Fitting the quality heads: masked BCE with AdamW and early stopping for `mlp` and `mf`, a
+//! Fitting the quality heads: masked BCE with AdamW and early stopping for `linear`, `mlp` and
+//! `mf`, a
 //! validation-tuned shrunk kNN for `knn`, then per-model Platt calibration on validation.
 
 use std::collections::{BTreeMap, HashMap};
 
 use candle_core::{DType, Device, Tensor};
-use candle_nn::{AdamW, Optimizer, ParamsAdamW, VarBuilder, VarMap};
+use candle_nn::{AdamW, Module, Optimizer, ParamsAdamW, VarBuilder, VarMap};
 use router_core::heads::calibration::{Platt, fit_platt, logit};
 use router_core::heads::{Head, HeadSpec, Knn, Mf, Mlp, shrunk_logits};
 
@@ -186,6 +187,8 @@ pub struct Fitted {
 /// Which head to fit, with its architecture parameters.
 #[derive(Debug, Clone)]
 pub enum HeadChoice {
+    /// Per-model logistic regression.
+    Linear,
     Mlp {
         hidden: usize,
         dropout: f32,
@@ -212,6 +215,17 @@ pub fn fit_head(
     let device = Device::Cpu;
     let prior = train.prior();
     match *choice {
+        HeadChoice::Linear => {
+            let varmap = VarMap::new();
+            let vb = VarBuilder::from_varmap(&varmap, DType::F32, &device);
+            let linear = candle_nn::linear(train.dim, train.models, vb.pp("linear"))?;
+            let mut rng = SplitMix::new(params.seed);
+            seeded_init(&varmap, &prior, "linear.bias", &mut rng)?;
+            let forward =
+                |x: &Tensor, _: Option<&mut SplitMix>| -> Result<Tensor> { Ok(linear.forward(x)?) };
+            let hp = train_net(&varmap, forward, train, val, params, &mut rng)?;
+            net_fitted(HeadSpec::Linear {}, &varmap, train, hp)
+        }
         HeadChoice::Mlp { hidden, dropout } => {
             let varmap = VarMap::new();
             let vb = VarBuilder::from_varmap(&varmap, DType::F32, &device);
@@ -241,16 +255,7 @@ pub fn fit_head(
             let mut hp = train_net(&varmap, forward, train, val, params, &mut rng)?;
             hp.insert("hidden".into(), hidden as f64);
             hp.insert("dropout".into(), f64::from(dropout));
-            let tensors = snapshot(&varmap)?;
-            let spec = HeadSpec::Mlp { hidden, dropout };
-            let head =
-                Head::from_tensors(&spec, tensors.clone(), train.dim, train.models, &device)?;
-            Ok(Fitted {
-                spec,
-                head,
-                tensors,
-                hyperparameters: hp,
-            })
+            net_fitted(HeadSpec::Mlp { hidden, dropout }, &varmap, train, hp)
         }
         HeadChoice::Mf { dim } => {
             let varmap = VarMap::new();
@@ -262,16 +267,7 @@ pub fn fit_head(
                 |x: &Tensor, _: Option<&mut SplitMix>| -> Result<Tensor> { Ok(mf.forward(x)?) };
             let mut hp = train_net(&varmap, forward, train, val, params, &mut rng)?;
             hp.insert("dim".into(), dim as f64);
-            let tensors = snapshot(&varmap)?;
-            let spec = HeadSpec::Mf { dim };
-            let head =
-                Head::from_tensors(&spec, tensors.clone(), train.dim, train.models, &device)?;
-            Ok(Fitted {
-                spec,
-                head,
-                tensors,
-                hyperparameters: hp,
-            })
+            net_fitted(HeadSpec::Mf { dim }, &varmap, train, hp)
         }
         HeadChoice::Knn { k, alpha } => fit_knn(train, val, &prior, k, alpha, &device),
         HeadChoice::Ensemble(ref members) => {
@@ -282,6 +278,29 @@ pub fn fit_head(
             combine(fitted, train.dim, train.models)
         }
     }
+}
+
+/// A trained network head: its spec, the trained variables, and the head rebuilt from them.
+fn net_fitted(
+    spec: HeadSpec,
+    varmap: &VarMap,
+    train: &SplitData,
+    hyperparameters: BTreeMap<String, f64>,
+) -> Result<Fitted> {
+    let tensors = snapshot(varmap)?;
+    let head = Head::from_tensors(
+        &spec,
+        tensors.clone(),
+        train.dim,
+        train.models,
+        &Device::Cpu,
+    )?;
+    Ok(Fitted {
+        spec,
+        head,
+        tensors,
+        hyperparameters,
+    })
 }
 
 fn train_net(
@@ -471,7 +490,7 @@ fn combine(members: Vec<Fitted>, dim: usize, models: usize) -> Result<Fitted> {
     })
 }
 
-/// Cross-fitting on train + validation together: `mlp` and `mf` are trained `folds` times, each
+/// Cross-fitting on train + validation together: `linear`, `mlp` and `mf` are trained `folds` times, each
 /// time without one fold (early-stopping on it) and predicting it; the head is the mean of the
 /// `folds` models (bagging). `knn` is fitted on everything, with k and α chosen on its
 /// leave-one-out predictions. Returns the head and its out-of-fold logits for every row, which
@@ -500,7 +519,7 @@ pub fn fit_cross(
             }
             Ok((combine(fitted, data.dim, data.models)?, oof))
         }
-        HeadChoice::Mlp { .. } | HeadChoice::Mf { .. } => {
+        HeadChoice::Linear | HeadChoice::Mlp { .. } | HeadChoice::Mf { .. } => {
             let folds = folds.clamp(2, data.n.max(2));
             let mut order: Vec<usize> = (0..data.n).collect();
             SplitMix::new(params.seed ^ 0xF01D).shuffle(&mut order);

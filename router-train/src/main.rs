@@ -36,6 +36,8 @@ enum Command {
 
 #[derive(Clone, Copy, ValueEnum)]
 enum HeadKind {
+    /// Per-model logistic regression on the embedding.
+    Linear,
     Mlp,
     Mf,
     Knn,
@@ -182,6 +184,7 @@ impl FitArgs {
         );
         let mut config = FitConfig::new(self.data, self.prices, self.out);
         config.head = match self.head {
+            HeadKind::Linear => HeadChoice::Linear,
             HeadKind::Mlp => HeadChoice::Mlp {
                 hidden: self.hidden,
                 dropout: self.dropout,

@@ -120,6 +120,11 @@ fn same_seed_same_weights_and_every_head_fits() -> anyhow::Result<()> {
     assert_eq!(weights("a", mlp.clone())?, weights("b", mlp)?);
     let mf = HeadChoice::Mf { dim: 16 };
     assert_eq!(weights("mf1", mf.clone())?, weights("mf2", mf)?);
+    let linear = weights("lin1", HeadChoice::Linear)?;
+    assert_eq!(linear, weights("lin2", HeadChoice::Linear)?);
+    let spec: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(tmp.path().join("lin1/router.json"))?)?;
+    assert_eq!(spec["head"], serde_json::json!({ "kind": "linear" }));
     let knn = weights(
         "knn",
         HeadChoice::Knn {
@@ -129,6 +134,7 @@ fn same_seed_same_weights_and_every_head_fits() -> anyhow::Result<()> {
     )?;
     assert!(!knn.is_empty());
     let ensemble = HeadChoice::Ensemble(vec![
+        HeadChoice::Linear,
         HeadChoice::Mlp {
             hidden: 32,
             dropout: 0.2,
@@ -159,11 +165,13 @@ fn cross_fitting_bags_the_nets_and_reloads() -> anyhow::Result<()> {
             k: None,
             alpha: None,
         },
+        HeadChoice::Linear,
     ]);
     let report = run_fit(&config)?;
     let spec = serde_json::to_value(&report.manifest.head)?;
     assert_eq!(spec["members"][0]["kind"], "bagged");
     assert_eq!(spec["members"][0]["folds"], 3);
+    assert_eq!(spec["members"][2]["member"]["kind"], "linear");
     // Calibration metrics come from out-of-fold predictions on train + validation.
     let t = &report.manifest.training;
     assert_eq!(t.validation[0].n, t.n_train + t.n_validation);

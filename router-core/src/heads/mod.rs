@@ -1,5 +1,8 @@
 //! Quality heads: from a prompt embedding to one logit per candidate model.
 //!
+//! - [`Linear`][Head::Linear]: per-model logistic regression on the embedding (`w_m·x + b_m`),
+//!   the simplest learned router and the reference the issue's table calls "per-model logistic
+//!   regression".
 //! - [`Mlp`]: a shared trunk (one hidden layer, GELU, dropout) with one output per model.
 //! - [`Mf`]: RouteLLM-style matrix factorisation: a learned vector per model, scored against a
 //!   projection of the prompt embedding, plus a per-model bias.
@@ -22,6 +25,8 @@ use crate::error::{Error, Result};
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case", deny_unknown_fields)]
 pub enum HeadSpec {
+    /// Per-model logistic regression (tensors under `linear.`).
+    Linear {},
     Mlp {
         hidden: usize,
         dropout: f32,
@@ -34,7 +39,7 @@ pub enum HeadSpec {
         alpha: f32,
     },
     /// The mean of its members' logits (members must be of different kinds: their tensors
-    /// share one file under the `mlp.`, `mf.` and `knn.` prefixes).
+    /// share one file under the `linear.`, `mlp.`, `mf.` and `knn.` prefixes).
     Ensemble {
         members: Vec<HeadSpec>,
     },
@@ -49,6 +54,7 @@ pub enum HeadSpec {
 impl HeadSpec {
     pub fn kind(&self) -> &'static str {
         match self {
+            Self::Linear {} => "linear",
             Self::Mlp { .. } => "mlp",
             Self::Mf { .. } => "mf",
             Self::Knn { .. } => "knn",
@@ -244,6 +250,7 @@ pub fn shrunk_logits<'a>(
 /// A loaded quality head.
 #[derive(Debug, Clone)]
 pub enum Head {
+    Linear(Linear),
     Mlp(Mlp),
     Mf(Mf),
     Knn(Knn),
@@ -308,6 +315,10 @@ impl Head {
                         .collect::<Result<_>>()?,
                 )
             }
+            HeadSpec::Linear {} => {
+                let vb = VarBuilder::from_tensors(tensors, DType::F32, device);
+                Self::Linear(candle_nn::linear(input_dim, n_models, vb.pp("linear"))?)
+            }
             HeadSpec::Mlp { hidden, dropout } => {
                 let vb = VarBuilder::from_tensors(tensors, DType::F32, device);
                 Self::Mlp(Mlp::new(
@@ -361,6 +372,7 @@ impl Head {
     /// Raw logits `(batch, n_models)` for L2-normalised embeddings `(batch, dim)`.
     pub fn logits(&self, x: &Tensor) -> Result<Tensor> {
         match self {
+            Self::Linear(h) => Ok(h.forward(x)?),
             Self::Mlp(h) => h.forward_t(x, None),
             Self::Mf(h) => h.forward(x),
             Self::Knn(h) => h.forward(x),
