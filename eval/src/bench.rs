@@ -1,6 +1,7 @@
 //! The benchmark table: every head on every dataset in `datasets/`, each evaluated on its
 //! dataset's test split, summarised in one Markdown table.
 
+use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 
@@ -8,8 +9,7 @@ use router_core::encoder::Precision;
 use router_core::policy::Policy;
 use router_train::{FitConfig, HeadChoice, run_fit};
 
-use crate::report::{RouterReport, pct};
-use crate::sweep;
+use crate::report::{PairedDifference, RouterReport, pct};
 use crate::{EvalConfig, EvalError, Result, run_eval, write_file};
 
 /// What to run.
@@ -190,7 +190,7 @@ pub fn run_bench(config: &BenchConfig) -> Result<String> {
                     dataset: name.clone(),
                     differences: default_row
                         .as_ref()
-                        .map(|d| paired(d, &r))
+                        .map(|d| d.paired_with(&r))
                         .unwrap_or_default(),
                     reference: r,
                 });
@@ -226,48 +226,8 @@ pub fn run_bench(config: &BenchConfig) -> Result<String> {
 pub struct ReferenceRow {
     pub dataset: String,
     pub reference: RouterReport,
-    /// Per [`PAIRED`] key: the default head minus the reference on the full test set, and the
-    /// 95 % bootstrap interval of that difference over the same resamples.
-    pub differences: Vec<(f64, [f64; 2])>,
-}
-
-/// "never reached" as `−∞`, so that differences follow one rule.
-fn or_never(v: Option<f64>) -> f64 {
-    v.unwrap_or(f64::NEG_INFINITY)
-}
-
-fn headline(r: &RouterReport, key: &str) -> f64 {
-    or_never(match key {
-        "savings_at_parity" => r.savings_at_parity,
-        "savings_within_0.05" => r.savings_within.get("0.05").copied().flatten(),
-        "quality_at_best_cost" => r.quality_at_best_cost,
-        _ => r.aiq,
-    })
-}
-
-/// The default head's paired differences from a reference (empty when the bootstrap draws
-/// are not paired).
-fn paired(default: &RouterReport, reference: &RouterReport) -> Vec<(f64, [f64; 2])> {
-    PAIRED
-        .iter()
-        .map_while(|&(key, _)| {
-            let interval = sweep::paired_difference(&default.draws, &reference.draws, key)?;
-            let (a, b) = (headline(default, key), headline(reference, key));
-            Some((if a == b { 0.0 } else { a - b }, interval))
-        })
-        .collect()
-}
-
-/// A difference in points (savings ×100, AIQ ×100), `+∞` where only the reference never
-/// reaches the target.
-fn points(v: f64) -> String {
-    if v == f64::INFINITY {
-        "+∞".to_owned()
-    } else if v == f64::NEG_INFINITY {
-        "−∞".to_owned()
-    } else {
-        format!("{:+.1}", v * 100.0)
-    }
+    /// The default head minus the reference (empty without a default head).
+    pub differences: BTreeMap<String, PairedDifference>,
 }
 
 /// dataset × reference × {its savings at parity, within 5 %, AIQ} and the default head minus it.
@@ -295,11 +255,11 @@ pub fn reference_table(rows: &[ReferenceRow]) -> String {
             ),
             with_interval(r, r.aiq, "aiq", num),
         );
-        for i in 0..PAIRED.len() {
-            let cell = row.differences.get(i).map_or_else(
-                || "–".to_owned(),
-                |&(v, [lo, hi])| format!("{} [{}, {}]", points(v), points(lo), points(hi)),
-            );
+        for (key, _) in PAIRED {
+            let cell = row
+                .differences
+                .get(key)
+                .map_or_else(|| "–".to_owned(), PairedDifference::points);
             let _ = write!(s, " {cell} |");
         }
         s.push('\n');

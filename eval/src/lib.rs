@@ -427,6 +427,11 @@ pub fn run_eval(config: &EvalConfig) -> Result<Report> {
             .clone_into(&mut report.router);
         router_reports.push(report);
     }
+    if let Some((first_report, others)) = router_reports.split_first_mut() {
+        for r in others {
+            r.paired_with_first = r.paired_with(first_report);
+        }
+    }
     let report = Report::new(&set, cost_rule, &files, config, router_reports);
     report.write(&config.out)?;
     Ok(report)

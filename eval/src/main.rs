@@ -48,6 +48,10 @@ struct ReportArgs {
     /// test split.
     #[arg(long)]
     all_prompts: bool,
+    /// Also evaluate the "told the task label" reference (each model's mean training score on
+    /// the prompt's `task`), routed with the first router's prices.
+    #[arg(long)]
+    task_reference: bool,
 }
 
 #[derive(Args)]
@@ -158,6 +162,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             let mut config = eval_config(&cli.common, r.router, r.data, out.clone())?;
             config.prices = r.prices;
             config.all_prompts = r.all_prompts;
+            config.task_reference = r.task_reference;
             let report = run_eval(&config)?;
             println!("{}", report.headline_table());
             println!("report written to {}", out.join("report.html").display());

@@ -72,9 +72,95 @@ pub struct RouterReport {
     pub report_band: f64,
     pub per_model: Vec<ModelRow>,
     pub per_task: Vec<TaskRow>,
+    /// This router minus the first one (empty for the first), per bootstrapped headline
+    /// number, over the same resamples.
+    pub paired_with_first: BTreeMap<String, PairedDifference>,
     /// Every bootstrap resample's headline numbers, for paired comparisons between routers.
     #[serde(skip)]
     pub draws: sweep::Draws,
+}
+
+/// One router's headline number minus another's: on the full test set and over the same
+/// bootstrap resamples. "Never reached" makes a difference infinite (`+∞` where only the other
+/// router never reaches the target), written as null in JSON; `share_higher` tells which.
+#[derive(Debug, Clone, Copy, Serialize)]
+pub struct PairedDifference {
+    #[serde(serialize_with = "finite_or_null")]
+    pub difference: f64,
+    #[serde(serialize_with = "finite_or_null")]
+    pub low: f64,
+    #[serde(serialize_with = "finite_or_null")]
+    pub high: f64,
+    /// Share of resamples where this router's number is higher.
+    pub share_higher: f64,
+}
+
+fn finite_or_null<S: serde::Serializer>(v: &f64, s: S) -> std::result::Result<S::Ok, S::Error> {
+    if v.is_finite() {
+        s.serialize_f64(*v)
+    } else {
+        s.serialize_none()
+    }
+}
+
+impl PairedDifference {
+    /// `+1.2 [−0.3, +2.8]` in points (× 100).
+    pub fn points(&self) -> String {
+        format!(
+            "{} [{}, {}]",
+            signed_points(self.difference),
+            signed_points(self.low),
+            signed_points(self.high)
+        )
+    }
+}
+
+/// A difference in points (× 100), `+∞`/`−∞` where one side never reaches the target.
+pub fn signed_points(v: f64) -> String {
+    if v == f64::INFINITY {
+        "+∞".to_owned()
+    } else if v == f64::NEG_INFINITY {
+        "−∞".to_owned()
+    } else {
+        format!("{:+.1}", v * 100.0)
+    }
+}
+
+impl RouterReport {
+    /// A bootstrapped headline number on the full test set; "never reached" is `−∞`.
+    pub fn headline_value(&self, key: &str) -> f64 {
+        match key {
+            "savings_at_parity" => self.savings_at_parity,
+            "savings_within_0.05" => self.savings_within.get("0.05").copied().flatten(),
+            "quality_at_best_cost" => self.quality_at_best_cost,
+            "aiq" => self.aiq,
+            _ => None,
+        }
+        .unwrap_or(f64::NEG_INFINITY)
+    }
+
+    /// This router minus `other` on every bootstrapped headline number; empty when their
+    /// bootstrap draws are not paired (other test prompts, seed or number of resamples).
+    pub fn paired_with(&self, other: &Self) -> BTreeMap<String, PairedDifference> {
+        sweep::BOOTSTRAPPED
+            .iter()
+            .filter_map(|&key| {
+                let paired = sweep::paired_difference(&self.draws, &other.draws, key)?;
+                Some((
+                    key.to_owned(),
+                    PairedDifference {
+                        difference: sweep::difference(
+                            self.headline_value(key),
+                            other.headline_value(key),
+                        ),
+                        low: paired.interval[0],
+                        high: paired.interval[1],
+                        share_higher: paired.share_higher,
+                    },
+                ))
+            })
+            .collect()
+    }
 }
 
 /// `report.json`. The first router's numbers are also at the top level.
@@ -230,6 +316,7 @@ pub fn evaluate_router(
         report_band: bands[rb],
         per_model,
         per_task,
+        paired_with_first: BTreeMap::new(),
         draws,
     })
 }
@@ -367,6 +454,30 @@ impl Report {
         s
     }
 
+    /// Every other router minus the first, paired over the same bootstrap resamples.
+    pub fn paired_table(&self) -> String {
+        let mut s = format!(
+            "\n## Paired with the first router\n\nEach router minus {} on the same {} resamples, in \
+             points (× 100): on the full test set [95 % interval], (share of resamples where it is \
+             higher). An interval that excludes 0 is a difference the bootstrap can see.\n\n\
+             | router | head | savings at parity | within 5 % | quality at best cost | AIQ |\n\
+             |---|---|---|---|---|---|\n",
+            self.primary.router, self.bootstrap_resamples
+        );
+        for r in &self.routers[1..] {
+            let _ = write!(s, "| {} | {} |", r.router, r.head);
+            for key in sweep::BOOTSTRAPPED {
+                let cell = r.paired_with_first.get(key).map_or_else(
+                    || "–".to_owned(),
+                    |d| format!("{} ({:.0} %)", d.points(), d.share_higher * 100.0),
+                );
+                let _ = write!(s, " {cell} |");
+            }
+            s.push('\n');
+        }
+        s
+    }
+
     pub fn markdown(&self) -> String {
         let mut s = String::new();
         let _ = writeln!(s, "# Router evaluation\n");
@@ -419,6 +530,9 @@ impl Report {
                     pct(Some(c80))
                 );
             }
+        }
+        if self.routers.len() > 1 {
+            s.push_str(&self.paired_table());
         }
         s.push_str("\n![cost and quality](cost_quality.svg)\n\n## The band promise\n\n");
         s.push_str(

@@ -418,20 +418,34 @@ pub fn bootstrap(
     )
 }
 
-/// The paired difference `a − b` of one headline number: its value on the full test set and
-/// the 95 % interval of its bootstrap draws. A resample where only `b` never reaches the target
-/// counts as `+∞` (only `a` does: `−∞`; neither: 0). `None` when the draws are not paired.
-pub fn paired_difference(a: &Draws, b: &Draws, key: &str) -> Option<[f64; 2]> {
+/// The paired bootstrap of one headline number's difference `a − b`.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Paired {
+    /// 95 % percentile interval of the per-resample differences.
+    pub interval: [f64; 2],
+    /// Share of resamples where `a` is higher.
+    pub share_higher: f64,
+}
+
+/// `a − b` where "never reached" is `−∞`: `+∞` where only `b` never reaches the target, `−∞`
+/// where only `a` does, 0 where neither does.
+pub fn difference(a: f64, b: f64) -> f64 {
+    if a == b { 0.0 } else { a - b }
+}
+
+/// The paired difference `a − b` of one headline number over the same bootstrap resamples
+/// (see [`difference`] for "never"). `None` when the draws are not paired.
+pub fn paired_difference(a: &Draws, b: &Draws, key: &str) -> Option<Paired> {
     let (x, y) = (a.samples.get(key)?, b.samples.get(key)?);
     if a.key != b.key || x.len() != y.len() || x.is_empty() {
         return None;
     }
-    let diffs = x
-        .iter()
-        .zip(y)
-        .map(|(&x, &y)| if x == y { 0.0 } else { x - y })
-        .collect();
-    Some(percentile_interval(diffs))
+    let diffs: Vec<f64> = x.iter().zip(y).map(|(&x, &y)| difference(x, y)).collect();
+    let share_higher = diffs.iter().filter(|&&d| d > 0.0).count() as f64 / diffs.len() as f64;
+    Some(Paired {
+        interval: percentile_interval(diffs),
+        share_higher,
+    })
 }
 
 #[cfg(test)]
@@ -500,20 +514,23 @@ mod tests {
         let a = draws(k, &[0.5, 0.6, 0.7, 0.8]);
         let b = draws(k, &[0.4, 0.6, 0.5, 0.9]);
         // Differences 0.1, 0, 0.2, −0.1: the 2.5 % end is the smallest, the 97.5 % the largest.
-        let [lo, hi] = paired_difference(&a, &b, "aiq").unwrap();
+        let paired = paired_difference(&a, &b, "aiq").unwrap();
+        let [lo, hi] = paired.interval;
         assert!(
             (lo + 0.1).abs() < 1e-12 && (hi - 0.2).abs() < 1e-12,
             "{lo} {hi}"
         );
-        assert_eq!(paired_difference(&a, &a, "aiq"), Some([0.0, 0.0]));
+        assert_eq!(paired.share_higher, 0.5);
+        let same = paired_difference(&a, &a, "aiq").unwrap();
+        assert_eq!((same.interval, same.share_higher), ([0.0, 0.0], 0.0));
         // "Never" on one side is an infinite difference; on both, none.
         let never = f64::NEG_INFINITY;
         let c = draws(k, &[never, never, never, never]);
-        assert_eq!(
-            paired_difference(&a, &c, "aiq"),
-            Some([f64::INFINITY, f64::INFINITY])
-        );
-        assert_eq!(paired_difference(&c, &c, "aiq"), Some([0.0, 0.0]));
+        let only_a = paired_difference(&a, &c, "aiq").unwrap();
+        assert_eq!(only_a.interval, [f64::INFINITY, f64::INFINITY]);
+        assert_eq!(only_a.share_higher, 1.0);
+        let neither = paired_difference(&c, &c, "aiq").unwrap();
+        assert_eq!(neither.interval, [0.0, 0.0]);
         // Other resamples, or another key: not paired.
         assert_eq!(
             paired_difference(&a, &draws((1, 3, 4), &[0.0; 4]), "aiq"),
@@ -545,7 +562,7 @@ mod tests {
         assert_eq!(a.samples["aiq"].len(), 50);
         assert!(intervals.contains_key("aiq"));
         // Perfect predictions are never worse than inverted ones on the same resample.
-        let [lo, _] = paired_difference(&a, &b, "aiq").unwrap();
+        let [lo, _] = paired_difference(&a, &b, "aiq").unwrap().interval;
         assert!(lo >= 0.0, "{lo}");
     }
 }

@@ -75,8 +75,21 @@ fn report_from_a_real_small_run_matches_the_contract() -> anyhow::Result<()> {
     config.cache_dir = Some(cache);
     config.bootstrap = 50;
     config.max_prompts = Some(250);
+    config.task_reference = true;
     let report = run_eval(&config)?;
-    assert_eq!(report.routers.len(), 2);
+    assert_eq!(report.routers.len(), 3);
+    assert_eq!(report.routers[2].head, "task label");
+    // Every router after the first is compared with it, paired, on every bootstrapped number.
+    assert!(report.primary.paired_with_first.is_empty());
+    for r in &report.routers[1..] {
+        assert_eq!(r.paired_with_first.len(), 4, "{:?}", r.paired_with_first);
+        for d in r.paired_with_first.values() {
+            assert!(
+                d.low <= d.high && (0.0..=1.0).contains(&d.share_higher),
+                "{d:?}"
+            );
+        }
+    }
     assert_eq!(report.n_models, 9);
     assert_eq!(report.primary.curve.len(), 201);
     // Band 0 is "always the best predicted", band 1 "always the cheapest".
@@ -103,6 +116,7 @@ fn report_from_a_real_small_run_matches_the_contract() -> anyhow::Result<()> {
     assert!(!html.contains("<script src"), "self-contained");
     let md = std::fs::read_to_string(out.join("report.md"))?;
     assert!(md.contains("| router | head | savings at parity"));
+    assert!(md.contains("## Paired with the first router"));
 
     let json: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(out.join("report.json"))?)?;
