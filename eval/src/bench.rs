@@ -28,6 +28,11 @@ pub struct BenchConfig {
     /// Also re-measure the issue's reference routers on each dataset's split (see
     /// [`REFERENCES`]) and compare the default head with them, paired.
     pub references: bool,
+    /// Above 1, k-fold evaluation: every head is trained `test_folds` times, each time holding
+    /// out one of `test_folds` disjoint folds of the prompts, and the summary pools the folds'
+    /// test prompts (every prompt, each predicted by routers that never saw it; intervals over
+    /// all of them). No per-dataset report is written then.
+    pub test_folds: usize,
     pub out: PathBuf,
     pub eval: EvalConfig,
 }
@@ -128,6 +133,7 @@ pub fn run_bench(config: &BenchConfig) -> Result<String> {
         .copied()
         .filter(|&p| p != config.eval.policy)
         .collect();
+    let folds = config.test_folds.max(1);
     let mut rows: Vec<(String, RouterReport)> = Vec::new();
     let mut reference_rows = Vec::new();
     for dir in dirs {
@@ -137,75 +143,37 @@ pub fn run_bench(config: &BenchConfig) -> Result<String> {
         let name = dir
             .file_name()
             .map_or_else(String::new, |n| n.to_string_lossy().into_owned());
-        let train = |head: &str, choice: HeadChoice| -> Result<PathBuf> {
-            let out = config.out.join("routers").join(format!("{name}-{head}"));
-            let mut fit = FitConfig::new(
-                vec![labels.display().to_string()],
-                prices.clone(),
-                out.clone(),
-            );
-            fit.head = choice;
-            fit.precision = config.precision;
-            fit.cache_dir.clone_from(&config.eval.cache_dir);
-            fit.progress = config.eval.progress;
-            let report = run_fit(&fit)?;
-            tracing::info!(dataset = %name, head, "trained:\n{report}");
-            eprintln!("trained {name} / {head}");
-            Ok(out)
-        };
-        let routers = config
-            .heads
-            .iter()
-            .map(|head| train(head, head_choice(head)?))
-            .collect::<Result<Vec<_>>>()?;
-        let mut eval = config.eval.clone();
-        eval.routers.clone_from(&routers);
-        eval.data = vec![labels.display().to_string()];
-        eval.out = config.out.join(&name);
-        let report = run_eval(&eval)?;
-        eprintln!("evaluated {name}: {}", eval.out.display());
-        let default_row = default_head.map(|h| report.routers[h].clone());
-        rows.extend(report.routers.into_iter().map(|r| (name.clone(), r)));
-        if config.references {
-            let mut refs = eval.clone();
-            refs.routers = Vec::new();
-            let mut ref_names = Vec::new();
-            for (label, suffix, choice) in reference_heads() {
-                refs.routers
-                    .push(train(&format!("reference-{suffix}"), choice)?);
-                ref_names.push(label);
-            }
-            refs.policy = Policy::Cheapest;
-            refs.task_reference = true;
-            refs.out = config.out.join(format!("{name}-references"));
-            let report = run_eval(&refs)?;
-            eprintln!("evaluated {name} (references): {}", refs.out.display());
-            for (mut r, label) in report
-                .routers
-                .into_iter()
-                .zip(ref_names.into_iter().chain(["told the task label"]))
-            {
-                label.clone_into(&mut r.head);
-                reference_rows.push(ReferenceRow {
-                    dataset: name.clone(),
-                    differences: default_row
-                        .as_ref()
-                        .map(|d| d.paired_with(&r))
-                        .unwrap_or_default(),
-                    reference: r,
-                });
-            }
+        let mut fold_runs = Vec::with_capacity(folds);
+        for fold in 0..folds {
+            let dataset = Dataset {
+                name: &name,
+                labels: &labels,
+                prices: &prices,
+                test_fold: (folds > 1).then_some([fold, folds]),
+            };
+            fold_runs.push(bench_dataset(
+                config,
+                &dataset,
+                default_head,
+                &other_policies,
+            )?);
         }
-        if let Some(head) = default_head {
-            for &policy in &other_policies {
-                let mut other = eval.clone();
-                other.policy = policy;
-                other.routers = vec![routers[head].clone()];
-                other.out = config.out.join(format!("{name}-{policy}"));
-                let report = run_eval(&other)?;
-                eprintln!("evaluated {name} ({policy}): {}", other.out.display());
-                rows.extend(report.routers.into_iter().map(|r| (name.clone(), r)));
-            }
+        let run = if folds > 1 {
+            DatasetRun::pooled(&fold_runs, &config.eval)?
+        } else {
+            fold_runs.swap_remove(0)
+        };
+        let default_row = default_head.map(|h| run.rows[h].clone());
+        rows.extend(run.rows.into_iter().map(|r| (name.clone(), r)));
+        for r in run.references {
+            reference_rows.push(ReferenceRow {
+                dataset: name.clone(),
+                differences: default_row
+                    .as_ref()
+                    .map(|d| d.paired_with(&r))
+                    .unwrap_or_default(),
+                reference: r,
+            });
         }
     }
     let mut summary = summary_table(&rows);
@@ -217,8 +185,134 @@ pub fn run_bench(config: &BenchConfig) -> Result<String> {
         path: config.out.clone(),
         source,
     })?;
-    write_file(&config.out.join("summary.md"), &summary)?;
+    let file = if folds > 1 {
+        summary.insert_str(
+            0,
+            &format!(
+                "Pooled over {folds} disjoint test folds: every prompt is a test prompt once, \
+                 predicted by routers trained without its fold.\n\n"
+            ),
+        );
+        format!("summary-{folds}fold.md")
+    } else {
+        "summary.md".to_owned()
+    };
+    write_file(&config.out.join(file), &summary)?;
     Ok(summary)
+}
+
+/// One dataset, and which test fold (none: the routers' default split).
+struct Dataset<'a> {
+    name: &'a str,
+    labels: &'a Path,
+    prices: &'a Path,
+    test_fold: Option<[usize; 2]>,
+}
+
+/// What one dataset (or one of its test folds) gave: a row per head (then the default head
+/// under the other policies), and one per reference.
+struct DatasetRun {
+    rows: Vec<RouterReport>,
+    references: Vec<RouterReport>,
+}
+
+impl DatasetRun {
+    /// Every row pooled over the folds (same heads, policies and references in each).
+    fn pooled(folds: &[Self], eval: &EvalConfig) -> Result<Self> {
+        let pool = |get: &dyn Fn(&Self) -> &Vec<RouterReport>| -> Result<Vec<RouterReport>> {
+            (0..get(&folds[0]).len())
+                .map(|i| {
+                    let parts: Vec<&RouterReport> = folds.iter().map(|f| &get(f)[i]).collect();
+                    RouterReport::pooled(&parts, eval.bootstrap, eval.seed)
+                })
+                .collect()
+        };
+        Ok(Self {
+            rows: pool(&|f| &f.rows)?,
+            references: pool(&|f| &f.references)?,
+        })
+    }
+}
+
+/// Trains every head (and the references) on one dataset's training side and evaluates them
+/// on its test side. With a test fold, the routers and reports are named after it and no
+/// report is written (only pooled numbers are kept).
+fn bench_dataset(
+    config: &BenchConfig,
+    dataset: &Dataset,
+    default_head: Option<usize>,
+    other_policies: &[Policy],
+) -> Result<DatasetRun> {
+    let name = dataset.name;
+    let tag = dataset
+        .test_fold
+        .map_or_else(|| name.to_owned(), |[i, k]| format!("{name}-fold{i}of{k}"));
+    let train = |head: &str, choice: HeadChoice| -> Result<PathBuf> {
+        let out = config.out.join("routers").join(format!("{tag}-{head}"));
+        let mut fit = FitConfig::new(
+            vec![dataset.labels.display().to_string()],
+            dataset.prices.to_owned(),
+            out.clone(),
+        );
+        fit.head = choice;
+        fit.test_fold = dataset.test_fold;
+        fit.precision = config.precision;
+        fit.cache_dir.clone_from(&config.eval.cache_dir);
+        fit.progress = config.eval.progress;
+        let report = run_fit(&fit)?;
+        tracing::info!(dataset = %tag, head, "trained:\n{report}");
+        eprintln!("trained {tag} / {head}");
+        Ok(out)
+    };
+    let routers = config
+        .heads
+        .iter()
+        .map(|head| train(head, head_choice(head)?))
+        .collect::<Result<Vec<_>>>()?;
+    let mut eval = config.eval.clone();
+    eval.routers.clone_from(&routers);
+    eval.data = vec![dataset.labels.display().to_string()];
+    eval.out = config.out.join(name);
+    eval.write = dataset.test_fold.is_none();
+    let report = run_eval(&eval)?;
+    eprintln!("evaluated {tag}");
+    let mut rows = report.routers;
+    let mut references = Vec::new();
+    if config.references {
+        let mut refs = eval.clone();
+        refs.routers = Vec::new();
+        let mut labels = Vec::new();
+        for (label, suffix, choice) in reference_heads() {
+            refs.routers
+                .push(train(&format!("reference-{suffix}"), choice)?);
+            labels.push(label);
+        }
+        refs.policy = Policy::Cheapest;
+        refs.task_reference = true;
+        refs.out = config.out.join(format!("{name}-references"));
+        let report = run_eval(&refs)?;
+        eprintln!("evaluated {tag} (references)");
+        for (mut r, label) in report
+            .routers
+            .into_iter()
+            .zip(labels.into_iter().chain(["told the task label"]))
+        {
+            label.clone_into(&mut r.head);
+            references.push(r);
+        }
+    }
+    if let Some(head) = default_head {
+        for &policy in other_policies {
+            let mut other = eval.clone();
+            other.policy = policy;
+            other.routers = vec![routers[head].clone()];
+            other.out = config.out.join(format!("{name}-{policy}"));
+            let report = run_eval(&other)?;
+            eprintln!("evaluated {tag} ({policy})");
+            rows.extend(report.routers);
+        }
+    }
+    Ok(DatasetRun { rows, references })
 }
 
 /// A reference router on one dataset and the default head's paired differences from it.

@@ -28,7 +28,7 @@ use std::path::{Path, PathBuf};
 use router_core::artifact::{EncoderSpec, Router};
 use router_core::device::parse_device;
 use router_core::policy::Policy;
-use router_core::split::{Split, assign};
+use router_core::split::{Split, assign_fold};
 use router_train::data::{self, LoadOptions, Table};
 use router_train::embed_cache;
 
@@ -81,6 +81,9 @@ pub struct EvalConfig {
     /// Also evaluate the "told the task label" reference (see [`task_label_predictions`]),
     /// routed with the first router's prices and policy; its row's head is `task label`.
     pub task_reference: bool,
+    /// Write the report files into `out` (off for the folds of a k-fold bench, which only
+    /// pools their numbers).
+    pub write: bool,
 }
 
 impl EvalConfig {
@@ -100,6 +103,7 @@ impl EvalConfig {
             progress: false,
             max_prompts: None,
             task_reference: false,
+            write: true,
         }
     }
 }
@@ -300,7 +304,12 @@ pub fn run_eval(config: &EvalConfig) -> Result<Report> {
     let first = &routers[0];
     let split_of = |r: &Router| {
         let t = &r.manifest.training;
-        (t.split_seed, t.test_fraction, t.validation_fraction)
+        (
+            t.split_seed,
+            t.test_fraction,
+            t.test_fold,
+            t.validation_fraction,
+        )
     };
     if !config.all_prompts && routers.iter().any(|r| split_of(r) != split_of(first)) {
         return Err(EvalError::Invalid(
@@ -328,11 +337,17 @@ pub fn run_eval(config: &EvalConfig) -> Result<Report> {
         .transpose()?
         .map(|p| p.into_iter().collect::<BTreeMap<_, _>>());
 
-    let (seed, test_fraction, val_fraction) = split_of(first);
+    let (seed, test_fraction, test_fold, val_fraction) = split_of(first);
     let mut test = Vec::new();
     let mut train = Vec::new();
     for (p, prompt) in table.prompts.iter().enumerate() {
-        match assign(&prompt.normalized, seed, test_fraction, val_fraction) {
+        match assign_fold(
+            &prompt.normalized,
+            seed,
+            test_fold,
+            test_fraction,
+            val_fraction,
+        ) {
             _ if config.all_prompts => test.push(p),
             Split::Test => test.push(p),
             Split::Train => train.push(p),
@@ -433,7 +448,9 @@ pub fn run_eval(config: &EvalConfig) -> Result<Report> {
         }
     }
     let report = Report::new(&set, cost_rule, &files, config, router_reports);
-    report.write(&config.out)?;
+    if config.write {
+        report.write(&config.out)?;
+    }
     Ok(report)
 }
 

@@ -78,6 +78,9 @@ pub struct RouterReport {
     /// Every bootstrap resample's headline numbers, for paired comparisons between routers.
     #[serde(skip)]
     pub draws: sweep::Draws,
+    /// The per-prompt outcomes behind the headline numbers, for pooling k-fold evaluations.
+    #[serde(skip)]
+    pub outcomes: Option<std::sync::Arc<Precomputed>>,
 }
 
 /// One router's headline number minus another's: on the full test set and over the same
@@ -127,6 +130,46 @@ pub fn signed_points(v: f64) -> String {
 }
 
 impl RouterReport {
+    /// One router's evaluations on disjoint test folds, pooled: the headline numbers and
+    /// bootstrap intervals over every fold's prompts (the curve, breakdowns and RouteLLM's
+    /// metrics are left empty). `parts` are the folds, in order, of one head under one policy.
+    pub fn pooled(parts: &[&Self], resamples: usize, seed: u64) -> Result<Self> {
+        let outcomes = parts
+            .iter()
+            .map(|p| {
+                p.outcomes
+                    .as_deref()
+                    .ok_or_else(|| EvalError::Invalid(format!("{}: no outcomes to pool", p.router)))
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let pre = Precomputed::concat(&outcomes).map_err(EvalError::Invalid)?;
+        let n = pre.n();
+        let headline = pre.headline(&vec![1.0; n]);
+        let (intervals, draws) = sweep::bootstrap(&pre, n, resamples, seed);
+        let first = parts[0];
+        Ok(Self {
+            router: format!("{} folds of {}", parts.len(), first.router),
+            head: first.head.clone(),
+            policy: first.policy,
+            curve: Vec::new(),
+            savings_at_parity: headline.savings_at_parity,
+            savings_within: headline.savings_within,
+            quality_at_best_cost: headline.quality_at_best_cost,
+            headroom_captured: headline.headroom_captured,
+            aiq: headline.aiq,
+            apgr: None,
+            cpt_50: None,
+            cpt_80: None,
+            intervals,
+            report_band: first.report_band,
+            per_model: Vec::new(),
+            per_task: Vec::new(),
+            paired_with_first: BTreeMap::new(),
+            draws,
+            outcomes: Some(std::sync::Arc::new(pre)),
+        })
+    }
+
     /// A bootstrapped headline number on the full test set; "never reached" is `−∞`.
     pub fn headline_value(&self, key: &str) -> f64 {
         match key {
@@ -318,6 +361,7 @@ pub fn evaluate_router(
         per_task,
         paired_with_first: BTreeMap::new(),
         draws,
+        outcomes: Some(std::sync::Arc::new(pre)),
     })
 }
 

@@ -151,6 +151,7 @@ fn wmean(values: &[f64], weights: &[f64]) -> f64 {
 }
 
 /// Everything needed to compute the headline numbers for one resample (weights over prompts).
+#[derive(Debug, Clone)]
 pub struct Precomputed {
     /// Per band: realised per-prompt scores and costs.
     pub band_scores: Vec<Vec<f64>>,
@@ -204,6 +205,46 @@ impl Precomputed {
             oracle_scores,
             single_costs,
         }
+    }
+
+    /// The prompts of several evaluations as one (k-fold evaluation: each fold's test prompts,
+    /// predicted by routers that never saw them). The band grid and the full-coverage models
+    /// must be the same in every part.
+    pub fn concat(parts: &[&Self]) -> Result<Self, String> {
+        let first = parts.first().ok_or("nothing to pool")?;
+        if parts.iter().any(|p| {
+            p.band_scores.len() != first.band_scores.len()
+                || p.single_costs.len() != first.single_costs.len()
+        }) {
+            return Err("the evaluations to pool differ in bands or full-coverage models".into());
+        }
+        let cat = |get: &dyn Fn(&Self) -> &Vec<f64>| -> Vec<f64> {
+            parts.iter().flat_map(|p| get(p).iter().copied()).collect()
+        };
+        let per = |n: usize, get: &dyn Fn(&Self, usize) -> &Vec<f64>| -> Vec<Vec<f64>> {
+            (0..n)
+                .map(|b| {
+                    parts
+                        .iter()
+                        .flat_map(|p| get(p, b).iter().copied())
+                        .collect()
+                })
+                .collect()
+        };
+        Ok(Self {
+            band_scores: per(first.band_scores.len(), &|p, b| &p.band_scores[b]),
+            band_costs: per(first.band_costs.len(), &|p, b| &p.band_costs[b]),
+            best_scores: cat(&|p| &p.best_scores),
+            best_costs: cat(&|p| &p.best_costs),
+            best_mask: cat(&|p| &p.best_mask),
+            oracle_scores: cat(&|p| &p.oracle_scores),
+            single_costs: per(first.single_costs.len(), &|p, j| &p.single_costs[j]),
+        })
+    }
+
+    /// Number of prompts.
+    pub fn n(&self) -> usize {
+        self.best_scores.len()
     }
 
     /// The router's curve points under `weights`.
@@ -564,5 +605,56 @@ mod tests {
         // Perfect predictions are never worse than inverted ones on the same resample.
         let [lo, _] = paired_difference(&a, &b, "aiq").unwrap().interval;
         assert!(lo >= 0.0, "{lo}");
+    }
+
+    #[test]
+    fn pooled_folds_are_the_whole_set() {
+        let set = toy();
+        let pred = set.scores.clone();
+        let pre_of = |rows: &[usize]| {
+            let m = set.m();
+            let pick = |v: &[f32]| -> Vec<f32> {
+                rows.iter()
+                    .flat_map(|&i| v[i * m..(i + 1) * m].to_vec())
+                    .collect()
+            };
+            let part = EvalSet {
+                prompts: rows.iter().map(|&i| set.prompts[i].clone()).collect(),
+                tasks: rows.iter().map(|&i| set.tasks[i].clone()).collect(),
+                scores: pick(&set.scores),
+                mask: rows
+                    .iter()
+                    .flat_map(|&i| set.mask[i * m..(i + 1) * m].to_vec())
+                    .collect(),
+                costs: rows
+                    .iter()
+                    .flat_map(|&i| set.costs[i * m..(i + 1) * m].to_vec())
+                    .collect(),
+                ..set.clone()
+            };
+            let ch = choices(
+                &part,
+                Policy::Cheapest,
+                &pick(&pred),
+                &part.costs,
+                &[true; 2],
+                &bands(),
+            )
+            .unwrap();
+            Precomputed::new(&part, &ch)
+        };
+        let whole = pre_of(&[0, 1, 2]);
+        let pooled = Precomputed::concat(&[&pre_of(&[0, 1]), &pre_of(&[2])]).unwrap();
+        assert_eq!(pooled.n(), 3);
+        assert_eq!(pooled.band_scores, whole.band_scores);
+        assert_eq!(pooled.band_costs, whole.band_costs);
+        assert_eq!(pooled.oracle_scores, whole.oracle_scores);
+        assert_eq!(pooled.single_costs, whole.single_costs);
+        let ones = [1.0; 3];
+        assert_eq!(
+            pooled.headline(&ones).savings_at_parity,
+            whole.headline(&ones).savings_at_parity
+        );
+        assert!(Precomputed::concat(&[]).is_err());
     }
 }

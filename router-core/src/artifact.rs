@@ -74,6 +74,10 @@ pub struct TrainingInfo {
     pub data_fingerprint: String,
     pub split_seed: u64,
     pub test_fraction: f64,
+    /// `[i, k]`: the test prompts are fold `i` of `k` (see [`crate::split::assign_fold`]);
+    /// absent for the plain `test_fraction` split.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub test_fold: Option<[usize; 2]>,
     pub validation_fraction: f64,
     pub n_train: usize,
     pub n_validation: usize,
@@ -445,6 +449,7 @@ mod tests {
                 data_fingerprint: String::new(),
                 split_seed: 0,
                 test_fraction: 0.2,
+                test_fold: None,
                 validation_fraction: 0.1,
                 n_train: 1,
                 n_validation: 1,

@@ -31,10 +31,34 @@ pub fn unit_hash(normalized: &str, seed: u64) -> f64 {
 
 /// The side of `normalized` for the given fractions: test first, then validation.
 pub fn assign(normalized: &str, seed: u64, test_fraction: f64, validation_fraction: f64) -> Split {
+    assign_fold(normalized, seed, None, test_fraction, validation_fraction)
+}
+
+/// [`assign`], or with `test_fold = Some([i, k])` k-fold cross-validation: the test side is
+/// fold `i` of `k` disjoint folds of the hash (`⌊u·k⌋ = i`, so the `k` folds cover every prompt
+/// exactly once and fold 0 of 5 is the default 20 % test split), `test_fraction` is then
+/// ignored, and validation is the next `validation_fraction` of the hash after the test fold.
+pub fn assign_fold(
+    normalized: &str,
+    seed: u64,
+    test_fold: Option<[usize; 2]>,
+    test_fraction: f64,
+    validation_fraction: f64,
+) -> Split {
     let u = unit_hash(normalized, seed);
-    if u < test_fraction {
+    let Some([i, k]) = test_fold else {
+        return if u < test_fraction {
+            Split::Test
+        } else if u < test_fraction + validation_fraction {
+            Split::Validation
+        } else {
+            Split::Train
+        };
+    };
+    let k = k.max(1) as f64;
+    if (u * k).floor() == i as f64 {
         Split::Test
-    } else if u < test_fraction + validation_fraction {
+    } else if (u - (i + 1) as f64 / k).rem_euclid(1.0) < validation_fraction {
         Split::Validation
     } else {
         Split::Train
@@ -84,5 +108,31 @@ mod tests {
             })
             .count();
         assert!(moved > 300, "{moved}");
+    }
+
+    #[test]
+    fn test_folds_partition_the_prompts_and_fold_zero_is_the_default_split() {
+        let k = 5;
+        for i in 0..2000 {
+            let t = format!("prompt {i}");
+            let tested: Vec<usize> = (0..k)
+                .filter(|&f| assign_fold(&t, 42, Some([f, k]), 0.0, 0.1) == Split::Test)
+                .collect();
+            assert_eq!(tested.len(), 1, "{t}: {tested:?}");
+            assert_eq!(
+                assign_fold(&t, 42, Some([0, k]), 0.0, 0.1),
+                assign(&t, 42, 0.2, 0.1),
+                "{t}"
+            );
+        }
+        // Validation stays about its fraction in every fold.
+        for f in 0..k {
+            let val = (0..5000)
+                .filter(|i| {
+                    assign_fold(&format!("p{i}"), 7, Some([f, k]), 0.0, 0.1) == Split::Validation
+                })
+                .count();
+            assert!((val as f64 / 5000.0 - 0.1).abs() < 0.02, "fold {f}: {val}");
+        }
     }
 }

@@ -38,7 +38,7 @@ use router_core::device::parse_device;
 use router_core::encoder::{Encoder, EncoderSource, Precision, Truncation};
 use router_core::heads::calibration::Platt;
 use router_core::models::{CHARS_PER_TOKEN, DEFAULT_EXPECTED_OUTPUT_TOKENS, ModelInfo};
-use router_core::split::{Split, assign};
+use router_core::split::{Split, assign_fold};
 
 pub use error::{Result, TrainError};
 pub use fit::{Calibration, HeadChoice};
@@ -61,6 +61,8 @@ pub struct FitConfig {
     pub precision: Precision,
     pub load: LoadOptions,
     pub test_fraction: f64,
+    /// `[i, k]`: hold out fold `i` of `k` instead of `test_fraction` (k-fold evaluation).
+    pub test_fold: Option<[usize; 2]>,
     pub validation_fraction: f64,
     pub split_seed: u64,
     pub cache_dir: Option<PathBuf>,
@@ -98,6 +100,7 @@ impl FitConfig {
             precision: Precision::Int8,
             load: LoadOptions::default(),
             test_fraction: 0.2,
+            test_fold: None,
             validation_fraction: 0.1,
             split_seed: 42,
             cache_dir: default_cache_dir(),
@@ -236,9 +239,10 @@ pub fn run_fit(config: &FitConfig) -> Result<FitReport> {
     }
     let mut rows: BTreeMap<Split, Vec<usize>> = BTreeMap::new();
     for (p, prompt) in table.prompts.iter().enumerate() {
-        let side = assign(
+        let side = assign_fold(
             &prompt.normalized,
             config.split_seed,
+            config.test_fold,
             config.test_fraction,
             config.validation_fraction,
         );
@@ -385,7 +389,10 @@ pub fn run_fit(config: &FitConfig) -> Result<FitReport> {
             files: files.iter().map(|f| f.display().to_string()).collect(),
             data_fingerprint: table.fingerprint(),
             split_seed: config.split_seed,
-            test_fraction: config.test_fraction,
+            test_fraction: config
+                .test_fold
+                .map_or(config.test_fraction, |[_, k]| 1.0 / k as f64),
+            test_fold: config.test_fold,
             validation_fraction: config.validation_fraction,
             n_train: train.n,
             n_validation: val_rows.len(),

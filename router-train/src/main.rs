@@ -99,6 +99,11 @@ struct FitArgs {
     /// Fraction of prompts held out for testing (by a hash of the normalised text).
     #[arg(long, default_value_t = 0.2, env = "ROUTER_TRAIN_TEST_FRACTION")]
     test_fraction: f64,
+    /// Hold out fold I of K (`I/K`, e.g. `2/5`) of the hash instead of --test-fraction: the K
+    /// folds are disjoint and cover every prompt, for k-fold evaluation (`router-eval bench
+    /// --test-folds K`). Fold 0/5 is the default 20 % split.
+    #[arg(long, value_parser = parse_test_fold)]
+    test_fold: Option<[usize; 2]>,
     /// Fraction of prompts used for early stopping and calibration.
     #[arg(long, default_value_t = 0.1, env = "ROUTER_TRAIN_VALIDATION_FRACTION")]
     validation_fraction: f64,
@@ -174,9 +179,12 @@ impl FitArgs {
         ] {
             anyhow::ensure!((0.0..1.0).contains(&v), "{name} must be in [0, 1), got {v}");
         }
+        let test_fraction = self
+            .test_fold
+            .map_or(self.test_fraction, |[_, k]| 1.0 / k as f64);
         anyhow::ensure!(
-            self.test_fraction + self.validation_fraction < 1.0,
-            "--test-fraction + --validation-fraction must leave prompts for training"
+            test_fraction + self.validation_fraction < 1.0,
+            "the test fraction (--test-fraction, or 1/K of --test-fold) + --validation-fraction must leave prompts for training"
         );
         anyhow::ensure!(
             (0.0..1.0).contains(&self.dropout),
@@ -220,6 +228,7 @@ impl FitArgs {
             max_prompts: self.max_prompts,
         };
         config.test_fraction = self.test_fraction;
+        config.test_fold = self.test_fold;
         config.validation_fraction = self.validation_fraction;
         config.split_seed = self.split_seed;
         if self.no_cache {
@@ -242,6 +251,23 @@ impl FitArgs {
         config.calibration = self.calibration;
         Ok(config)
     }
+}
+
+/// `I/K` with `I < K` and `K ≥ 2`.
+fn parse_test_fold(text: &str) -> Result<[usize; 2], String> {
+    let (i, k) = text
+        .split_once('/')
+        .ok_or_else(|| format!("expected I/K (e.g. 2/5), got `{text}`"))?;
+    let parse = |v: &str| {
+        v.trim()
+            .parse::<usize>()
+            .map_err(|e| format!("`{v}` in `{text}`: {e}"))
+    };
+    let (i, k) = (parse(i)?, parse(k)?);
+    if k < 2 || i >= k {
+        return Err(format!("fold {i} of {k}: need K ≥ 2 and I < K"));
+    }
+    Ok([i, k])
 }
 
 fn run(cli: Cli) -> anyhow::Result<()> {
@@ -281,6 +307,21 @@ fn main() -> ExitCode {
         Err(e) => {
             eprintln!("error: {e:#}");
             ExitCode::FAILURE
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_test_fold;
+
+    #[test]
+    fn test_folds_parse_and_bad_ones_say_why() {
+        assert_eq!(parse_test_fold("2/5"), Ok([2, 5]));
+        assert_eq!(parse_test_fold(" 0 / 2 "), Ok([0, 2]));
+        for bad in ["5/5", "0/1", "2", "a/5", "-1/5"] {
+            let err = parse_test_fold(bad).err().unwrap_or_default();
+            assert!(!err.is_empty(), "{bad} was accepted");
         }
     }
 }
