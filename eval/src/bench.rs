@@ -61,7 +61,14 @@ const PAIRED: [(&str, &str); 3] = [
     ("aiq", "AIQ"),
 ];
 
+/// A head by name: `linear`, `mlp`, `mf`, `knn`, `ensemble` (mlp + mf + knn), or an ensemble
+/// of any of the plain ones joined by `+` (`linear+mlp+mf+knn`).
 fn head_choice(name: &str) -> Result<HeadChoice> {
+    if name.contains('+') {
+        return Ok(HeadChoice::Ensemble(
+            name.split('+').map(head_choice).collect::<Result<_>>()?,
+        ));
+    }
     Ok(match name {
         "linear" => HeadChoice::Linear,
         "mlp" => HeadChoice::Mlp {
@@ -73,14 +80,10 @@ fn head_choice(name: &str) -> Result<HeadChoice> {
             k: None,
             alpha: None,
         },
-        "ensemble" => HeadChoice::Ensemble(vec![
-            head_choice("mlp")?,
-            head_choice("mf")?,
-            head_choice("knn")?,
-        ]),
+        "ensemble" => head_choice("mlp+mf+knn")?,
         other => {
             return Err(EvalError::Invalid(format!(
-                "unknown head `{other}` (linear, mlp, mf, knn, ensemble)"
+                "unknown head `{other}` (linear, mlp, mf, knn, ensemble, or plain heads joined by +)"
             )));
         }
     })
@@ -277,6 +280,10 @@ fn bench_dataset(
     let report = run_eval(&eval)?;
     eprintln!("evaluated {tag}");
     let mut rows = report.routers;
+    // Rows are named as asked (`linear+knn` rather than its kind, `ensemble`).
+    for (row, head) in rows.iter_mut().zip(&config.heads) {
+        row.head.clone_from(head);
+    }
     let mut references = Vec::new();
     if config.references {
         let mut refs = eval.clone();
@@ -400,4 +407,23 @@ pub fn summary_table(rows: &[(String, RouterReport)]) -> String {
         );
     }
     s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn heads_by_name_and_ensembles_joined_by_plus() {
+        let members = |name: &str| match head_choice(name) {
+            Ok(HeadChoice::Ensemble(m)) => m.len(),
+            _ => 0,
+        };
+        assert_eq!(members("ensemble"), 3);
+        assert_eq!(members("linear+mlp+mf+knn"), 4);
+        assert!(matches!(head_choice("linear"), Ok(HeadChoice::Linear)));
+        for bad in ["forest", "mlp+forest", "mlp+"] {
+            assert!(head_choice(bad).is_err(), "{bad}");
+        }
+    }
 }
