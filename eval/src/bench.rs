@@ -139,6 +139,8 @@ pub fn run_bench(config: &BenchConfig) -> Result<String> {
     let folds = config.test_folds.max(1);
     let mut rows: Vec<(String, RouterReport)> = Vec::new();
     let mut reference_rows = Vec::new();
+    // Every other head against the default head, same policy, paired.
+    let mut head_rows = Vec::new();
     for dir in dirs {
         let Some((labels, prices)) = dataset_files(&dir) else {
             continue;
@@ -167,6 +169,17 @@ pub fn run_bench(config: &BenchConfig) -> Result<String> {
             fold_runs.swap_remove(0)
         };
         let default_row = default_head.map(|h| run.rows[h].clone());
+        if let Some(d) = &default_row {
+            for (i, r) in run.rows.iter().enumerate().take(config.heads.len()) {
+                if Some(i) != default_head {
+                    head_rows.push(ReferenceRow {
+                        dataset: name.clone(),
+                        differences: r.paired_with(d),
+                        reference: r.clone(),
+                    });
+                }
+            }
+        }
         rows.extend(run.rows.into_iter().map(|r| (name.clone(), r)));
         for r in run.references {
             reference_rows.push(ReferenceRow {
@@ -180,6 +193,13 @@ pub fn run_bench(config: &BenchConfig) -> Result<String> {
         }
     }
     let mut summary = summary_table(&rows);
+    if !head_rows.is_empty() {
+        summary.push('\n');
+        summary.push_str(&paired_table(
+            &head_rows,
+            "head minus the default head, paired",
+        ));
+    }
     if !reference_rows.is_empty() {
         summary.push('\n');
         summary.push_str(&reference_table(&reference_rows));
@@ -329,6 +349,27 @@ pub struct ReferenceRow {
     pub reference: RouterReport,
     /// The default head minus the reference (empty without a default head).
     pub differences: BTreeMap<String, PairedDifference>,
+}
+
+/// dataset × head × the head minus the default head on each of [`PAIRED`].
+fn paired_table(rows: &[ReferenceRow], title: &str) -> String {
+    let mut s = format!("| dataset | {title} |");
+    for (_, name) in PAIRED {
+        let _ = write!(s, " {name} |");
+    }
+    s.push_str("\n|---|---|---|---|---|\n");
+    for row in rows {
+        let _ = write!(s, "| {} | {} |", row.dataset, row.reference.head);
+        for (key, _) in PAIRED {
+            let cell = row
+                .differences
+                .get(key)
+                .map_or_else(|| "–".to_owned(), PairedDifference::points);
+            let _ = write!(s, " {cell} |");
+        }
+        s.push('\n');
+    }
+    s
 }
 
 /// dataset × reference × {its savings at parity, within 5 %, AIQ} and the default head minus it.
