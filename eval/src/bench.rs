@@ -61,16 +61,21 @@ const PAIRED: [(&str, &str); 3] = [
     ("aiq", "AIQ"),
 ];
 
-/// A head by name: `linear`, `mlp`, `mf`, `knn`, `ensemble` (mlp + mf + knn), or an ensemble
-/// of any of the plain ones joined by `+` (`linear+mlp+mf+knn`).
+/// A head by name: `linear`, `task`, `mlp`, `mf`, `knn`, `ensemble` (`mlp+mf+knn+task?`), or
+/// an ensemble of plain ones joined by `+` (`linear+mlp+mf+knn`), where `head?` is a member kept
+/// only if it lowers the validation pairwise loss.
 fn head_choice(name: &str) -> Result<HeadChoice> {
     if name.contains('+') {
         return Ok(HeadChoice::Ensemble(
             name.split('+').map(head_choice).collect::<Result<_>>()?,
         ));
     }
+    if let Some(inner) = name.strip_suffix('?') {
+        return Ok(HeadChoice::IfBetter(Box::new(head_choice(inner)?)));
+    }
     Ok(match name {
         "linear" => HeadChoice::Linear,
+        "task" => HeadChoice::Task,
         "mlp" => HeadChoice::Mlp {
             hidden: 256,
             dropout: 0.2,
@@ -80,10 +85,10 @@ fn head_choice(name: &str) -> Result<HeadChoice> {
             k: None,
             alpha: None,
         },
-        "ensemble" => head_choice("mlp+mf+knn")?,
+        "ensemble" => head_choice("mlp+mf+knn+task?")?,
         other => {
             return Err(EvalError::Invalid(format!(
-                "unknown head `{other}` (linear, mlp, mf, knn, ensemble, or plain heads joined by +)"
+                "unknown head `{other}` (linear, task, mlp, mf, knn, ensemble, or plain heads joined by +)"
             )));
         }
     })
@@ -460,7 +465,12 @@ mod tests {
             Ok(HeadChoice::Ensemble(m)) => m.len(),
             _ => 0,
         };
-        assert_eq!(members("ensemble"), 3);
+        assert_eq!(members("ensemble"), 4);
+        assert!(matches!(head_choice("task?"), Ok(HeadChoice::IfBetter(_))));
+        assert!(matches!(
+            head_choice("mlp+task?"),
+            Ok(HeadChoice::Ensemble(m)) if matches!(m[1], HeadChoice::IfBetter(_))
+        ));
         assert_eq!(members("linear+mlp+mf+knn"), 4);
         assert!(matches!(head_choice("linear"), Ok(HeadChoice::Linear)));
         for bad in ["forest", "mlp+forest", "mlp+"] {

@@ -1,5 +1,6 @@
 //! The rest of a decision once the prompt is embedded: the shipped default router's quality
-//! head (ensemble of mlp, mf and kNN, calibrated) and the band policy, plus tokenising.
+//! head (ensemble of mlp, mf, kNN and, on llmrouter, the task classifier; calibrated) and the
+//! band policy, plus tokenising.
 //!
 //! `cargo bench -p router-core --bench decision --profile dev`
 

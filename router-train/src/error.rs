@@ -50,6 +50,8 @@ pub enum TrainError {
         "the {split} split is empty: use more data or change --test-fraction / --validation-fraction"
     )]
     EmptySplit { split: &'static str },
+    #[error("the task head needs the `task` column with at least two tasks; the data has {0}")]
+    TooFewTasks(usize),
     #[error("embedding cache {path}: {source}")]
     Cache {
         path: PathBuf,

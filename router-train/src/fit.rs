@@ -7,9 +7,9 @@ use std::collections::{BTreeMap, HashMap};
 use candle_core::{DType, Device, Tensor};
 use candle_nn::{AdamW, Module, Optimizer, ParamsAdamW, VarBuilder, VarMap};
 use router_core::heads::calibration::{Platt, fit_platt, logit};
-use router_core::heads::{Head, HeadSpec, Knn, Mf, Mlp, shrunk_logits};
+use router_core::heads::{Head, HeadSpec, Knn, Mf, Mlp, TaskMixture, shrunk_logits};
 
-use crate::error::Result;
+use crate::error::{Result, TrainError};
 
 /// Training hyper-parameters of the gradient-trained heads.
 #[derive(Debug, Clone)]
@@ -32,6 +32,10 @@ pub struct SplitData {
     pub n: usize,
     pub dim: usize,
     pub models: usize,
+    /// Each row's task, an index into `task_names` (the task column's values over the whole
+    /// table, sorted), `None` where the logs give none.
+    pub task: Vec<Option<u32>>,
+    pub task_names: Vec<String>,
 }
 
 impl SplitData {
@@ -45,6 +49,8 @@ impl SplitData {
             n: rows.len(),
             dim: d,
             models: m,
+            task: rows.iter().map(|&i| self.task[i]).collect(),
+            task_names: self.task_names.clone(),
         };
         for &i in rows {
             out.x.extend_from_slice(&self.x[i * d..(i + 1) * d]);
@@ -116,6 +122,104 @@ pub fn masked_bce(logits: &Tensor, y: &Tensor, mask: &Tensor) -> Result<Tensor> 
     let total = per_cell.mul(mask)?.sum_all()?;
     let count = mask.sum_all()?.clamp(1.0, f64::MAX)?;
     Ok(total.div(&count)?)
+}
+
+/// Softmax cross-entropy of `logits` `(n, classes)` against one-hot `y`, over the rows whose
+/// `mask` is 1 (a row's mask is all ones or all zeros).
+pub fn masked_softmax_ce(logits: &Tensor, y: &Tensor, mask: &Tensor) -> Result<Tensor> {
+    let log_p = candle_nn::ops::log_softmax(logits, candle_core::D::Minus1)?;
+    let weight = y.mul(mask)?;
+    let total = log_p.mul(&weight)?.sum_all()?.neg()?;
+    let count = weight.sum_all()?.clamp(1.0, f64::MAX)?;
+    Ok(total.div(&count)?)
+}
+
+/// The task-mixture head: a softmax classifier of the task column on the embeddings (AdamW,
+/// early stopping on the validation cross-entropy), and per task each model's mean training
+/// score, shrunk toward the model's mean by one pseudo-observation (a task training never saw
+/// predicts the model's mean).
+fn fit_task(
+    train: &SplitData,
+    val: &SplitData,
+    prior: &[f32],
+    params: &NetParams,
+) -> Result<Fitted> {
+    let tasks = train.task_names.len();
+    if tasks < 2 || train.task.iter().flatten().count() == 0 {
+        return Err(TrainError::TooFewTasks(tasks));
+    }
+    let m = train.models;
+    let (mut sums, mut counts) = (vec![0.0f32; tasks * m], vec![0.0f32; tasks * m]);
+    for (i, t) in train.task.iter().enumerate() {
+        let Some(t) = t.map(|t| t as usize) else {
+            continue;
+        };
+        for j in 0..m {
+            let w = train.mask[i * m + j];
+            sums[t * m + j] += w * train.y[i * m + j];
+            counts[t * m + j] += w;
+        }
+    }
+    let means: Vec<f32> = (0..tasks * m)
+        .map(|c| (sums[c] + prior[c % m]) / (counts[c] + 1.0))
+        .collect();
+    // The classification problem: one-hot targets, rows without a task masked out.
+    let one_hot = |d: &SplitData| {
+        let mut y = vec![0.0f32; d.n * tasks];
+        let mut mask = vec![0.0f32; d.n * tasks];
+        for (i, t) in d.task.iter().enumerate() {
+            if let Some(t) = t {
+                y[i * tasks + *t as usize] = 1.0;
+                mask[i * tasks..(i + 1) * tasks].fill(1.0);
+            }
+        }
+        SplitData {
+            x: d.x.clone(),
+            y,
+            mask,
+            n: d.n,
+            dim: d.dim,
+            models: tasks,
+            task: d.task.clone(),
+            task_names: d.task_names.clone(),
+        }
+    };
+    let device = Device::Cpu;
+    let varmap = VarMap::new();
+    let vb = VarBuilder::from_varmap(&varmap, DType::F32, &device);
+    let head = TaskMixture::new(vb.pp("task"), train.dim, tasks, m)?;
+    let mut rng = SplitMix::new(params.seed);
+    seeded_init(&varmap, &[], "", &mut rng)?;
+    let forward =
+        |x: &Tensor, _: Option<&mut SplitMix>| -> Result<Tensor> { Ok(head.task_logits(x)?) };
+    let mut hp = train_net(
+        &varmap,
+        forward,
+        masked_softmax_ce,
+        &one_hot(train),
+        &one_hot(val),
+        params,
+        &mut rng,
+    )?;
+    hp.insert("tasks".into(), tasks as f64);
+    {
+        let data = varmap
+            .data()
+            .lock()
+            .map_err(|_| candle_core::Error::Msg("poisoned var map".into()))?;
+        let var = data
+            .get("task.means")
+            .ok_or_else(|| candle_core::Error::Msg("task.means is missing".into()))?;
+        var.set(&Tensor::from_vec(means, (tasks, m), &device)?)?;
+    }
+    net_fitted(
+        HeadSpec::Task {
+            tasks: train.task_names.clone(),
+        },
+        &varmap,
+        train,
+        hp,
+    )
 }
 
 /// Overwrites every variable with seeded values: weights uniform in ±1/√fan_in (PyTorch's
@@ -201,8 +305,15 @@ pub enum HeadChoice {
         k: Option<usize>,
         alpha: Option<f32>,
     },
+    /// A task classifier and per-task mean scores (needs the task column).
+    Task,
     /// Every member fitted alone, their logits averaged.
     Ensemble(Vec<HeadChoice>),
+    /// As an ensemble member: fitted after the others, and kept only if it lowers the
+    /// ensemble's pairwise loss on the validation split (out-of-fold predictions under
+    /// `--folds`); dropped too when it cannot be fitted (the task head without tasks). Alone,
+    /// the head itself.
+    IfBetter(Box<HeadChoice>),
 }
 
 /// Fits a head on `train`, early-stopping (or tuning) on `val`.
@@ -223,7 +334,7 @@ pub fn fit_head(
             seeded_init(&varmap, &prior, "linear.bias", &mut rng)?;
             let forward =
                 |x: &Tensor, _: Option<&mut SplitMix>| -> Result<Tensor> { Ok(linear.forward(x)?) };
-            let hp = train_net(&varmap, forward, train, val, params, &mut rng)?;
+            let hp = train_net(&varmap, forward, masked_bce, train, val, params, &mut rng)?;
             net_fitted(HeadSpec::Linear {}, &varmap, train, hp)
         }
         HeadChoice::Mlp { hidden, dropout } => {
@@ -252,7 +363,7 @@ pub fn fit_head(
                 };
                 Ok(mlp.forward_t(x, mask.as_ref())?)
             };
-            let mut hp = train_net(&varmap, forward, train, val, params, &mut rng)?;
+            let mut hp = train_net(&varmap, forward, masked_bce, train, val, params, &mut rng)?;
             hp.insert("hidden".into(), hidden as f64);
             hp.insert("dropout".into(), f64::from(dropout));
             net_fitted(HeadSpec::Mlp { hidden, dropout }, &varmap, train, hp)
@@ -265,19 +376,87 @@ pub fn fit_head(
             seeded_init(&varmap, &prior, "mf.bias", &mut rng)?;
             let forward =
                 |x: &Tensor, _: Option<&mut SplitMix>| -> Result<Tensor> { Ok(mf.forward(x)?) };
-            let mut hp = train_net(&varmap, forward, train, val, params, &mut rng)?;
+            let mut hp = train_net(&varmap, forward, masked_bce, train, val, params, &mut rng)?;
             hp.insert("dim".into(), dim as f64);
             net_fitted(HeadSpec::Mf { dim }, &varmap, train, hp)
         }
         HeadChoice::Knn { k, alpha } => fit_knn(train, val, &prior, k, alpha, &device),
+        HeadChoice::Task => fit_task(train, val, &prior, params),
+        HeadChoice::IfBetter(ref inner) => fit_head(inner, train, val, params),
         HeadChoice::Ensemble(ref members) => {
-            let fitted = members
-                .iter()
-                .map(|m| fit_head(m, train, val, params))
-                .collect::<Result<Vec<_>>>()?;
-            combine(fitted, train.dim, train.models)
+            let vx = Tensor::from_slice(&val.x, (val.n, val.dim), &device)?;
+            let mut fitted = Vec::with_capacity(members.len());
+            let mut logits = Vec::with_capacity(members.len());
+            let mut optional = Vec::new();
+            let mut record = BTreeMap::new();
+            for member in members {
+                if let HeadChoice::IfBetter(inner) = member {
+                    optional.push(inner);
+                    continue;
+                }
+                let f = fit_head(member, train, val, params)?;
+                logits.push(f.head.logits(&vx)?.flatten_all()?.to_vec1::<f32>()?);
+                fitted.push(f);
+            }
+            for inner in optional {
+                let f = match fit_head(inner, train, val, params) {
+                    Ok(f) => f,
+                    Err(e) => {
+                        tracing::info!("optional ensemble member not fitted: {e}");
+                        continue;
+                    }
+                };
+                let member_logits = f.head.logits(&vx)?.flatten_all()?.to_vec1::<f32>()?;
+                keep_member(&mut fitted, &mut logits, f, member_logits, val, &mut record);
+            }
+            let mut ensemble = combine(fitted, train.dim, train.models)?;
+            ensemble.hyperparameters.extend(record);
+            Ok(ensemble)
         }
     }
+}
+
+/// Adds the fitted `member` to an ensemble if the mean of the members' logits, with it, has a
+/// lower pairwise loss on `data` (validation or out-of-fold rows, in `logits`' row order) than
+/// without it. Records both losses in the member's hyperparameters either way; returns whether
+/// it was kept.
+fn keep_member(
+    fitted: &mut Vec<Fitted>,
+    logits: &mut Vec<Vec<f32>>,
+    mut member: Fitted,
+    member_logits: Vec<f32>,
+    data: &SplitData,
+    record: &mut BTreeMap<String, f64>,
+) -> bool {
+    let mean = |all: &[Vec<f32>]| -> Vec<f32> {
+        (0..all.first().map_or(0, Vec::len))
+            .map(|i| all.iter().map(|l| l[i]).sum::<f32>() / all.len() as f32)
+            .collect()
+    };
+    let loss = |l: &[f32]| pairwise_loss(l, &data.y, &data.mask, data.models);
+    let without = loss(&mean(logits));
+    logits.push(member_logits);
+    let with = loss(&mean(logits));
+    let keep = fitted.is_empty() || with < without || without.is_nan();
+    let kind = member.spec.kind();
+    record.insert(format!("{kind}.kept"), f64::from(u8::from(keep)));
+    record.insert(format!("{kind}.ensemble_pairwise_loss_with"), with);
+    record.insert(format!("{kind}.ensemble_pairwise_loss_without"), without);
+    member
+        .hyperparameters
+        .retain(|k, _| !k.starts_with("ensemble_pairwise"));
+    if keep {
+        fitted.push(member);
+    } else {
+        logits.pop();
+        tracing::info!(
+            kind = member.spec.kind(),
+            with,
+            without,
+            "optional ensemble member dropped: it does not lower the pairwise loss"
+        );
+    }
+    keep
 }
 
 /// A trained network head: its spec, the trained variables, and the head rebuilt from them.
@@ -303,9 +482,13 @@ fn net_fitted(
     })
 }
 
+/// A training loss of `(logits, targets, mask)`.
+type Loss = fn(&Tensor, &Tensor, &Tensor) -> Result<Tensor>;
+
 fn train_net(
     varmap: &VarMap,
     forward: impl Fn(&Tensor, Option<&mut SplitMix>) -> Result<Tensor>,
+    loss: Loss,
     train: &SplitData,
     val: &SplitData,
     params: &NetParams,
@@ -337,11 +520,9 @@ fn train_net(
                 mask.index_select(&idx, 0)?,
             );
             let logits = forward(&bx, Some(rng))?;
-            let loss = masked_bce(&logits, &by, &bm)?;
-            opt.backward_step(&loss)?;
+            opt.backward_step(&loss(&logits, &by, &bm)?)?;
         }
-        let val_loss =
-            f64::from(masked_bce(&forward(&vx, None)?, &vy, &vmask)?.to_scalar::<f32>()?);
+        let val_loss = f64::from(loss(&forward(&vx, None)?, &vy, &vmask)?.to_scalar::<f32>()?);
         tracing::debug!(epoch, val_loss, "epoch done");
         if val_loss < best.0 - 1e-5 {
             best = (val_loss, epoch + 1);
@@ -505,21 +686,51 @@ pub fn fit_cross(
     let device = Device::Cpu;
     match choice {
         HeadChoice::Knn { k, alpha } => fit_knn_loo(data, *k, *alpha, &device),
+        HeadChoice::IfBetter(inner) => fit_cross(inner, data, folds, params),
         HeadChoice::Ensemble(members) => {
             let mut fitted = Vec::with_capacity(members.len());
-            let mut oof = vec![vec![0.0f32; data.models]; data.n];
+            let mut logits: Vec<Vec<f32>> = Vec::with_capacity(members.len());
+            let mut optional = Vec::new();
+            let mut record = BTreeMap::new();
             for member in members {
-                let (f, member_oof) = fit_cross(member, data, folds, params)?;
-                for (row, member_row) in oof.iter_mut().zip(member_oof) {
-                    for (a, b) in row.iter_mut().zip(member_row) {
-                        *a += b / members.len() as f32;
-                    }
+                if let HeadChoice::IfBetter(inner) = member {
+                    optional.push(inner);
+                    continue;
                 }
+                let (f, member_oof) = fit_cross(member, data, folds, params)?;
+                logits.push(member_oof.concat());
                 fitted.push(f);
             }
-            Ok((combine(fitted, data.dim, data.models)?, oof))
+            for inner in optional {
+                match fit_cross(inner, data, folds, params) {
+                    Ok((f, member_oof)) => {
+                        keep_member(
+                            &mut fitted,
+                            &mut logits,
+                            f,
+                            member_oof.concat(),
+                            data,
+                            &mut record,
+                        );
+                    }
+                    Err(e) => tracing::info!("optional ensemble member not fitted: {e}"),
+                }
+            }
+            let oof = (0..data.n)
+                .map(|i| {
+                    (0..data.models)
+                        .map(|j| {
+                            let k = i * data.models + j;
+                            logits.iter().map(|l| l[k]).sum::<f32>() / logits.len() as f32
+                        })
+                        .collect()
+                })
+                .collect();
+            let mut ensemble = combine(fitted, data.dim, data.models)?;
+            ensemble.hyperparameters.extend(record);
+            Ok((ensemble, oof))
         }
-        HeadChoice::Linear | HeadChoice::Mlp { .. } | HeadChoice::Mf { .. } => {
+        HeadChoice::Linear | HeadChoice::Mlp { .. } | HeadChoice::Mf { .. } | HeadChoice::Task => {
             let folds = folds.clamp(2, data.n.max(2));
             let mut order: Vec<usize> = (0..data.n).collect();
             SplitMix::new(params.seed ^ 0xF01D).shuffle(&mut order);
@@ -780,6 +991,8 @@ mod tests {
             n: 40,
             dim: 1,
             models: 2,
+            task: vec![None; 40],
+            task_names: Vec::new(),
         };
         let shared = calibrate(&logits, &val, Calibration::Shared);
         assert_eq!(shared[0], shared[1]);
@@ -792,6 +1005,66 @@ mod tests {
             gap(&pooled) > 0.0 && gap(&pooled) < gap(&per_model),
             "{pooled:?}"
         );
+    }
+
+    #[test]
+    fn an_optional_member_is_kept_only_if_it_orders_the_models_better() -> Result<()> {
+        // Two prompts, two models: model 0 wins the first, model 1 the second.
+        let data = SplitData {
+            x: vec![0.0; 2],
+            y: vec![1.0, 0.0, 0.0, 1.0],
+            mask: vec![1.0; 4],
+            n: 2,
+            dim: 1,
+            models: 2,
+            task: vec![None; 2],
+            task_names: Vec::new(),
+        };
+        let member = || -> Result<Fitted> {
+            let linear = candle_nn::Linear::new(
+                Tensor::zeros((2, 1), DType::F32, &Device::Cpu)?,
+                Some(Tensor::zeros(2, DType::F32, &Device::Cpu)?),
+            );
+            Ok(Fitted {
+                spec: HeadSpec::Linear {},
+                head: Head::Linear(linear),
+                tensors: HashMap::new(),
+                hyperparameters: BTreeMap::new(),
+            })
+        };
+        // The ensemble so far is unsure: every logit 0.
+        let mut fitted = vec![member()?];
+        let mut logits = vec![vec![0.0; 4]];
+        let mut record = BTreeMap::new();
+        // A member with the orders reversed is dropped…
+        let wrong = vec![-1.0, 1.0, 1.0, -1.0];
+        assert!(!keep_member(
+            &mut fitted,
+            &mut logits,
+            member()?,
+            wrong,
+            &data,
+            &mut record
+        ));
+        assert_eq!((fitted.len(), logits.len()), (1, 1));
+        assert_eq!(record["linear.kept"], 0.0);
+        // …one with the right orders is kept.
+        let right = vec![1.0, -1.0, -1.0, 1.0];
+        assert!(keep_member(
+            &mut fitted,
+            &mut logits,
+            member()?,
+            right,
+            &data,
+            &mut record
+        ));
+        assert_eq!((fitted.len(), logits.len()), (2, 2));
+        assert_eq!(record["linear.kept"], 1.0);
+        assert!(
+            record["linear.ensemble_pairwise_loss_with"]
+                < record["linear.ensemble_pairwise_loss_without"]
+        );
+        Ok(())
     }
 
     #[test]

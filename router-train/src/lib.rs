@@ -93,6 +93,7 @@ impl FitConfig {
                     k: None,
                     alpha: None,
                 },
+                HeadChoice::IfBetter(Box::new(HeadChoice::Task)),
             ]),
             encoder: EncoderSource::default(),
             device: "cpu".to_owned(),
@@ -156,6 +157,13 @@ fn split_data(
     dim: usize,
 ) -> SplitData {
     let m = table.n_models();
+    let task_names: Vec<String> = table
+        .prompts
+        .iter()
+        .filter_map(|p| p.task.clone())
+        .collect::<std::collections::BTreeSet<_>>()
+        .into_iter()
+        .collect();
     let mut data = SplitData {
         x: Vec::with_capacity(rows.len() * dim),
         y: Vec::with_capacity(rows.len() * m),
@@ -163,6 +171,17 @@ fn split_data(
         n: rows.len(),
         dim,
         models: m,
+        task: rows
+            .iter()
+            .map(|&p| {
+                let task = table.prompts[p].task.as_ref()?;
+                task_names
+                    .binary_search(task)
+                    .ok()
+                    .and_then(|i| u32::try_from(i).ok())
+            })
+            .collect(),
+        task_names,
     };
     for &p in rows {
         data.x.extend_from_slice(&embeddings[&p]);

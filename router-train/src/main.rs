@@ -41,7 +41,10 @@ enum HeadKind {
     Mlp,
     Mf,
     Knn,
-    /// The mean of the mlp, mf and knn heads' logits, calibrated together.
+    /// A classifier of the logs' `task` column and each task's mean scores.
+    Task,
+    /// The mean of the mlp, mf and knn heads' logits, calibrated together; plus the task head
+    /// when the data has at least two tasks and it lowers the validation pairwise loss.
     Ensemble,
 }
 
@@ -193,6 +196,7 @@ impl FitArgs {
         let mut config = FitConfig::new(self.data, self.prices, self.out);
         config.head = match self.head {
             HeadKind::Linear => HeadChoice::Linear,
+            HeadKind::Task => HeadChoice::Task,
             HeadKind::Mlp => HeadChoice::Mlp {
                 hidden: self.hidden,
                 dropout: self.dropout,
@@ -212,6 +216,7 @@ impl FitArgs {
                     k: self.knn_k,
                     alpha: self.knn_alpha,
                 },
+                HeadChoice::IfBetter(Box::new(HeadChoice::Task)),
             ]),
         };
         config.encoder = EncoderSource::parse(&self.encoder);

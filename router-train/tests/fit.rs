@@ -120,6 +120,14 @@ fn same_seed_same_weights_and_every_head_fits() -> anyhow::Result<()> {
     assert_eq!(weights("a", mlp.clone())?, weights("b", mlp)?);
     let mf = HeadChoice::Mf { dim: 16 };
     assert_eq!(weights("mf1", mf.clone())?, weights("mf2", mf)?);
+    let task = weights("task1", HeadChoice::Task)?;
+    assert_eq!(task, weights("task2", HeadChoice::Task)?);
+    let spec: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(tmp.path().join("task1/router.json"))?)?;
+    assert_eq!(
+        spec["head"],
+        serde_json::json!({ "kind": "task", "tasks": ["agentverse-logicgrid", "agentverse-mgsm"] })
+    );
     let linear = weights("lin1", HeadChoice::Linear)?;
     assert_eq!(linear, weights("lin2", HeadChoice::Linear)?);
     let spec: serde_json::Value =
@@ -460,5 +468,34 @@ fn a_torn_cache_record_is_cut_off_not_misread() -> anyhow::Result<()> {
     assert_eq!((stats.cached, stats.encoded), (2, 0));
     assert_eq!(again, both);
     assert_eq!(std::fs::metadata(&path)?.len() % (32 + 384 * 4), 0);
+    Ok(())
+}
+
+#[test]
+fn the_task_head_needs_two_tasks() -> anyhow::Result<()> {
+    let tmp = tempfile::tempdir()?;
+    let mut csv = String::from("prompt,model,score\n");
+    for i in 0..40 {
+        csv.push_str(&format!(
+            "question number {i},a,{}\nquestion number {i},b,1\n",
+            i % 2
+        ));
+    }
+    let data = write(tmp.path(), "logs.csv", &csv)?;
+    let prices = write(tmp.path(), "models.csv", PRICES)?;
+    let mut config = quick_config(
+        &data,
+        &prices,
+        &tmp.path().join("out"),
+        &tmp.path().join("cache"),
+    );
+    config.head = HeadChoice::Task;
+    let err = run_fit(&config).err();
+    assert!(matches!(err, Some(TrainError::TooFewTasks(0))), "{err:?}");
+    assert!(
+        err.map(|e| e.to_string())
+            .unwrap_or_default()
+            .contains("`task` column"),
+    );
     Ok(())
 }

@@ -8,6 +8,9 @@
 //!   projection of the prompt embedding, plus a per-model bias.
 //! - [`Knn`]: RouterBench's non-parametric baseline: the mean score of the `k` nearest training
 //!   prompts (cosine), shrunk toward the model's prior by `alpha` pseudo-observations.
+//! - [`TaskMixture`]: "told the task label" without being told: a softmax classifier of the
+//!   prompt's task (a column of the training logs) and each task's mean score per model; the
+//!   predicted quality is the mean score under the predicted task distribution.
 //!
 //! Every head outputs logits; [`calibration::Platt`] turns them into calibrated qualities.
 
@@ -38,8 +41,13 @@ pub enum HeadSpec {
         k: usize,
         alpha: f32,
     },
+    /// A task classifier and per-task mean scores (tensors under `task.`); `tasks` names the
+    /// classifier's outputs, in order.
+    Task {
+        tasks: Vec<String>,
+    },
     /// The mean of its members' logits (members must be of different kinds: their tensors
-    /// share one file under the `linear.`, `mlp.`, `mf.` and `knn.` prefixes).
+    /// share one file under the `linear.`, `mlp.`, `mf.`, `knn.` and `task.` prefixes).
     Ensemble {
         members: Vec<HeadSpec>,
     },
@@ -58,6 +66,7 @@ impl HeadSpec {
             Self::Mlp { .. } => "mlp",
             Self::Mf { .. } => "mf",
             Self::Knn { .. } => "knn",
+            Self::Task { .. } => "task",
             Self::Ensemble { .. } => "ensemble",
             Self::Bagged { member, .. } => member.kind(),
         }
@@ -134,6 +143,37 @@ impl Mf {
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
         let z = self.proj.forward(x)?;
         Ok(z.matmul(&self.models.t()?)?.broadcast_add(&self.bias)?)
+    }
+}
+
+/// Task-mixture head: `q[m] = Σ_t softmax(W·x + b)[t] · means[t, m]`, as logits.
+#[derive(Debug, Clone)]
+pub struct TaskMixture {
+    classifier: Linear,
+    means: Tensor,
+}
+
+impl TaskMixture {
+    /// Quality predictions are kept this far from 0 and 1 before taking logits.
+    const EPS: f64 = 1e-4;
+
+    pub fn new(vb: VarBuilder, input_dim: usize, n_tasks: usize, n_models: usize) -> Result<Self> {
+        Ok(Self {
+            classifier: candle_nn::linear(input_dim, n_tasks, vb.pp("classifier"))?,
+            means: vb.get_with_hints((n_tasks, n_models), "means", candle_nn::Init::Const(0.5))?,
+        })
+    }
+
+    /// The classifier's logits over tasks `(batch, n_tasks)`.
+    pub fn task_logits(&self, x: &Tensor) -> Result<Tensor> {
+        Ok(self.classifier.forward(x)?)
+    }
+
+    /// Logits of the mixed mean scores `(batch, n_models)`.
+    pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let p = candle_nn::ops::softmax_last_dim(&self.task_logits(x)?)?;
+        let q = p.matmul(&self.means)?.clamp(Self::EPS, 1.0 - Self::EPS)?;
+        Ok((q.log()? - (1.0 - &q)?.log()?)?)
     }
 }
 
@@ -251,6 +291,7 @@ pub fn shrunk_logits<'a>(
 #[derive(Debug, Clone)]
 pub enum Head {
     Linear(Linear),
+    Task(TaskMixture),
     Mlp(Mlp),
     Mf(Mf),
     Knn(Knn),
@@ -319,6 +360,15 @@ impl Head {
                 let vb = VarBuilder::from_tensors(tensors, DType::F32, device);
                 Self::Linear(candle_nn::linear(input_dim, n_models, vb.pp("linear"))?)
             }
+            HeadSpec::Task { ref tasks } => {
+                let vb = VarBuilder::from_tensors(tensors, DType::F32, device);
+                Self::Task(TaskMixture::new(
+                    vb.pp("task"),
+                    input_dim,
+                    tasks.len(),
+                    n_models,
+                )?)
+            }
             HeadSpec::Mlp { hidden, dropout } => {
                 let vb = VarBuilder::from_tensors(tensors, DType::F32, device);
                 Self::Mlp(Mlp::new(
@@ -373,6 +423,7 @@ impl Head {
     pub fn logits(&self, x: &Tensor) -> Result<Tensor> {
         match self {
             Self::Linear(h) => Ok(h.forward(x)?),
+            Self::Task(h) => h.forward(x),
             Self::Mlp(h) => h.forward_t(x, None),
             Self::Mf(h) => h.forward(x),
             Self::Knn(h) => h.forward(x),
@@ -407,6 +458,41 @@ mod tests {
         let p = calibration::sigmoid(knn.logits_row(&q)?[0]);
         // Neighbours 0 and 1; only key 0 counts: (1 + 1·0.5) / (1 + 1) = 0.75.
         assert!((p - 0.75).abs() < 1e-4, "{p}");
+        Ok(())
+    }
+
+    #[test]
+    fn the_task_mixture_mixes_task_means_by_the_classifier() -> Result<()> {
+        let dev = Device::Cpu;
+        // Two tasks, two models; the classifier reads the first coordinate only.
+        let tensors = HashMap::from([
+            (
+                "task.classifier.weight".to_owned(),
+                Tensor::new(&[[2.0f32, 0.0], [-2.0, 0.0]], &dev)?,
+            ),
+            (
+                "task.classifier.bias".to_owned(),
+                Tensor::new(&[0.0f32, 0.0], &dev)?,
+            ),
+            (
+                "task.means".to_owned(),
+                Tensor::new(&[[0.9f32, 0.2], [0.1, 0.6]], &dev)?,
+            ),
+        ]);
+        let spec = HeadSpec::Task {
+            tasks: vec!["code".into(), "chat".into()],
+        };
+        let head = Head::from_tensors(&spec, tensors, 2, 2, &dev)?;
+        let x = Tensor::new(&[[0.5f32, 0.3], [0.0, 1.0]], &dev)?;
+        let got = head.logits(&x)?.to_vec2::<f32>()?;
+        for (row, first) in got.iter().zip([0.5f32, 0.0]) {
+            // softmax(2a, −2a)[0] = σ(4a).
+            let p = calibration::sigmoid(4.0 * first);
+            for (model, logit) in row.iter().enumerate() {
+                let q = [p * 0.9 + (1.0 - p) * 0.1, p * 0.2 + (1.0 - p) * 0.6][model];
+                assert!((calibration::sigmoid(*logit) - q).abs() < 1e-5, "{got:?}");
+            }
+        }
         Ok(())
     }
 
