@@ -364,15 +364,13 @@ fn paired_table(rows: &[ReferenceRow], title: &str) -> String {
     }
     s.push_str("\n|---|---|---|---|---|\n");
     for row in rows {
-        let _ = write!(s, "| {} | {} |", row.dataset, row.reference.head);
-        for (key, _) in PAIRED {
-            let cell = row
-                .differences
-                .get(key)
-                .map_or_else(|| "–".to_owned(), PairedDifference::points);
-            let _ = write!(s, " {cell} |");
-        }
-        s.push('\n');
+        let _ = writeln!(
+            s,
+            "| {} | {} |{}",
+            row.dataset,
+            row.reference.head,
+            difference_cells(&row.differences)
+        );
     }
     s
 }
@@ -388,38 +386,38 @@ pub fn reference_table(rows: &[ReferenceRow]) -> String {
     s.push_str("\n|---|---|---|---|---|---|---|---|\n");
     for row in rows {
         let r = &row.reference;
-        let _ = write!(
+        let _ = writeln!(
             s,
-            "| {} | {} | {} | {} | {} |",
+            "| {} | {} | {} | {} | {} |{}",
             row.dataset,
             r.head,
-            with_interval(r, r.savings_at_parity, "savings_at_parity", pct),
-            with_interval(
-                r,
-                r.savings_within.get("0.05").copied().flatten(),
-                "savings_within_0.05",
-                pct
-            ),
-            with_interval(r, r.aiq, "aiq", num),
+            cell(r, "savings_at_parity"),
+            cell(r, "savings_within_0.05"),
+            cell(r, "aiq"),
+            difference_cells(&row.differences)
         );
-        for (key, _) in PAIRED {
-            let cell = row
-                .differences
-                .get(key)
-                .map_or_else(|| "–".to_owned(), PairedDifference::points);
-            let _ = write!(s, " {cell} |");
-        }
-        s.push('\n');
     }
     s
 }
 
-fn with_interval(
-    r: &RouterReport,
-    value: Option<f64>,
-    key: &str,
-    fmt: fn(Option<f64>) -> String,
-) -> String {
+/// ` +1.2 [−0.3, +2.8] |` for each of [`PAIRED`] (`–` where the draws were not paired).
+fn difference_cells(differences: &BTreeMap<String, PairedDifference>) -> String {
+    PAIRED
+        .iter()
+        .map(|(key, _)| {
+            let cell = differences
+                .get(*key)
+                .map_or_else(|| "–".to_owned(), PairedDifference::points);
+            format!(" {cell} |")
+        })
+        .collect()
+}
+
+/// One bootstrapped headline number with its interval: savings as percentages, the others
+/// as numbers.
+fn cell(r: &RouterReport, key: &str) -> String {
+    let value = Some(r.headline_value(key)).filter(|v| v.is_finite());
+    let fmt: fn(Option<f64>) -> String = if key.starts_with("savings") { pct } else { num };
     match r.intervals.get(key) {
         Some([lo, hi]) => format!("{} [{}, {}]", fmt(value), fmt(*lo), fmt(*hi)),
         None => fmt(value),
@@ -441,15 +439,10 @@ pub fn summary_table(rows: &[(String, RouterReport)]) -> String {
             "| {dataset} | {} | {} | {} | {} | {} | {} |",
             r.head,
             r.policy,
-            with_interval(r, r.savings_at_parity, "savings_at_parity", pct),
-            with_interval(
-                r,
-                r.savings_within.get("0.05").copied().flatten(),
-                "savings_within_0.05",
-                pct
-            ),
-            with_interval(r, r.quality_at_best_cost, "quality_at_best_cost", num),
-            with_interval(r, r.aiq, "aiq", num),
+            cell(r, "savings_at_parity"),
+            cell(r, "savings_within_0.05"),
+            cell(r, "quality_at_best_cost"),
+            cell(r, "aiq"),
         );
     }
     s
