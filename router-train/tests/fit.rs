@@ -174,12 +174,21 @@ fn cross_fitting_bags_the_nets_and_reloads() -> anyhow::Result<()> {
             alpha: None,
         },
         HeadChoice::Linear,
+        HeadChoice::IfBetter(Box::new(HeadChoice::Task)),
     ]);
     let report = run_fit(&config)?;
     let spec = serde_json::to_value(&report.manifest.head)?;
     assert_eq!(spec["members"][0]["kind"], "bagged");
     assert_eq!(spec["members"][0]["folds"], 3);
     assert_eq!(spec["members"][2]["member"]["kind"], "linear");
+    // The optional task member was judged on the out-of-fold predictions, and the verdict is
+    // in the manifest whichever it was.
+    let hp = &report.manifest.training.hyperparameters;
+    let kept = hp.get("task.kept").copied();
+    assert!(matches!(kept, Some(k) if k == 0.0 || k == 1.0), "{hp:?}");
+    let members = spec["members"].as_array().map_or(0, Vec::len);
+    assert_eq!(members, 3 + usize::from(kept == Some(1.0)));
+    assert!(hp.contains_key("task.ensemble_pairwise_loss_without"));
     // Calibration metrics come from out-of-fold predictions on train + validation.
     let t = &report.manifest.training;
     assert_eq!(t.validation[0].n, t.n_train + t.n_validation);
