@@ -26,7 +26,7 @@ pub struct BenchConfig {
     /// router says).
     pub precision: Precision,
     /// Also re-measure the reference routers on each dataset's split (see
-    /// [`REFERENCES`]) and compare the default head with them, paired.
+    /// [`reference_heads`]) and compare the default head with them, paired.
     pub references: bool,
     /// Above 1, k-fold evaluation: every head is trained `test_folds` times, each time holding
     /// out one of `test_folds` disjoint folds of the prompts, and the summary pools the folds'
@@ -177,23 +177,23 @@ pub fn run_bench(config: &BenchConfig) -> Result<String> {
         if let Some(d) = &default_row {
             for (i, r) in run.rows.iter().enumerate().take(config.heads.len()) {
                 if Some(i) != default_head {
-                    head_rows.push(ReferenceRow {
+                    head_rows.push(PairedRow {
                         dataset: name.clone(),
                         differences: r.paired_with(d),
-                        reference: r.clone(),
+                        router: r.clone(),
                     });
                 }
             }
         }
         rows.extend(run.rows.into_iter().map(|r| (name.clone(), r)));
         for r in run.references {
-            reference_rows.push(ReferenceRow {
+            reference_rows.push(PairedRow {
                 dataset: name.clone(),
                 differences: default_row
                     .as_ref()
                     .map(|d| d.paired_with(&r))
                     .unwrap_or_default(),
-                reference: r,
+                router: r,
             });
         }
     }
@@ -347,17 +347,18 @@ fn bench_dataset(
     Ok(DatasetRun { rows, references })
 }
 
-/// A reference router on one dataset and the default head's paired differences from it.
+/// A router on one dataset and its paired differences with the default head: the head minus
+/// the default head for the other heads, the default head minus the reference for references
+/// (empty without a default head).
 #[derive(Debug, Clone)]
-pub struct ReferenceRow {
+pub struct PairedRow {
     pub dataset: String,
-    pub reference: RouterReport,
-    /// The default head minus the reference (empty without a default head).
+    pub router: RouterReport,
     pub differences: BTreeMap<String, PairedDifference>,
 }
 
 /// dataset × head × the head minus the default head on each of [`PAIRED`].
-fn paired_table(rows: &[ReferenceRow], title: &str) -> String {
+fn paired_table(rows: &[PairedRow], title: &str) -> String {
     let mut s = format!("| dataset | {title} |");
     for (_, name) in PAIRED {
         let _ = write!(s, " {name} |");
@@ -368,7 +369,7 @@ fn paired_table(rows: &[ReferenceRow], title: &str) -> String {
             s,
             "| {} | {} |{}",
             row.dataset,
-            row.reference.head,
+            row.router.head,
             difference_cells(&row.differences)
         );
     }
@@ -376,7 +377,7 @@ fn paired_table(rows: &[ReferenceRow], title: &str) -> String {
 }
 
 /// dataset × reference × {its savings at parity, within 5 %, AIQ} and the default head minus it.
-pub fn reference_table(rows: &[ReferenceRow]) -> String {
+pub fn reference_table(rows: &[PairedRow]) -> String {
     let mut s = String::from(
         "| dataset | reference (policy `cheapest`) | savings at parity | savings within 5 % | AIQ |",
     );
@@ -385,7 +386,7 @@ pub fn reference_table(rows: &[ReferenceRow]) -> String {
     }
     s.push_str("\n|---|---|---|---|---|---|---|---|\n");
     for row in rows {
-        let r = &row.reference;
+        let r = &row.router;
         let _ = writeln!(
             s,
             "| {} | {} | {} | {} | {} |{}",

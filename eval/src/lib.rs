@@ -412,7 +412,7 @@ pub fn run_eval(config: &EvalConfig) -> Result<Report> {
             .iter()
             .flat_map(|&t| router.expected_costs(t))
             .collect();
-        if first_expected_costs.is_empty() {
+        if config.task_reference && first_expected_costs.is_empty() {
             first_expected_costs.clone_from(&expected_costs);
         }
         router_reports.push(report::evaluate_router(

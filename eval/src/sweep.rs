@@ -400,7 +400,7 @@ pub const BOOTSTRAPPED: [&str; 4] = [
     "aiq",
 ];
 
-/// 95 % percentile interval of sorted-or-not samples; an end at ±∞ stays infinite.
+/// 95 % percentile interval of (unsorted, non-empty) samples; an end at ±∞ stays infinite.
 fn percentile_interval(mut v: Vec<f64>) -> [f64; 2] {
     v.sort_by(f64::total_cmp);
     let at = |q: f64| v[((v.len() - 1) as f64 * q).round() as usize];
@@ -441,7 +441,6 @@ pub fn bootstrap(
     }
     let intervals = samples
         .iter()
-        .filter(|(_, v)| !v.is_empty())
         .map(|(k, v)| {
             let [lo, hi] = percentile_interval(v.clone());
             (

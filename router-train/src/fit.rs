@@ -202,16 +202,14 @@ fn fit_task(
         &mut rng,
     )?;
     hp.insert("tasks".into(), tasks as f64);
-    {
-        let data = varmap
-            .data()
-            .lock()
-            .map_err(|_| candle_core::Error::Msg("poisoned var map".into()))?;
-        let var = data
-            .get("task.means")
-            .ok_or_else(|| candle_core::Error::Msg("task.means is missing".into()))?;
-        var.set(&Tensor::from_vec(means, (tasks, m), &device)?)?;
-    }
+    // The means are not trained: set them once the classifier is.
+    restore(
+        &varmap,
+        &HashMap::from([(
+            "task.means".to_owned(),
+            Tensor::from_vec(means, (tasks, m), &device)?,
+        )]),
+    )?;
     net_fitted(
         HeadSpec::Task {
             tasks: train.task_names.clone(),
@@ -385,72 +383,92 @@ pub fn fit_head(
         HeadChoice::IfBetter(ref inner) => fit_head(inner, train, val, params),
         HeadChoice::Ensemble(ref members) => {
             let vx = Tensor::from_slice(&val.x, (val.n, val.dim), &device)?;
-            let mut fitted = Vec::with_capacity(members.len());
-            let mut logits = Vec::with_capacity(members.len());
-            let mut optional = Vec::new();
-            let mut record = BTreeMap::new();
-            for member in members {
-                if let HeadChoice::IfBetter(inner) = member {
-                    optional.push(inner);
-                    continue;
-                }
+            let (ensemble, _) = fit_ensemble(members, val, |member| {
                 let f = fit_head(member, train, val, params)?;
-                logits.push(f.head.logits(&vx)?.flatten_all()?.to_vec1::<f32>()?);
-                fitted.push(f);
-            }
-            for inner in optional {
-                let f = match fit_head(inner, train, val, params) {
-                    Ok(f) => f,
-                    Err(e) => {
-                        tracing::info!("optional ensemble member not fitted: {e}");
-                        continue;
-                    }
-                };
-                let member_logits = f.head.logits(&vx)?.flatten_all()?.to_vec1::<f32>()?;
-                keep_member(&mut fitted, &mut logits, f, member_logits, val, &mut record);
-            }
-            let mut ensemble = combine(fitted, train.dim, train.models)?;
-            ensemble.hyperparameters.extend(record);
+                let logits = f.head.logits(&vx)?.flatten_all()?.to_vec1::<f32>()?;
+                Ok((f, logits))
+            })?;
             Ok(ensemble)
         }
     }
 }
 
+/// Fits an ensemble's members with `fit`, which returns a member and its logits on `data`'s
+/// rows (row-major): the plain members first, then each [`HeadChoice::IfBetter`] one, kept by
+/// [`keep_member`] (and dropped, with a log line, when it cannot be fitted). Returns the
+/// ensemble and the mean logits of its kept members on `data`.
+fn fit_ensemble(
+    members: &[HeadChoice],
+    data: &SplitData,
+    fit: impl Fn(&HeadChoice) -> Result<(Fitted, Vec<f32>)>,
+) -> Result<(Fitted, Vec<f32>)> {
+    let mut fitted = Vec::with_capacity(members.len());
+    let mut logits = Vec::with_capacity(members.len());
+    let mut optional = Vec::new();
+    for member in members {
+        if let HeadChoice::IfBetter(inner) = member {
+            optional.push(&**inner);
+            continue;
+        }
+        let (f, member_logits) = fit(member)?;
+        logits.push(member_logits);
+        fitted.push(f);
+    }
+    let mut record = BTreeMap::new();
+    for inner in optional {
+        match fit(inner) {
+            Ok((f, member_logits)) => {
+                keep_member(
+                    &mut fitted,
+                    &mut logits,
+                    f,
+                    member_logits,
+                    data,
+                    &mut record,
+                );
+            }
+            Err(e) => tracing::info!("optional ensemble member not fitted: {e}"),
+        }
+    }
+    let mut ensemble = combine(fitted, data.dim, data.models)?;
+    ensemble.hyperparameters.extend(record);
+    Ok((ensemble, mean_logits(&logits)))
+}
+
+/// The element-wise mean of several members' logits.
+fn mean_logits(all: &[Vec<f32>]) -> Vec<f32> {
+    (0..all.first().map_or(0, Vec::len))
+        .map(|i| all.iter().map(|l| l[i]).sum::<f32>() / all.len() as f32)
+        .collect()
+}
+
 /// Adds the fitted `member` to an ensemble if the mean of the members' logits, with it, has a
 /// lower pairwise loss on `data` (validation or out-of-fold rows, in `logits`' row order) than
-/// without it. Records both losses in the member's hyperparameters either way; returns whether
-/// it was kept.
+/// without it. Writes the verdict and both losses into `record` (`{kind}.kept`,
+/// `{kind}.ensemble_pairwise_loss_with` / `_without`) either way; returns whether it was kept.
 fn keep_member(
     fitted: &mut Vec<Fitted>,
     logits: &mut Vec<Vec<f32>>,
-    mut member: Fitted,
+    member: Fitted,
     member_logits: Vec<f32>,
     data: &SplitData,
     record: &mut BTreeMap<String, f64>,
 ) -> bool {
-    let mean = |all: &[Vec<f32>]| -> Vec<f32> {
-        (0..all.first().map_or(0, Vec::len))
-            .map(|i| all.iter().map(|l| l[i]).sum::<f32>() / all.len() as f32)
-            .collect()
-    };
     let loss = |l: &[f32]| pairwise_loss(l, &data.y, &data.mask, data.models);
-    let without = loss(&mean(logits));
+    let without = loss(&mean_logits(logits));
     logits.push(member_logits);
-    let with = loss(&mean(logits));
+    let with = loss(&mean_logits(logits));
     let keep = fitted.is_empty() || with < without || without.is_nan();
     let kind = member.spec.kind();
     record.insert(format!("{kind}.kept"), f64::from(u8::from(keep)));
     record.insert(format!("{kind}.ensemble_pairwise_loss_with"), with);
     record.insert(format!("{kind}.ensemble_pairwise_loss_without"), without);
-    member
-        .hyperparameters
-        .retain(|k, _| !k.starts_with("ensemble_pairwise"));
     if keep {
         fitted.push(member);
     } else {
         logits.pop();
         tracing::info!(
-            kind = member.spec.kind(),
+            kind,
             with,
             without,
             "optional ensemble member dropped: it does not lower the pairwise loss"
@@ -688,46 +706,11 @@ pub fn fit_cross(
         HeadChoice::Knn { k, alpha } => fit_knn_loo(data, *k, *alpha, &device),
         HeadChoice::IfBetter(inner) => fit_cross(inner, data, folds, params),
         HeadChoice::Ensemble(members) => {
-            let mut fitted = Vec::with_capacity(members.len());
-            let mut logits: Vec<Vec<f32>> = Vec::with_capacity(members.len());
-            let mut optional = Vec::new();
-            let mut record = BTreeMap::new();
-            for member in members {
-                if let HeadChoice::IfBetter(inner) = member {
-                    optional.push(inner);
-                    continue;
-                }
-                let (f, member_oof) = fit_cross(member, data, folds, params)?;
-                logits.push(member_oof.concat());
-                fitted.push(f);
-            }
-            for inner in optional {
-                match fit_cross(inner, data, folds, params) {
-                    Ok((f, member_oof)) => {
-                        keep_member(
-                            &mut fitted,
-                            &mut logits,
-                            f,
-                            member_oof.concat(),
-                            data,
-                            &mut record,
-                        );
-                    }
-                    Err(e) => tracing::info!("optional ensemble member not fitted: {e}"),
-                }
-            }
-            let oof = (0..data.n)
-                .map(|i| {
-                    (0..data.models)
-                        .map(|j| {
-                            let k = i * data.models + j;
-                            logits.iter().map(|l| l[k]).sum::<f32>() / logits.len() as f32
-                        })
-                        .collect()
-                })
-                .collect();
-            let mut ensemble = combine(fitted, data.dim, data.models)?;
-            ensemble.hyperparameters.extend(record);
+            let (ensemble, mean) = fit_ensemble(members, data, |member| {
+                let (f, oof) = fit_cross(member, data, folds, params)?;
+                Ok((f, oof.concat()))
+            })?;
+            let oof = mean.chunks(data.models).map(<[f32]>::to_vec).collect();
             Ok((ensemble, oof))
         }
         HeadChoice::Linear | HeadChoice::Mlp { .. } | HeadChoice::Mf { .. } | HeadChoice::Task => {

@@ -150,20 +150,16 @@ pub struct FitReport {
     pub validation_predictions: Vec<Vec<f32>>,
 }
 
+/// The rows `rows` of the table with their embeddings; `task_names` are the table's tasks,
+/// sorted (see [`task_names`]).
 fn split_data(
     table: &Table,
     rows: &[usize],
     embeddings: &HashMap<usize, Vec<f32>>,
     dim: usize,
+    task_names: &[String],
 ) -> SplitData {
     let m = table.n_models();
-    let task_names: Vec<String> = table
-        .prompts
-        .iter()
-        .filter_map(|p| p.task.clone())
-        .collect::<std::collections::BTreeSet<_>>()
-        .into_iter()
-        .collect();
     let mut data = SplitData {
         x: Vec::with_capacity(rows.len() * dim),
         y: Vec::with_capacity(rows.len() * m),
@@ -181,7 +177,7 @@ fn split_data(
                     .and_then(|i| u32::try_from(i).ok())
             })
             .collect(),
-        task_names,
+        task_names: task_names.to_vec(),
     };
     for &p in rows {
         data.x.extend_from_slice(&embeddings[&p]);
@@ -189,6 +185,17 @@ fn split_data(
         data.mask.extend_from_slice(&table.mask[p * m..(p + 1) * m]);
     }
     data
+}
+
+/// The distinct values of the table's task column, sorted.
+fn task_names(table: &Table) -> Vec<String> {
+    table
+        .prompts
+        .iter()
+        .filter_map(|p| p.task.clone())
+        .collect::<std::collections::BTreeSet<_>>()
+        .into_iter()
+        .collect()
 }
 
 /// Mean output tokens per model: logged `output_tokens`, else `output_chars / 4`, else
@@ -305,8 +312,9 @@ pub fn run_fit(config: &FitConfig) -> Result<FitReport> {
     lap(&mut stages, "embed");
 
     let dim = encoder.dim();
-    let train = split_data(&table, &train_rows, &embeddings, dim);
-    let val = split_data(&table, &val_rows, &embeddings, dim);
+    let tasks = task_names(&table);
+    let train = split_data(&table, &train_rows, &embeddings, dim, &tasks);
+    let val = split_data(&table, &val_rows, &embeddings, dim, &tasks);
     let val_x = candle_core::Tensor::from_slice(&val.x, (val.n, dim), &candle_core::Device::Cpu)?;
     // Cross-fitting trains on train + validation and calibrates on out-of-fold logits; without
     // it, the head trains on train and calibrates on validation.
@@ -317,7 +325,7 @@ pub fn run_fit(config: &FitConfig) -> Result<FitReport> {
     };
     let (fitted, fit_data, fit_logits, prior, n_trained) = if config.net.folds >= 2 {
         let all_rows: Vec<usize> = train_rows.iter().chain(&val_rows).copied().collect();
-        let all = split_data(&table, &all_rows, &embeddings, dim);
+        let all = split_data(&table, &all_rows, &embeddings, dim, &tasks);
         let (fitted, oof) = fit::fit_cross(&config.head, &all, config.net.folds, &config.net)?;
         let (prior, n_trained) = (all.prior(), count_per_model(&all));
         (fitted, all, oof, prior, n_trained)
