@@ -120,6 +120,12 @@ impl FitConfig {
             calibration: Calibration::default(),
         }
     }
+
+    /// The share of prompts held out for testing: `test_fraction`, or 1/K of a `test_fold`.
+    pub fn held_out_fraction(&self) -> f64 {
+        self.test_fold
+            .map_or(self.test_fraction, |[_, k]| 1.0 / k as f64)
+    }
 }
 
 /// `$ROUTER_CACHE_DIR`, else `$XDG_CACHE_HOME/llm-router/embeddings`, else
@@ -416,9 +422,7 @@ pub fn run_fit(config: &FitConfig) -> Result<FitReport> {
             files: files.iter().map(|f| f.display().to_string()).collect(),
             data_fingerprint: table.fingerprint(),
             split_seed: config.split_seed,
-            test_fraction: config
-                .test_fold
-                .map_or(config.test_fraction, |[_, k]| 1.0 / k as f64),
+            test_fraction: config.held_out_fraction(),
             test_fold: config.test_fold,
             validation_fraction: config.validation_fraction,
             n_train: train.n,

@@ -182,13 +182,6 @@ impl FitArgs {
         ] {
             anyhow::ensure!((0.0..1.0).contains(&v), "{name} must be in [0, 1), got {v}");
         }
-        let test_fraction = self
-            .test_fold
-            .map_or(self.test_fraction, |[_, k]| 1.0 / k as f64);
-        anyhow::ensure!(
-            test_fraction + self.validation_fraction < 1.0,
-            "the test fraction (--test-fraction, or 1/K of --test-fold) + --validation-fraction must leave prompts for training"
-        );
         anyhow::ensure!(
             (0.0..1.0).contains(&self.dropout),
             "--dropout must be in [0, 1)"
@@ -235,6 +228,10 @@ impl FitArgs {
         config.test_fraction = self.test_fraction;
         config.test_fold = self.test_fold;
         config.validation_fraction = self.validation_fraction;
+        anyhow::ensure!(
+            config.held_out_fraction() + config.validation_fraction < 1.0,
+            "the test fraction (--test-fraction, or 1/K of --test-fold) + --validation-fraction must leave prompts for training"
+        );
         config.split_seed = self.split_seed;
         if self.no_cache {
             config.cache_dir = None;
