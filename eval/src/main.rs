@@ -91,7 +91,9 @@ struct BenchArgs {
     /// Only these datasets (comma-separated folder names).
     #[arg(long, value_delimiter = ',')]
     only: Vec<String>,
-    /// Heads to train: linear, mlp, mf, knn, ensemble.
+    /// Heads to train: linear, task, mlp, mf, knn, ensemble (mlp+mf+knn+task?), or plain heads
+    /// joined by + into an ensemble, where `head?` is kept only if it lowers the validation
+    /// pairwise loss.
     #[arg(long, value_delimiter = ',', default_value = "mlp,mf,knn,ensemble")]
     heads: Vec<String>,
     /// Output folder: routers/, one report folder per dataset, summary.md.
