@@ -6,6 +6,7 @@ use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 
 use router_core::encoder::Precision;
+use router_core::lexical::LexicalSpec;
 use router_core::policy::Policy;
 use router_train::{FitConfig, HeadChoice, run_fit};
 
@@ -64,6 +65,10 @@ const PAIRED: [(&str, &str); 3] = [
 /// A head by name: `linear`, `task`, `mlp`, `mf`, `knn`, `ensemble` (`mlp+mf+knn+task?`), or
 /// an ensemble of plain ones joined by `+` (`linear+mlp+mf+knn`), where `head?` is a member kept
 /// only if it lowers the validation pairwise loss.
+/// A head name ending in this trains the head on the embedding and the default lexical
+/// features ([`LexicalSpec::default`]) instead of the embedding alone.
+pub const WITH_LEXICAL: &str = "/lex";
+
 fn head_choice(name: &str) -> Result<HeadChoice> {
     if name.contains('+') {
         return Ok(HeadChoice::Ensemble(
@@ -275,14 +280,18 @@ fn bench_dataset(
     let tag = dataset
         .test_fold
         .map_or_else(|| name.to_owned(), |[i, k]| format!("{name}-fold{i}of{k}"));
-    let train = |head: &str, choice: HeadChoice| -> Result<PathBuf> {
-        let out = config.out.join("routers").join(format!("{tag}-{head}"));
+    let train = |head: &str, choice: HeadChoice, lexical: Option<LexicalSpec>| -> Result<PathBuf> {
+        let out = config
+            .out
+            .join("routers")
+            .join(format!("{tag}-{}", head.replace('/', "-")));
         let mut fit = FitConfig::new(
             vec![dataset.labels.display().to_string()],
             dataset.prices.to_owned(),
             out.clone(),
         );
         fit.head = choice;
+        fit.lexical = lexical;
         fit.test_fold = dataset.test_fold;
         fit.precision = config.precision;
         fit.cache_dir.clone_from(&config.eval.cache_dir);
@@ -295,7 +304,14 @@ fn bench_dataset(
     let routers = config
         .heads
         .iter()
-        .map(|head| train(head, head_choice(head)?))
+        .map(|head| {
+            // `/lex`: the same head reading lexical features beside the embedding.
+            let (base, lexical) = match head.strip_suffix(WITH_LEXICAL) {
+                Some(base) => (base, Some(LexicalSpec::default())),
+                None => (head.as_str(), None),
+            };
+            train(head, head_choice(base)?, lexical)
+        })
         .collect::<Result<Vec<_>>>()?;
     let mut eval = config.eval.clone();
     eval.routers.clone_from(&routers);
@@ -315,8 +331,9 @@ fn bench_dataset(
         refs.routers = Vec::new();
         let mut labels = Vec::new();
         for (label, suffix, choice) in reference_heads() {
+            // The references read the embedding alone, as the issue defines them.
             refs.routers
-                .push(train(&format!("reference-{suffix}"), choice)?);
+                .push(train(&format!("reference-{suffix}"), choice, None)?);
             labels.push(label);
         }
         refs.policy = Policy::Cheapest;

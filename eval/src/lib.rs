@@ -407,7 +407,11 @@ pub fn run_eval(config: &EvalConfig) -> Result<Report> {
         let Some((set, _)) = set_and_rule.as_ref() else {
             continue;
         };
-        let predictions: Vec<f32> = router.predict(embeddings)?.into_iter().flatten().collect();
+        let predictions: Vec<f32> = router
+            .predict(&texts, embeddings)?
+            .into_iter()
+            .flatten()
+            .collect();
         let expected_costs: Vec<f64> = tokens
             .iter()
             .flat_map(|&t| router.expected_costs(t))

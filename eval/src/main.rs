@@ -93,7 +93,8 @@ struct BenchArgs {
     only: Vec<String>,
     /// Heads to train: linear, task, mlp, mf, knn, ensemble (mlp+mf+knn+task?), or plain heads
     /// joined by + into an ensemble, where `head?` is kept only if it lowers the validation
-    /// pairwise loss.
+    /// pairwise loss. A name ending in `/lex` trains that head with lexical features
+    /// beside the embedding (`ensemble/lex`; see router-train's `--lexical-dim`).
     #[arg(long, value_delimiter = ',', default_value = "mlp,mf,knn,ensemble")]
     heads: Vec<String>,
     /// Output folder: routers/, one report folder per dataset, summary.md.

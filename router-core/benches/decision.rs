@@ -29,13 +29,13 @@ fn bench(c: &mut Criterion) {
     let mut group = c.benchmark_group("head_predict");
     for batch in [1usize, 32] {
         group.bench_with_input(BenchmarkId::from_parameter(batch), &batch, |b, &batch| {
-            b.iter(|| router.predict(&embeddings[..batch]))
+            b.iter(|| router.predict(&refs[..batch], &embeddings[..batch]))
         });
     }
     group.finish();
 
     let quality = router
-        .predict(&embeddings[..1])
+        .predict(&refs[..1], &embeddings[..1])
         .unwrap_or_default()
         .remove(0);
     let costs = router.expected_costs(64);

@@ -14,6 +14,7 @@ use crate::encoder::{Encoder, EncoderSource, Pooling, Precision, Truncation};
 use crate::error::{Error, Result};
 use crate::heads::calibration::Platt;
 use crate::heads::{Head, HeadSpec};
+use crate::lexical::{IDF_TENSOR, Lexical, LexicalSpec};
 use crate::models::ModelInfo;
 
 pub const FORMAT_VERSION: u32 = 1;
@@ -94,6 +95,10 @@ pub struct Manifest {
     pub format_version: u32,
     pub name: String,
     pub encoder: EncoderSpec,
+    /// Lexical features the head reads after the embedding; absent for routers that read the
+    /// embedding alone (every router written before they existed).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lexical: Option<LexicalSpec>,
     pub head: HeadSpec,
     /// Candidate models, in the order of the head's outputs.
     pub models: Vec<ModelInfo>,
@@ -156,6 +161,11 @@ impl Manifest {
         Ok(())
     }
 
+    /// The length of the head's input: the embedding, then the lexical features.
+    pub fn input_dim(&self) -> usize {
+        self.encoder.dim + self.lexical.map_or(0, |l| l.dim)
+    }
+
     pub fn model_index(&self, name: &str) -> Option<usize> {
         self.models.iter().position(|m| m.name == name)
     }
@@ -172,6 +182,7 @@ pub struct Router {
     pub manifest: Manifest,
     pub dir: PathBuf,
     head: Head,
+    lexical: Option<Lexical>,
     device: Device,
 }
 
@@ -196,21 +207,34 @@ impl Router {
                 path: head_path.clone(),
                 message: format!("cannot read tensors: {e}"),
             })?;
+        let mismatch = |e: Error| Error::Artifact {
+            path: head_path.clone(),
+            message: format!("does not match router.json: {e}"),
+        };
+        let lexical = match manifest.lexical {
+            None => None,
+            Some(spec) => {
+                let idf = tensors.get(IDF_TENSOR).ok_or_else(|| {
+                    mismatch(Error::InvalidInput(format!(
+                        "tensor `{IDF_TENSOR}` is missing"
+                    )))
+                })?;
+                Some(Lexical::from_tensor(spec, idf).map_err(mismatch)?)
+            }
+        };
         let head = Head::from_tensors(
             &manifest.head,
             tensors,
-            manifest.encoder.dim,
+            manifest.input_dim(),
             manifest.models.len(),
             device,
         )
-        .map_err(|e| Error::Artifact {
-            path: head_path.clone(),
-            message: format!("does not match router.json: {e}"),
-        })?;
+        .map_err(mismatch)?;
         Ok(Self {
             manifest,
             dir: dir.to_owned(),
             head,
+            lexical,
             device: device.clone(),
         })
     }
@@ -241,6 +265,10 @@ impl Router {
 
     pub fn head(&self) -> &Head {
         &self.head
+    }
+
+    pub fn lexical(&self) -> Option<&Lexical> {
+        self.lexical.as_ref()
     }
 
     pub fn n_models(&self) -> usize {
@@ -302,31 +330,78 @@ impl Router {
         Ok(encoder)
     }
 
-    /// Raw logits `(batch, n_models)` for embeddings `(batch, dim)`.
-    pub fn logits(&self, embeddings: &Tensor) -> Result<Tensor> {
-        self.head.logits(&embeddings.to_device(&self.device)?)
+    /// Raw logits `(batch, n_models)` for head inputs `(batch, input_dim)` (see
+    /// [`Router::inputs`]).
+    pub fn logits(&self, inputs: &Tensor) -> Result<Tensor> {
+        self.head.logits(&inputs.to_device(&self.device)?)
     }
 
-    /// Calibrated predicted quality (0–1), one row per embedding, in model order.
-    pub fn predict(&self, embeddings: &[Vec<f32>]) -> Result<Vec<Vec<f32>>> {
-        if embeddings.is_empty() {
-            return Ok(Vec::new());
-        }
+    /// The head's inputs for `texts` and their `embeddings`: each embedding, followed by the
+    /// text's lexical features when the router reads them.
+    pub fn inputs(&self, texts: &[&str], embeddings: &[Vec<f32>]) -> Result<Vec<Vec<f32>>> {
         let dim = self.manifest.encoder.dim;
+        if texts.len() != embeddings.len() {
+            return Err(Error::InvalidInput(format!(
+                "{} texts for {} embeddings",
+                texts.len(),
+                embeddings.len()
+            )));
+        }
         if let Some(bad) = embeddings.iter().find(|e| e.len() != dim) {
             return Err(Error::InvalidInput(format!(
                 "embedding of dimension {}, the router expects {dim}",
                 bad.len()
             )));
         }
-        let flat: Vec<f32> = embeddings.iter().flatten().copied().collect();
-        let x = Tensor::from_vec(flat, (embeddings.len(), dim), &self.device)?;
+        Ok(texts
+            .iter()
+            .zip(embeddings)
+            .map(|(text, embedding)| {
+                let mut input = Vec::with_capacity(self.manifest.input_dim());
+                input.extend_from_slice(embedding);
+                if let Some(lexical) = &self.lexical {
+                    lexical.extend(text, &mut input);
+                }
+                input
+            })
+            .collect())
+    }
+
+    /// The lexical features of `text` that follow its embedding in the head's input (empty when
+    /// the router reads the embedding alone).
+    pub fn lexical_features(&self, text: &str) -> Vec<f32> {
+        self.lexical
+            .as_ref()
+            .map_or_else(Vec::new, |lexical| lexical.features(text))
+    }
+
+    /// Calibrated predicted quality (0–1) of every model, in model order, one row per prompt:
+    /// `texts[i]` embedded as `embeddings[i]`.
+    pub fn predict(&self, texts: &[&str], embeddings: &[Vec<f32>]) -> Result<Vec<Vec<f32>>> {
+        self.predict_inputs(&self.inputs(texts, embeddings)?)
+    }
+
+    /// Like [`Router::predict`] for head inputs made by [`Router::inputs`] (or an embedding
+    /// followed by [`Router::lexical_features`]).
+    pub fn predict_inputs(&self, inputs: &[Vec<f32>]) -> Result<Vec<Vec<f32>>> {
+        if inputs.is_empty() {
+            return Ok(Vec::new());
+        }
+        let dim = self.manifest.input_dim();
+        if let Some(bad) = inputs.iter().find(|e| e.len() != dim) {
+            return Err(Error::InvalidInput(format!(
+                "head input of dimension {}, the router expects {dim}",
+                bad.len()
+            )));
+        }
+        let flat: Vec<f32> = inputs.iter().flatten().copied().collect();
+        let x = Tensor::from_vec(flat, (inputs.len(), dim), &self.device)?;
         self.predict_tensor(&x)
     }
 
-    /// Like [`Router::predict`] for an embedding tensor `(batch, dim)`.
-    pub fn predict_tensor(&self, embeddings: &Tensor) -> Result<Vec<Vec<f32>>> {
-        let logits = self.logits(embeddings)?.to_vec2::<f32>()?;
+    /// Like [`Router::predict`] for a tensor of head inputs `(batch, input_dim)`.
+    pub fn predict_tensor(&self, inputs: &Tensor) -> Result<Vec<Vec<f32>>> {
+        let logits = self.logits(inputs)?.to_vec2::<f32>()?;
         Ok(logits
             .into_iter()
             .map(|row| {
@@ -406,6 +481,7 @@ mod tests {
 
     use super::*;
     use crate::encoder::{Pooling, Truncation};
+    use crate::lexical::{IDF_TENSOR, Lexical, LexicalSpec};
 
     fn model(name: &str) -> ModelInfo {
         ModelInfo {
@@ -435,6 +511,7 @@ mod tests {
                 precision: Precision::F32,
                 int8_scheme: None,
             },
+            lexical: None,
             head: HeadSpec::Mf { dim: 2 },
             models: vec![model("a"), model("b")],
             score: ScoreSpec {
@@ -482,12 +559,73 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let router = Router::save(dir.path(), &manifest(), &tensors()).unwrap();
         // x = e1: logits = [1 + 0.5, 0 − 0.5] → σ(1.5), σ(−0.5).
-        let p = router.predict(&[vec![1.0, 0.0, 0.0, 0.0]]).unwrap();
+        let p = router.predict(&["x"], &[vec![1.0, 0.0, 0.0, 0.0]]).unwrap();
         assert!((p[0][0] - 0.817_574_5).abs() < 1e-6 && (p[0][1] - 0.377_540_7).abs() < 1e-6);
         assert!(
-            router.predict(&[vec![1.0, 0.0]]).is_err(),
+            router.predict(&["x"], &[vec![1.0, 0.0]]).is_err(),
             "wrong dimension"
         );
+        assert!(
+            router.predict(&[], &[vec![1.0, 0.0, 0.0, 0.0]]).is_err(),
+            "no text"
+        );
+    }
+
+    #[test]
+    fn a_router_with_lexical_features_reads_the_text() {
+        // A 2-model linear head over [embedding (4) ‖ lexical (8)] whose weights read only the
+        // lexical part: model a's logit is the sum of the features, b's is 0.
+        let spec = LexicalSpec {
+            dim: 8,
+            ..LexicalSpec::default()
+        };
+        let lexical = Lexical::fit(spec, &["Why?", "why"]).unwrap();
+        let mut m = manifest();
+        m.lexical = Some(spec);
+        m.head = HeadSpec::Linear {};
+        let dev = Device::Cpu;
+        let mut w = vec![0.0f32; 2 * 12];
+        w[4..12].fill(1.0);
+        let tensors = HashMap::from([
+            (
+                "linear.weight".to_owned(),
+                Tensor::from_vec(w, (2, 12), &dev).unwrap(),
+            ),
+            (
+                "linear.bias".to_owned(),
+                Tensor::zeros(2, candle_core::DType::F32, &dev).unwrap(),
+            ),
+            (IDF_TENSOR.to_owned(), lexical.tensor(&dev).unwrap()),
+        ]);
+        let dir = tempfile::tempdir().unwrap();
+        let router = Router::save(dir.path(), &m, &tensors).unwrap();
+        assert_eq!(router.manifest.input_dim(), 12);
+        let e = vec![0.0f32; 4];
+        let p = router
+            .predict(&["Why?", "why", ""], &[e.clone(), e.clone(), e])
+            .unwrap();
+        let expected = |text: &str| {
+            let z: f32 = lexical.features(text).iter().sum();
+            1.0 / (1.0 + (-z).exp())
+        };
+        for (row, text) in p.iter().zip(["Why?", "why", ""]) {
+            assert!((row[0] - expected(text)).abs() < 1e-6, "{text}: {row:?}");
+            assert!((row[1] - 0.5).abs() < 1e-6);
+        }
+        assert!(
+            (p[0][0] - p[1][0]).abs() > 1e-3,
+            "case and punctuation count"
+        );
+        assert!(
+            (p[2][0] - 0.5).abs() < 1e-6,
+            "an empty text has no features"
+        );
+
+        // The idf tensor is part of the artifact.
+        let mut without = tensors.clone();
+        without.remove(IDF_TENSOR);
+        let e = load_error(|m| *m = router.manifest.clone(), &without);
+        assert!(e.contains("lexical.idf") && e.contains("missing"), "{e}");
     }
 
     #[test]

@@ -19,6 +19,8 @@ pub type Prediction = Result<Vec<f32>, String>;
 
 struct Job {
     tokens: TokenizedText,
+    /// The prompt's lexical features ([`Router::lexical_features`]), appended to its embedding.
+    lexical: Vec<f32>,
     reply: oneshot::Sender<Prediction>,
 }
 
@@ -59,10 +61,18 @@ impl Batcher {
         Ok(Self { tx, threads })
     }
 
-    /// Queues `tokens`; the receiver yields its prediction.
-    pub fn submit(&self, tokens: TokenizedText) -> Result<oneshot::Receiver<Prediction>, String> {
+    /// Queues a prompt's `tokens` and `lexical` features; the receiver yields its prediction.
+    pub fn submit(
+        &self,
+        tokens: TokenizedText,
+        lexical: Vec<f32>,
+    ) -> Result<oneshot::Receiver<Prediction>, String> {
         let (reply, rx) = oneshot::channel();
-        match self.tx.try_send(Job { tokens, reply }) {
+        match self.tx.try_send(Job {
+            tokens,
+            lexical,
+            reply,
+        }) {
             Ok(()) => Ok(rx),
             Err(TrySendError::Full(_)) => Err(format!(
                 "the encoder queue is full ({QUEUE_CAPACITY} prompts waiting)"
@@ -120,14 +130,22 @@ fn run(
         let ranges = length_buckets(&jobs);
         let mut jobs = jobs.into_iter();
         for range in ranges {
-            let (batch, replies): (Vec<TokenizedText>, Vec<_>) = jobs
-                .by_ref()
-                .take(range.len())
-                .map(|j| (j.tokens, j.reply))
-                .unzip();
+            let mut batch = Vec::with_capacity(range.len());
+            let mut lexical = Vec::with_capacity(range.len());
+            let mut replies = Vec::with_capacity(range.len());
+            for job in jobs.by_ref().take(range.len()) {
+                batch.push(job.tokens);
+                lexical.push(job.lexical);
+                replies.push(job.reply);
+            }
             let result = encoder
                 .embed_tokenized(&batch)
-                .and_then(|e| router.predict(&e))
+                .and_then(|mut inputs| {
+                    for (input, lexical) in inputs.iter_mut().zip(&lexical) {
+                        input.extend_from_slice(lexical);
+                    }
+                    router.predict_inputs(&inputs)
+                })
                 .map_err(|e| e.to_string());
             // A caller may have given up (decision deadline): its send fails, nothing to do.
             match result {

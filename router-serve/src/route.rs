@@ -132,7 +132,7 @@ impl Route {
             .embed_tokenized(std::slice::from_ref(&tokens))?;
         let quality = self
             .router
-            .predict(&embedding)?
+            .predict(&[prompt], &embedding)?
             .into_iter()
             .next()
             .unwrap_or_default();

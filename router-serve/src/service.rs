@@ -8,6 +8,8 @@ use std::time::{Duration, Instant};
 use axum::http::{HeaderMap, HeaderName, HeaderValue};
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
+use router_core::artifact::Router;
+use router_core::encoder::Encoder;
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
@@ -170,37 +172,44 @@ pub async fn plan(engine: &Engine, req: &ChatRequest, policy: &Policy) -> Result
             (Ok(hit.quality.clone()), hit.tokens)
         }
         None => {
+            let read = |encoder: &Encoder, router: &Router, text: &str| {
+                encoder
+                    .tokenize(text)
+                    .map(|tokens| (tokens, router.lexical_features(text)))
+            };
             let tokenized = if text.len() <= INLINE_TOKENIZE_BYTES {
-                engine.encoder.tokenize(&text)
+                read(&engine.encoder, &engine.router, &text)
             } else {
                 // Long texts take milliseconds: keep them off the async workers.
-                let (encoder, owned) = (engine.encoder.clone(), text.clone());
-                tokio::task::spawn_blocking(move || encoder.tokenize(&owned))
+                let (encoder, router, owned) =
+                    (engine.encoder.clone(), engine.router.clone(), text.clone());
+                tokio::task::spawn_blocking(move || read(&encoder, &router, &owned))
                     .await
                     .map_err(|e| ApiError::Router(format!("tokenising task failed: {e}")))?
             };
-            let tokens = tokenized.map_err(|e| {
+            let (tokens, lexical) = tokenized.map_err(|e| {
                 ApiError::invalid(format!("cannot tokenise the prompt: {e}"), Some("messages"))
             })?;
             let n = tokens.untruncated_len;
             check_length(engine, n + extra_tokens)?;
-            let quality = match tokio::time::timeout(deadline, engine.predict(tokens)).await {
-                Ok(Ok(quality)) => {
-                    engine.cache.insert(
-                        cache_key,
-                        Cached {
-                            quality: quality.clone(),
-                            tokens: n,
-                        },
-                    );
-                    Ok(quality)
-                }
-                Ok(Err(e)) => Err(e),
-                Err(_) => Err(format!(
-                    "no decision within server.decision_timeout_ms = {} ms",
-                    deadline.as_millis()
-                )),
-            };
+            let quality =
+                match tokio::time::timeout(deadline, engine.predict(tokens, lexical)).await {
+                    Ok(Ok(quality)) => {
+                        engine.cache.insert(
+                            cache_key,
+                            Cached {
+                                quality: quality.clone(),
+                                tokens: n,
+                            },
+                        );
+                        Ok(quality)
+                    }
+                    Ok(Err(e)) => Err(e),
+                    Err(_) => Err(format!(
+                        "no decision within server.decision_timeout_ms = {} ms",
+                        deadline.as_millis()
+                    )),
+                };
             (quality, n)
         }
     };

@@ -171,12 +171,14 @@ impl Engine {
         })
     }
 
-    /// Predicts every model's quality for `tokens` on the encoder thread.
+    /// Predicts every model's quality for a prompt's `tokens` and `lexical` features on the
+    /// encoder thread.
     pub async fn predict(
         &self,
         tokens: router_core::encoder::TokenizedText,
+        lexical: Vec<f32>,
     ) -> Result<Vec<f32>, String> {
-        let rx = self.batcher.submit(tokens)?;
+        let rx = self.batcher.submit(tokens, lexical)?;
         let prediction: Prediction = rx
             .await
             .map_err(|_| "the encoder thread dropped the request".to_owned())?;

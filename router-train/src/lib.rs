@@ -37,6 +37,7 @@ use router_core::artifact::{
 use router_core::device::parse_device;
 use router_core::encoder::{Encoder, EncoderSource, Precision, Truncation};
 use router_core::heads::calibration::Platt;
+use router_core::lexical::{IDF_TENSOR, Lexical, LexicalSpec};
 use router_core::models::{CHARS_PER_TOKEN, DEFAULT_EXPECTED_OUTPUT_TOKENS, ModelInfo};
 use router_core::split::{Split, assign_fold};
 
@@ -57,6 +58,9 @@ pub struct FitConfig {
     pub encoder: EncoderSource,
     pub device: String,
     pub truncation: Truncation,
+    /// Lexical features read by the head beside the embedding (`None`, the default: the
+    /// embedding alone).
+    pub lexical: Option<LexicalSpec>,
     /// The encoder's dense-layer arithmetic; recorded in the artifact, so serving uses it too.
     pub precision: Precision,
     pub load: LoadOptions,
@@ -98,6 +102,7 @@ impl FitConfig {
             encoder: EncoderSource::default(),
             device: "cpu".to_owned(),
             truncation: Truncation::HeadTail,
+            lexical: None,
             precision: Precision::Int8,
             load: LoadOptions::default(),
             test_fraction: 0.2,
@@ -314,10 +319,21 @@ pub fn run_fit(config: &FitConfig) -> Result<FitReport> {
         config.encode_batch_size,
         config.progress,
     )?;
-    let embeddings: HashMap<usize, Vec<f32>> = wanted.iter().copied().zip(vectors).collect();
+    let mut embeddings: HashMap<usize, Vec<f32>> = wanted.iter().copied().zip(vectors).collect();
     lap(&mut stages, "embed");
 
-    let dim = encoder.dim();
+    // The head reads [embedding ‖ lexical features]; the idf comes from the prompts it trains
+    // on (labels play no part in it).
+    let lexical = config
+        .lexical
+        .map(|spec| Lexical::fit(spec, &texts))
+        .transpose()?;
+    if let Some(lexical) = &lexical {
+        for (&p, input) in &mut embeddings {
+            lexical.extend(&table.prompts[p].text, input);
+        }
+    }
+    let dim = encoder.dim() + lexical.as_ref().map_or(0, Lexical::dim);
     let tasks = task_names(&table);
     let train = split_data(&table, &train_rows, &embeddings, dim, &tasks);
     let val = split_data(&table, &val_rows, &embeddings, dim, &tasks);
@@ -407,13 +423,14 @@ pub fn run_fit(config: &FitConfig) -> Result<FitReport> {
             id: encoder.model_id().to_owned(),
             revision: encoder.revision().to_owned(),
             weights_sha256: encoder.weights_sha256().to_owned(),
-            dim,
+            dim: encoder.dim(),
             max_seq_length: encoder.max_seq_length(),
             truncation: encoder.truncation(),
             pooling: encoder.pooling(),
             precision: encoder.precision(),
             int8_scheme: encoder.int8_scheme(),
         },
+        lexical: lexical.as_ref().map(Lexical::spec),
         head: fitted.spec.clone(),
         models,
         score: table.score.clone(),
@@ -435,7 +452,14 @@ pub fn run_fit(config: &FitConfig) -> Result<FitReport> {
         created_at: rfc3339_utc(now),
         tool: format!("router-train {}", env!("CARGO_PKG_VERSION")),
     };
-    Router::save(&config.out, &manifest, &fitted.tensors)?;
+    let mut tensors = fitted.tensors;
+    if let Some(lexical) = &lexical {
+        tensors.insert(
+            IDF_TENSOR.to_owned(),
+            lexical.tensor(&candle_core::Device::Cpu)?,
+        );
+    }
+    Router::save(&config.out, &manifest, &tensors)?;
     lap(&mut stages, "write");
     Ok(FitReport {
         manifest,

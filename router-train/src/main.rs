@@ -7,6 +7,7 @@ use clap::{Parser, Subcommand, ValueEnum};
 use router_core::encoder::{
     EncoderSource, Precision, Truncation, hub_cache_dir, install_from_pypi,
 };
+use router_core::lexical::LexicalSpec;
 use router_train::data::{LoadOptions, parse_score_range};
 use router_train::fit::NetParams;
 use router_train::{Calibration, FitConfig, HeadChoice, run_fit};
@@ -90,6 +91,11 @@ struct FitArgs {
     /// router, so the server embeds the same way. A GPU always runs f32.
     #[arg(long, env = "ROUTER_PRECISION", default_value = "int8")]
     precision: String,
+    /// Lexical features the head reads beside the embedding: this many hash buckets of the
+    /// prompt's character 1–4-grams (case and punctuation kept, which the encoder drops;
+    /// 1024 is a good size). 0, the default: the embedding alone.
+    #[arg(long, env = "ROUTER_LEXICAL_DIM", default_value_t = 0)]
+    lexical_dim: usize,
     /// Raw score range `LO,HI` to normalise to 0–1; detected from the data when absent.
     #[arg(long, env = "ROUTER_TRAIN_SCORE_RANGE")]
     score_range: Option<String>,
@@ -216,6 +222,10 @@ impl FitArgs {
         config.device = self.device;
         config.truncation = self.truncation.parse::<Truncation>()?;
         config.precision = self.precision.parse::<Precision>()?;
+        config.lexical = (self.lexical_dim > 0).then(|| LexicalSpec {
+            dim: self.lexical_dim,
+            ..LexicalSpec::default()
+        });
         config.load = LoadOptions {
             skip_invalid: self.skip_invalid,
             score_range: self

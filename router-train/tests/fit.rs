@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 use polars::prelude::*;
 use router_core::artifact::Router;
 use router_core::encoder::Precision;
+use router_core::lexical::LexicalSpec;
 use router_train::data::{LoadOptions, expand_inputs, load, read_frame};
 use router_train::{FitConfig, HeadChoice, TrainError, run_fit};
 
@@ -82,7 +83,7 @@ fn fit_save_load_predicts_the_same_numbers() -> anyhow::Result<()> {
         .iter()
         .map(String::as_str)
         .collect();
-    let predicted = router.predict(&encoder.embed(&texts)?)?;
+    let predicted = router.predict(&texts, &encoder.embed(&texts)?)?;
     assert_eq!(predicted.len(), report.validation_predictions.len());
     for (a, b) in predicted.iter().zip(&report.validation_predictions) {
         for (x, y) in a.iter().zip(b) {
@@ -96,6 +97,53 @@ fn fit_save_load_predicts_the_same_numbers() -> anyhow::Result<()> {
     let again = run_fit(&config)?;
     assert_eq!(again.embedded.encoded, 0);
     assert!(again.embedded.cached > 0);
+    Ok(())
+}
+
+#[test]
+fn a_router_with_lexical_features_predicts_from_disk_what_it_validated() -> anyhow::Result<()> {
+    let tmp = tempfile::tempdir()?;
+    let data = slice_csv(tmp.path(), 200)?;
+    let (_, prices) = llmrouter();
+    let out = tmp.path().join("router");
+    let mut config = quick_config(&data, &prices, &out, &tmp.path().join("cache"));
+    config.lexical = Some(LexicalSpec {
+        dim: 256,
+        ..LexicalSpec::default()
+    });
+    config.head = HeadChoice::Ensemble(vec![
+        HeadChoice::Linear,
+        HeadChoice::Knn {
+            k: Some(10),
+            alpha: Some(1.0),
+        },
+    ]);
+    let report = run_fit(&config)?;
+    assert_eq!(report.manifest.lexical.map(|l| l.dim), Some(256));
+    let router = Router::load(&out)?;
+    assert_eq!(router.manifest.input_dim(), 384 + 256);
+    assert_eq!(router.lexical_features("Why?").len(), 256);
+    let encoder = router.load_encoder(&candle_core::Device::Cpu)?;
+    let texts: Vec<&str> = report
+        .validation_prompts
+        .iter()
+        .map(String::as_str)
+        .collect();
+    let predicted = router.predict(&texts, &encoder.embed(&texts)?)?;
+    for (a, b) in predicted
+        .iter()
+        .flatten()
+        .zip(report.validation_predictions.iter().flatten())
+    {
+        assert!((a - b).abs() <= 1e-5, "{a} vs {b}");
+    }
+    // The features are part of the prediction: other texts, same embeddings, other numbers.
+    let shouted: Vec<String> = texts.iter().map(|t| t.to_uppercase()).collect();
+    let shouted: Vec<&str> = shouted.iter().map(String::as_str).collect();
+    assert_ne!(
+        router.predict(&shouted, &encoder.embed(&texts)?)?,
+        predicted
+    );
     Ok(())
 }
 
@@ -203,7 +251,7 @@ fn cross_fitting_bags_the_nets_and_reloads() -> anyhow::Result<()> {
         .iter()
         .map(String::as_str)
         .collect();
-    let predicted = router.predict(&encoder.embed(&texts)?)?;
+    let predicted = router.predict(&texts, &encoder.embed(&texts)?)?;
     for (a, b) in predicted
         .iter()
         .flatten()

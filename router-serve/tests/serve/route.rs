@@ -68,3 +68,72 @@ fn a_missing_encoder_offline_says_what_to_run() -> anyhow::Result<()> {
     );
     Ok(())
 }
+
+/// A router that reads lexical features beside the embedding is served through the encoder
+/// thread exactly as `Route::decide` predicts it directly: the features travel with the tokens.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_router_with_lexical_features_is_served_as_it_predicts() -> anyhow::Result<()> {
+    use crate::common::{Fake, PROMPT, chat_body, config_text};
+    use router_core::lexical::LexicalSpec;
+    use router_serve::Server;
+    use router_serve::config::ServeConfig;
+    use router_serve::state::CliOverrides;
+    use router_train::{FitConfig, HeadChoice, run_fit};
+
+    let tmp = tempfile::tempdir()?;
+    let data = Path::new(env!("CARGO_MANIFEST_DIR")).join("../datasets/llmrouter");
+    let out = tmp.path().join("lexical");
+    let mut fit = FitConfig::new(
+        vec![data.join("labels.parquet").display().to_string()],
+        data.join("models.csv"),
+        out.clone(),
+    );
+    fit.load.max_prompts = Some(300);
+    fit.cache_dir = Some(tmp.path().join("cache"));
+    fit.head = HeadChoice::Linear;
+    fit.net.max_epochs = 20;
+    fit.lexical = Some(LexicalSpec {
+        dim: 128,
+        ..LexicalSpec::default()
+    });
+    run_fit(&fit)?;
+
+    // What the server embeds for `chat_body`: its system prompt and the user turn.
+    let embedded = format!("You are a careful math tutor.\n{PROMPT}");
+    let direct = Route::load(&out, "cpu")?.decide(&embedded, 0.05, Policy::Value)?;
+    let fake = Fake::start().await;
+    let text = config_text(&fake, tmp.path(), "", "").replace(
+        &default_router().display().to_string(),
+        &out.display().to_string(),
+    );
+    let server = Server::start(
+        ServeConfig::parse(&text, "test")?,
+        None,
+        CliOverrides::default(),
+    )
+    .await?;
+    let mut body = chat_body("router", false);
+    body["router"] = serde_json::json!({"band": 0.05});
+    let served: serde_json::Value = reqwest::Client::new()
+        .post(format!("http://{}/v1/route", server.addr()))
+        .json(&body)
+        .send()
+        .await?
+        .json()
+        .await?;
+    let candidates = served["decision"]["candidates"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    assert_eq!(candidates.len(), direct.candidates.len(), "{served}");
+    for (s, d) in candidates.iter().zip(&direct.candidates) {
+        assert_eq!(s["model"], d.model.as_str());
+        let q = s["predicted_quality"].as_f64().unwrap_or(-1.0);
+        assert!(
+            (q - f64::from(d.predicted_quality)).abs() < 1e-5,
+            "{s} vs {d:?}"
+        );
+    }
+    assert_eq!(served["chosen"], direct.chosen.as_str());
+    Ok(())
+}
