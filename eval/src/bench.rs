@@ -62,13 +62,13 @@ const PAIRED: [(&str, &str); 3] = [
     ("aiq", "AIQ"),
 ];
 
-/// A head by name: `linear`, `task`, `mlp`, `mf`, `knn`, `ensemble` (`mlp+mf+knn+task?`), or
-/// an ensemble of plain ones joined by `+` (`linear+mlp+mf+knn`), where `head?` is a member kept
-/// only if it lowers the validation pairwise loss.
 /// A head name ending in this trains the head on the embedding and the default lexical
 /// features ([`LexicalSpec::default`]) instead of the embedding alone.
 pub const WITH_LEXICAL: &str = "/lex";
 
+/// A head by name: `linear`, `task`, `mlp`, `mf`, `knn`, `ensemble` (`mlp+mf+knn+task?`), or
+/// an ensemble of plain ones joined by `+` (`linear+mlp+mf+knn`), where `head?` is a member kept
+/// only if it lowers the validation pairwise loss.
 fn head_choice(name: &str) -> Result<HeadChoice> {
     if name.contains('+') {
         return Ok(HeadChoice::Ensemble(

@@ -267,10 +267,6 @@ impl Router {
         &self.head
     }
 
-    pub fn lexical(&self) -> Option<&Lexical> {
-        self.lexical.as_ref()
-    }
-
     pub fn n_models(&self) -> usize {
         self.manifest.models.len()
     }

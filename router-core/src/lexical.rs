@@ -6,7 +6,8 @@
 //! symbols. These features are hashed character n-grams of the prompt (1 to 4 characters, taken
 //! inside each whitespace-separated word padded by one space on each side, like scikit-learn's
 //! `char_wb` analyser, case kept), log-scaled counts (`ln(1 + n)`), weighted by the inverse
-//! document frequency of the training prompts and L2-normalised. A head reads them after the
+//! document frequency of the prompts the router was fitted on (training and validation texts)
+//! and L2-normalised. A head reads them after the
 //! embedding: its input is `[embedding ‖ lexical]`.
 //!
 //! The hash is FNV-1a (64 bits) of the n-gram's UTF-8 bytes, modulo `dim`: stable across
@@ -115,8 +116,8 @@ pub struct Lexical {
 }
 
 impl Lexical {
-    /// Fits the inverse document frequencies on `texts` (the training prompts), smoothed as
-    /// scikit-learn does: `ln((1 + n) / (1 + df)) + 1`.
+    /// Fits the inverse document frequencies on `texts` (the prompts a router is fitted on),
+    /// smoothed as scikit-learn does: `ln((1 + n) / (1 + df)) + 1`.
     pub fn fit(spec: LexicalSpec, texts: &[&str]) -> Result<Self> {
         spec.check()?;
         let mut df = vec![0usize; spec.dim];

@@ -322,8 +322,8 @@ pub fn run_fit(config: &FitConfig) -> Result<FitReport> {
     let mut embeddings: HashMap<usize, Vec<f32>> = wanted.iter().copied().zip(vectors).collect();
     lap(&mut stages, "embed");
 
-    // The head reads [embedding ‖ lexical features]; the idf comes from the prompts it trains
-    // on (labels play no part in it).
+    // The head reads [embedding ‖ lexical features]; the idf comes from the training and
+    // validation prompts (their texts only, no labels).
     let lexical = config
         .lexical
         .map(|spec| Lexical::fit(spec, &texts))
