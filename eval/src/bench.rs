@@ -66,9 +66,39 @@ const PAIRED: [(&str, &str); 3] = [
 /// features ([`LexicalSpec::default`]) instead of the embedding alone.
 pub const WITH_LEXICAL: &str = "/lex";
 
-/// A head by name: `linear`, `task`, `mlp`, `mf`, `knn`, `ensemble` (`mlp+mf+knn+task?`), or
+/// A head name ending in this and a number K (`ensemble/cf5`) trains the head with K-fold
+/// cross-fitting (router-train's `--folds K`).
+pub const CROSS_FITTED: &str = "/cf";
+
+/// A bench head: [`head_choice`] of the name, then its suffixes: `/lex` (lexical features beside
+/// the embedding) and `/cfK` (K-fold cross-fitting, K ≥ 2), in that order
+/// (`ensemble/lex/cf5`). Returns the head, its lexical features and its cross-fitting folds (0:
+/// none).
+fn bench_head(name: &str) -> Result<(HeadChoice, Option<LexicalSpec>, usize)> {
+    let (base, folds) = match name.rsplit_once(CROSS_FITTED) {
+        Some((base, k)) if !k.is_empty() && k.bytes().all(|b| b.is_ascii_digit()) => {
+            match k.parse::<usize>() {
+                Ok(k) if k >= 2 => (base, k),
+                _ => {
+                    return Err(EvalError::Invalid(format!(
+                        "`{name}`: cross-fitting needs at least 2 folds (`{CROSS_FITTED}5`)"
+                    )));
+                }
+            }
+        }
+        _ => (name, 0),
+    };
+    let (base, lexical) = match base.strip_suffix(WITH_LEXICAL) {
+        Some(base) => (base, Some(LexicalSpec::default())),
+        None => (base, None),
+    };
+    Ok((head_choice(base)?, lexical, folds))
+}
+
+/// A head by name: `linear`, `task`, `mlp`, `mf`, `knn`, `ensemble` (`mlp+mf+knn+task~`), or
 /// an ensemble of plain ones joined by `+` (`linear+mlp+mf+knn`), where `head?` is a member kept
-/// only if it lowers the validation pairwise loss.
+/// only if it lowers the validation pairwise loss ([`HeadChoice::IfBetter`]) and `head~` one
+/// whose weight may also be tuned ([`HeadChoice::Weighted`]).
 fn head_choice(name: &str) -> Result<HeadChoice> {
     if name.contains('+') {
         return Ok(HeadChoice::Ensemble(
@@ -77,6 +107,9 @@ fn head_choice(name: &str) -> Result<HeadChoice> {
     }
     if let Some(inner) = name.strip_suffix('?') {
         return Ok(HeadChoice::IfBetter(Box::new(head_choice(inner)?)));
+    }
+    if let Some(inner) = name.strip_suffix('~') {
+        return Ok(HeadChoice::Weighted(Box::new(head_choice(inner)?)));
     }
     Ok(match name {
         "linear" => HeadChoice::Linear,
@@ -90,7 +123,7 @@ fn head_choice(name: &str) -> Result<HeadChoice> {
             k: None,
             alpha: None,
         },
-        "ensemble" => head_choice("mlp+mf+knn+task?")?,
+        "ensemble" => head_choice("mlp+mf+knn+task~")?,
         other => {
             return Err(EvalError::Invalid(format!(
                 "unknown head `{other}` (linear, task, mlp, mf, knn, ensemble, or plain heads joined by +)"
@@ -280,7 +313,11 @@ fn bench_dataset(
     let tag = dataset
         .test_fold
         .map_or_else(|| name.to_owned(), |[i, k]| format!("{name}-fold{i}of{k}"));
-    let train = |head: &str, choice: HeadChoice, lexical: Option<LexicalSpec>| -> Result<PathBuf> {
+    let train = |head: &str,
+                 choice: HeadChoice,
+                 lexical: Option<LexicalSpec>,
+                 folds: usize|
+     -> Result<PathBuf> {
         let out = config
             .out
             .join("routers")
@@ -292,6 +329,7 @@ fn bench_dataset(
         );
         fit.head = choice;
         fit.lexical = lexical;
+        fit.net.folds = folds;
         fit.test_fold = dataset.test_fold;
         fit.precision = config.precision;
         fit.cache_dir.clone_from(&config.eval.cache_dir);
@@ -305,12 +343,8 @@ fn bench_dataset(
         .heads
         .iter()
         .map(|head| {
-            // `/lex`: the same head reading lexical features beside the embedding.
-            let (base, lexical) = match head.strip_suffix(WITH_LEXICAL) {
-                Some(base) => (base, Some(LexicalSpec::default())),
-                None => (head.as_str(), None),
-            };
-            train(head, head_choice(base)?, lexical)
+            let (choice, lexical, folds) = bench_head(head)?;
+            train(head, choice, lexical, folds)
         })
         .collect::<Result<Vec<_>>>()?;
     let mut eval = config.eval.clone();
@@ -333,7 +367,7 @@ fn bench_dataset(
         for (label, suffix, choice) in reference_heads() {
             // The references read the embedding alone, as the issue defines them.
             refs.routers
-                .push(train(&format!("reference-{suffix}"), choice, None)?);
+                .push(train(&format!("reference-{suffix}"), choice, None, 0)?);
             labels.push(label);
         }
         refs.policy = Policy::Cheapest;
@@ -478,6 +512,11 @@ mod tests {
         };
         assert_eq!(members("ensemble"), 4);
         assert!(matches!(head_choice("task?"), Ok(HeadChoice::IfBetter(_))));
+        assert!(matches!(head_choice("task~"), Ok(HeadChoice::Weighted(_))));
+        assert!(matches!(
+            head_choice("ensemble"),
+            Ok(HeadChoice::Ensemble(m)) if matches!(m[3], HeadChoice::Weighted(_))
+        ));
         assert!(matches!(
             head_choice("mlp+task?"),
             Ok(HeadChoice::Ensemble(m)) if matches!(m[1], HeadChoice::IfBetter(_))
@@ -486,6 +525,24 @@ mod tests {
         assert!(matches!(head_choice("linear"), Ok(HeadChoice::Linear)));
         for bad in ["forest", "mlp+forest", "mlp+"] {
             assert!(head_choice(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn bench_heads_take_lexical_and_cross_fitting_suffixes() {
+        let parsed = |name: &str| bench_head(name).map(|(_, lexical, folds)| (lexical, folds));
+        assert!(matches!(parsed("ensemble"), Ok((None, 0))));
+        assert!(matches!(parsed("ensemble/lex"), Ok((Some(_), 0))));
+        assert!(matches!(parsed("ensemble/cf5"), Ok((None, 5))));
+        assert!(matches!(parsed("mlp+knn/lex/cf10"), Ok((Some(_), 10))));
+        for bad in [
+            "ensemble/cf1",
+            "ensemble/cf0",
+            "ensemble/cf",
+            "ensemble/cfx",
+            "ensemble/cf5/lex",
+        ] {
+            assert!(bench_head(bad).is_err(), "{bad}");
         }
     }
 }

@@ -91,10 +91,12 @@ struct BenchArgs {
     /// Only these datasets (comma-separated folder names).
     #[arg(long, value_delimiter = ',')]
     only: Vec<String>,
-    /// Heads to train: linear, task, mlp, mf, knn, ensemble (mlp+mf+knn+task?), or plain heads
+    /// Heads to train: linear, task, mlp, mf, knn, ensemble (mlp+mf+knn+task~), or plain heads
     /// joined by + into an ensemble, where `head?` is kept only if it lowers the validation
-    /// pairwise loss. A name ending in `/lex` trains that head with lexical features
-    /// beside the embedding (`ensemble/lex`; see router-train's `--lexical-dim`).
+    /// pairwise loss, and `head~` too, with a weight tuned on validation where that clearly
+    /// lowers the loss further. A name ending in `/lex` trains that head with lexical features
+    /// beside the embedding (`ensemble/lex`; see router-train's `--lexical-dim`), and one
+    /// ending in `/cfK` with K-fold cross-fitting (`ensemble/cf5`; see router-train's `--folds`).
     #[arg(long, value_delimiter = ',', default_value = "mlp,mf,knn,ensemble")]
     heads: Vec<String>,
     /// Output folder: routers/, one report folder per dataset, summary.md.

@@ -97,7 +97,7 @@ impl FitConfig {
                     k: None,
                     alpha: None,
                 },
-                HeadChoice::IfBetter(Box::new(HeadChoice::Task)),
+                HeadChoice::Weighted(Box::new(HeadChoice::Task)),
             ]),
             encoder: EncoderSource::default(),
             device: "cpu".to_owned(),

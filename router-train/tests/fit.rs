@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 
 use polars::prelude::*;
 use router_core::artifact::Router;
-use router_core::encoder::Precision;
+use router_core::encoder::{Encoder, Precision};
 use router_core::lexical::LexicalSpec;
 use router_train::data::{LoadOptions, expand_inputs, load, read_frame};
 use router_train::{FitConfig, HeadChoice, TrainError, run_fit};
@@ -59,6 +59,31 @@ fn quick_config(data: &Path, prices: &Path, out: &Path, cache: &Path) -> FitConf
     config
 }
 
+/// Loads the router at `out` and checks that it predicts, from the validation prompts' text,
+/// what training validated (to 1e-5); returns the router, its encoder and the predictions.
+fn predicts_what_it_validated(
+    out: &Path,
+    report: &router_train::FitReport,
+) -> anyhow::Result<(Router, Encoder, Vec<Vec<f32>>)> {
+    let router = Router::load(out)?;
+    let encoder = router.load_encoder(&candle_core::Device::Cpu)?;
+    let texts: Vec<&str> = report
+        .validation_prompts
+        .iter()
+        .map(String::as_str)
+        .collect();
+    let predicted = router.predict(&texts, &encoder.embed(&texts)?)?;
+    assert_eq!(predicted.len(), report.validation_predictions.len());
+    for (a, b) in predicted
+        .iter()
+        .flatten()
+        .zip(report.validation_predictions.iter().flatten())
+    {
+        assert!((a - b).abs() <= 1e-5, "{a} vs {b}");
+    }
+    Ok((router, encoder, predicted))
+}
+
 #[test]
 fn fit_save_load_predicts_the_same_numbers() -> anyhow::Result<()> {
     let tmp = tempfile::tempdir()?;
@@ -74,22 +99,9 @@ fn fit_save_load_predicts_the_same_numbers() -> anyhow::Result<()> {
     assert!(report.to_string().contains("AUC"));
 
     // int8 by default, recorded, and what the loaded router's encoder runs.
-    let router = Router::load(&out)?;
+    let (router, encoder, predicted) = predicts_what_it_validated(&out, &report)?;
     assert_eq!(router.manifest.encoder.precision, Precision::Int8);
-    let encoder = router.load_encoder(&candle_core::Device::Cpu)?;
     assert_eq!(encoder.precision(), Precision::Int8);
-    let texts: Vec<&str> = report
-        .validation_prompts
-        .iter()
-        .map(String::as_str)
-        .collect();
-    let predicted = router.predict(&texts, &encoder.embed(&texts)?)?;
-    assert_eq!(predicted.len(), report.validation_predictions.len());
-    for (a, b) in predicted.iter().zip(&report.validation_predictions) {
-        for (x, y) in a.iter().zip(b) {
-            assert!((x - y).abs() <= 1e-5, "{x} vs {y}");
-        }
-    }
     // Predictions are qualities: inside 0–1.
     assert!(predicted.iter().flatten().all(|p| (0.0..=1.0).contains(p)));
 
@@ -120,23 +132,14 @@ fn a_router_with_lexical_features_predicts_from_disk_what_it_validated() -> anyh
     ]);
     let report = run_fit(&config)?;
     assert_eq!(report.manifest.lexical.map(|l| l.dim), Some(256));
-    let router = Router::load(&out)?;
+    let (router, encoder, predicted) = predicts_what_it_validated(&out, &report)?;
     assert_eq!(router.manifest.input_dim(), 384 + 256);
     assert_eq!(router.lexical_features("Why?").len(), 256);
-    let encoder = router.load_encoder(&candle_core::Device::Cpu)?;
     let texts: Vec<&str> = report
         .validation_prompts
         .iter()
         .map(String::as_str)
         .collect();
-    let predicted = router.predict(&texts, &encoder.embed(&texts)?)?;
-    for (a, b) in predicted
-        .iter()
-        .flatten()
-        .zip(report.validation_predictions.iter().flatten())
-    {
-        assert!((a - b).abs() <= 1e-5, "{a} vs {b}");
-    }
     // The features are part of the prediction: other texts, same embeddings, other numbers.
     let shouted: Vec<String> = texts.iter().map(|t| t.to_uppercase()).collect();
     let shouted: Vec<&str> = shouted.iter().map(String::as_str).collect();
@@ -208,6 +211,47 @@ fn same_seed_same_weights_and_every_head_fits() -> anyhow::Result<()> {
 }
 
 #[test]
+fn a_weighted_member_keeps_its_weight_on_disk() -> anyhow::Result<()> {
+    let tmp = tempfile::tempdir()?;
+    // Four tasks (natural_qa, mgsm, logicgrid, commongen), on which the models rank apart.
+    let data = slice_csv(tmp.path(), 600)?;
+    let (_, prices) = llmrouter();
+    let out = tmp.path().join("weighted");
+    let mut config = quick_config(&data, &prices, &out, &tmp.path().join("cache"));
+    // Two poor members, the one nearest neighbour's scores and a two-dimensional MF, beside
+    // which the task member clearly has something to add.
+    config.head = HeadChoice::Ensemble(vec![
+        HeadChoice::Knn {
+            k: Some(1),
+            alpha: Some(0.0),
+        },
+        HeadChoice::Mf { dim: 2 },
+        HeadChoice::Weighted(Box::new(HeadChoice::Task)),
+    ]);
+    let report = run_fit(&config)?;
+    // The task member was weighed on validation and kept at one of the weights tried, which
+    // the manifest records; the two others keep equal shares of the rest.
+    let hp = &report.manifest.training.hyperparameters;
+    assert_eq!(hp.get("task.kept"), Some(&1.0), "{hp:?}");
+    let weight = hp["task.weight"] as f32;
+    assert!(
+        router_train::fit::MEMBER_WEIGHTS.contains(&weight),
+        "{weight} {hp:?}"
+    );
+    assert!(hp["task.ensemble_pairwise_loss_with"] < hp["task.ensemble_pairwise_loss_without"]);
+    let spec = serde_json::to_value(&report.manifest.head)?;
+    assert_eq!(spec["members"][2]["kind"], "task");
+    let weights: Vec<f32> = serde_json::from_value(spec["weights"].clone())?;
+    let rest = (1.0 - weight) / 2.0;
+    for (got, want) in weights.iter().zip([rest, rest, weight]) {
+        assert!((got - want).abs() < 1e-6, "{weights:?}");
+    }
+    // The artifact on disk predicts what was validated, weights included.
+    predicts_what_it_validated(&out, &report)?;
+    Ok(())
+}
+
+#[test]
 fn cross_fitting_bags_the_nets_and_reloads() -> anyhow::Result<()> {
     let tmp = tempfile::tempdir()?;
     let data = slice_csv(tmp.path(), 150)?;
@@ -241,24 +285,7 @@ fn cross_fitting_bags_the_nets_and_reloads() -> anyhow::Result<()> {
     let t = &report.manifest.training;
     assert_eq!(t.validation[0].n, t.n_train + t.n_validation);
     // The artifact on disk predicts what the in-memory head predicted.
-    // int8 by default, recorded, and what the loaded router's encoder runs.
-    let router = Router::load(&out)?;
-    assert_eq!(router.manifest.encoder.precision, Precision::Int8);
-    let encoder = router.load_encoder(&candle_core::Device::Cpu)?;
-    assert_eq!(encoder.precision(), Precision::Int8);
-    let texts: Vec<&str> = report
-        .validation_prompts
-        .iter()
-        .map(String::as_str)
-        .collect();
-    let predicted = router.predict(&texts, &encoder.embed(&texts)?)?;
-    for (a, b) in predicted
-        .iter()
-        .flatten()
-        .zip(report.validation_predictions.iter().flatten())
-    {
-        assert!((a - b).abs() <= 1e-5, "{a} vs {b}");
-    }
+    predicts_what_it_validated(&out, &report)?;
     Ok(())
 }
 

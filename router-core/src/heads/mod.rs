@@ -47,9 +47,12 @@ pub enum HeadSpec {
         tasks: Vec<String>,
     },
     /// The mean of its members' logits (members must be of different kinds: their tensors
-    /// share one file under the `linear.`, `mlp.`, `mf.`, `knn.` and `task.` prefixes).
+    /// share one file under the `linear.`, `mlp.`, `mf.`, `knn.` and `task.` prefixes),
+    /// weighted by `weights` when present (one positive weight per member, summing to 1).
     Ensemble {
         members: Vec<HeadSpec>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        weights: Option<Vec<f32>>,
     },
     /// `folds` copies of `member`, each trained without one cross-validation fold, their
     /// logits averaged; fold `k`'s tensors carry the prefix `fold{k}.`.
@@ -297,6 +300,8 @@ pub enum Head {
     Knn(Knn),
     /// The mean of its members' logits (an ensemble, or the folds of a bagged head).
     Mean(Vec<Head>),
+    /// The weighted mean of its members' logits (an ensemble with weights; they sum to 1).
+    Weighted(Vec<(f32, Head)>),
 }
 
 impl Head {
@@ -309,7 +314,10 @@ impl Head {
         device: &Device,
     ) -> Result<Self> {
         Ok(match *spec {
-            HeadSpec::Ensemble { ref members } => {
+            HeadSpec::Ensemble {
+                ref members,
+                ref weights,
+            } => {
                 let mut kinds = std::collections::HashSet::new();
                 if members.is_empty()
                     || !members
@@ -320,14 +328,27 @@ impl Head {
                         "an ensemble needs members of distinct, non-ensemble kinds".to_owned(),
                     ));
                 }
-                Self::Mean(
-                    members
-                        .iter()
-                        .map(|m| {
-                            Self::from_tensors(m, tensors.clone(), input_dim, n_models, device)
-                        })
-                        .collect::<Result<_>>()?,
-                )
+                let heads = members
+                    .iter()
+                    .map(|m| Self::from_tensors(m, tensors.clone(), input_dim, n_models, device))
+                    .collect::<Result<Vec<_>>>()?;
+                match weights {
+                    None => Self::Mean(heads),
+                    Some(weights) => {
+                        let sum: f32 = weights.iter().sum();
+                        if weights.len() != heads.len()
+                            || !weights.iter().all(|w| w.is_finite() && *w > 0.0)
+                            || (sum - 1.0).abs() > 1e-4
+                        {
+                            return Err(Error::InvalidInput(format!(
+                                "an ensemble's weights must be one positive weight per member, \
+                                 summing to 1 (got {weights:?} for {} members)",
+                                heads.len()
+                            )));
+                        }
+                        Self::Weighted(weights.iter().copied().zip(heads).collect())
+                    }
+                }
             }
             HeadSpec::Bagged { folds, ref member } => {
                 if folds == 0
@@ -437,6 +458,15 @@ impl Head {
                 }
                 Ok((sum / members.len() as f64)?)
             }
+            Self::Weighted(members) => {
+                let mut terms = members
+                    .iter()
+                    .map(|(w, m)| Ok(m.logits(x)?.affine(f64::from(*w), 0.0)?));
+                let first = terms
+                    .next()
+                    .ok_or_else(|| Error::InvalidInput("empty ensemble".to_owned()))??;
+                terms.try_fold(first, |sum, term: Result<Tensor>| Ok((sum + term?)?))
+            }
         }
     }
 }
@@ -500,9 +530,69 @@ mod tests {
     fn ensembles_of_one_kind_twice_are_refused() {
         let spec = HeadSpec::Ensemble {
             members: vec![HeadSpec::Mf { dim: 2 }, HeadSpec::Mf { dim: 2 }],
+            weights: None,
         };
         let err = Head::from_tensors(&spec, HashMap::new(), 4, 2, &Device::Cpu).err();
         assert!(matches!(err, Some(Error::InvalidInput(_))), "{err:?}");
+    }
+
+    #[test]
+    fn a_weighted_ensemble_weighs_its_members_logits() -> Result<()> {
+        let dev = Device::Cpu;
+        // A linear head (logits x·w + b) and an MF head with a zero projection (logits = its
+        // biases).
+        let tensors = HashMap::from([
+            (
+                "linear.weight".to_owned(),
+                Tensor::new(&[[1.0f32], [-1.0]], &dev)?,
+            ),
+            ("linear.bias".to_owned(), Tensor::new(&[0.5f32, 0.0], &dev)?),
+            (
+                "mf.proj.weight".to_owned(),
+                Tensor::zeros((2, 1), DType::F32, &dev)?,
+            ),
+            (
+                "mf.models".to_owned(),
+                Tensor::zeros((2, 2), DType::F32, &dev)?,
+            ),
+            ("mf.bias".to_owned(), Tensor::new(&[2.0f32, -2.0], &dev)?),
+        ]);
+        let members = vec![HeadSpec::Linear {}, HeadSpec::Mf { dim: 2 }];
+        let spec = |weights| HeadSpec::Ensemble {
+            members: members.clone(),
+            weights,
+        };
+        let x = Tensor::new(&[[1.0f32]], &dev)?;
+        let logits = |weights| -> Result<Vec<f32>> {
+            let head = Head::from_tensors(&spec(weights), tensors.clone(), 1, 2, &dev)?;
+            Ok(head.logits(&x)?.squeeze(0)?.to_vec1()?)
+        };
+        // Linear: [1.5, -1.0]; MF: [2.0, -2.0].
+        assert_eq!(logits(None)?, vec![1.75, -1.5]);
+        let weighted = logits(Some(vec![0.25, 0.75]))?;
+        for (got, want) in weighted.iter().zip([1.875f32, -1.75]) {
+            assert!((got - want).abs() < 1e-6, "{weighted:?}");
+        }
+        // The manifest keeps the weights, omits them when there are none (as every ensemble
+        // before weights was written), and reads both back.
+        let json = |weights| serde_json::to_value(spec(weights)).expect("a spec serialises");
+        let weighted = json(Some(vec![0.25, 0.75]));
+        assert_eq!(weighted["weights"], serde_json::json!([0.25, 0.75]));
+        assert!(json(None).get("weights").is_none());
+        for (value, weights) in [(weighted, Some(vec![0.25, 0.75])), (json(None), None)] {
+            let read: HeadSpec = serde_json::from_value(value).expect("a spec reads back");
+            assert_eq!(read, spec(weights));
+        }
+        for bad in [
+            vec![1.0],
+            vec![0.5, 0.6],
+            vec![1.5, -0.5],
+            vec![f32::NAN, 1.0],
+        ] {
+            let err = Head::from_tensors(&spec(Some(bad.clone())), tensors.clone(), 1, 2, &dev);
+            assert!(matches!(err, Err(Error::InvalidInput(_))), "{bad:?}");
+        }
+        Ok(())
     }
 
     impl Knn {
