@@ -493,10 +493,9 @@ fn weigh_member(
             .map(|(c, m)| (1.0 - w) * c + w * m)
             .collect()
     };
-    // The plain verdict: an equal share, kept if it lowers the loss.
-    let equal_logits = if n == 0 {
-        member_logits.clone()
-    } else if ensemble.weights.is_none() {
+    // The plain verdict: an equal share (alone in the ensemble, all of it), kept if it lowers
+    // the loss.
+    let equal_logits = if ensemble.weights.is_none() {
         // An equal share among equals: the plain mean, summed as the loaded head sums it.
         ensemble.logits.push(member_logits.clone());
         let mean = ensemble.mean_logits();
@@ -505,26 +504,28 @@ fn weigh_member(
     } else {
         mix(equal)
     };
-    let (mut weight, mut with) = (if n == 0 { 1.0 } else { equal }, loss(&equal_logits));
+    let (mut weight, mut with) = (equal, loss(&equal_logits));
     let mut keep = n == 0 || with < without || without.is_nan();
     let mut reweighed = false;
     if tuned && n > 0 {
         // The best of the weights tried replaces that verdict only where it orders the models
         // better by more than one standard error of the difference.
-        let (base_weight, base) = if keep {
-            (weight, equal_logits)
+        let (base, base_loss) = if keep {
+            (&equal_logits, with)
         } else {
-            (0.0, current.clone())
+            (&current, without)
         };
-        let base_loss = loss(&base);
-        let (best_weight, best_loss) = MEMBER_WEIGHTS.iter().map(|&w| (w, loss(&mix(w)))).fold(
-            (base_weight, base_loss),
-            |best, (w, l)| {
-                if l < best.1 { (w, l) } else { best }
-            },
-        );
-        let se = paired_standard_error(&mix(best_weight), &base, data);
-        if best_loss < base_loss - se {
+        let best = MEMBER_WEIGHTS
+            .iter()
+            .map(|&w| {
+                let logits = mix(w);
+                let l = loss(&logits);
+                (w, logits, l)
+            })
+            .min_by(|a, b| a.2.total_cmp(&b.2));
+        if let Some((best_weight, best_logits, best_loss)) = best
+            && best_loss < base_loss - paired_standard_error(&best_logits, base, data)
+        {
             (weight, with, keep, reweighed) = (best_weight, best_loss, true, true);
         }
     }
