@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use router_core::encoder::Precision;
 use router_core::lexical::LexicalSpec;
 use router_core::policy::Policy;
-use router_train::{FitConfig, HeadChoice, run_fit};
+use router_train::{FitConfig, HeadChoice, HeadParams, run_fit};
 
 use crate::report::{PairedDifference, RouterReport, pct};
 use crate::{EvalConfig, EvalError, Result, run_eval, write_file};
@@ -95,41 +95,9 @@ fn bench_head(name: &str) -> Result<(HeadChoice, Option<LexicalSpec>, usize)> {
     Ok((head_choice(base)?, lexical, folds))
 }
 
-/// A head by name: `linear`, `task`, `mlp`, `mf`, `knn`, `ensemble` (`mlp+mf+knn+task~`), or
-/// an ensemble of plain ones joined by `+` (`linear+mlp+mf+knn`), where `head?` is a member kept
-/// only if it lowers the validation pairwise loss ([`HeadChoice::IfBetter`]) and `head~` one
-/// whose weight may also be tuned ([`HeadChoice::Weighted`]).
+/// A head by name, with the default architecture parameters ([`HeadChoice::parse`]).
 fn head_choice(name: &str) -> Result<HeadChoice> {
-    if name.contains('+') {
-        return Ok(HeadChoice::Ensemble(
-            name.split('+').map(head_choice).collect::<Result<_>>()?,
-        ));
-    }
-    if let Some(inner) = name.strip_suffix('?') {
-        return Ok(HeadChoice::IfBetter(Box::new(head_choice(inner)?)));
-    }
-    if let Some(inner) = name.strip_suffix('~') {
-        return Ok(HeadChoice::Weighted(Box::new(head_choice(inner)?)));
-    }
-    Ok(match name {
-        "linear" => HeadChoice::Linear,
-        "task" => HeadChoice::Task,
-        "mlp" => HeadChoice::Mlp {
-            hidden: 256,
-            dropout: 0.2,
-        },
-        "mf" => HeadChoice::Mf { dim: 64 },
-        "knn" => HeadChoice::Knn {
-            k: None,
-            alpha: None,
-        },
-        "ensemble" => head_choice("mlp+mf+knn+task~")?,
-        other => {
-            return Err(EvalError::Invalid(format!(
-                "unknown head `{other}` (linear, task, mlp, mf, knn, ensemble, or plain heads joined by +)"
-            )));
-        }
-    })
+    HeadChoice::parse(name, &HeadParams::DEFAULT).map_err(EvalError::Invalid)
 }
 
 /// A dataset folder: `labels.{parquet,csv,jsonl}` and `models.csv`.

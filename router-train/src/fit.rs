@@ -287,7 +287,7 @@ pub struct Fitted {
 }
 
 /// Which head to fit, with its architecture parameters.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub enum HeadChoice {
     /// Per-model logistic regression.
     Linear,
@@ -317,6 +317,103 @@ pub enum HeadChoice {
     /// by more than its standard error (the others keep their proportions; see
     /// `weigh_member`). Alone, the head itself.
     Weighted(Box<HeadChoice>),
+}
+
+/// What the plain heads are by name ([`HeadChoice::parse`]): their architecture parameters.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct HeadParams {
+    /// MLP hidden units.
+    pub hidden: usize,
+    /// MLP dropout on the hidden layer.
+    pub dropout: f32,
+    /// Matrix-factorisation dimension.
+    pub mf_dim: usize,
+    /// kNN neighbours; `None`: tuned on validation.
+    pub knn_k: Option<usize>,
+    /// kNN shrinkage toward the model's prior; `None`: tuned on validation.
+    pub knn_alpha: Option<f32>,
+}
+
+impl HeadParams {
+    pub const DEFAULT: Self = Self {
+        hidden: 256,
+        dropout: 0.2,
+        mf_dim: 64,
+        knn_k: None,
+        knn_alpha: None,
+    };
+}
+
+impl Default for HeadParams {
+    fn default() -> Self {
+        Self::DEFAULT
+    }
+}
+
+/// The default head, spelled as [`HeadChoice::parse`] reads it.
+pub const DEFAULT_ENSEMBLE: &str = "mlp+mf+knn+task~";
+
+/// The names [`HeadChoice::parse`] knows besides ensembles joined by `+`.
+pub const HEAD_NAMES: [&str; 6] = ["linear", "task", "mlp", "mf", "knn", "ensemble"];
+
+impl HeadChoice {
+    /// The default head, [`DEFAULT_ENSEMBLE`]: the mean of `mlp`, `mf` and `knn`, plus the
+    /// `task` head with a weight tuned on validation.
+    pub fn ensemble(params: &HeadParams) -> Self {
+        Self::Ensemble(vec![
+            Self::Mlp {
+                hidden: params.hidden,
+                dropout: params.dropout,
+            },
+            Self::Mf { dim: params.mf_dim },
+            Self::Knn {
+                k: params.knn_k,
+                alpha: params.knn_alpha,
+            },
+            Self::Weighted(Box::new(Self::Task)),
+        ])
+    }
+
+    /// A head by name: `linear`, `task`, `mlp`, `mf`, `knn`, `ensemble` ([`DEFAULT_ENSEMBLE`]),
+    /// or an ensemble of plain heads joined by `+` (`linear+mlp+mf+knn`), where `head?` is a
+    /// member kept only if it lowers the validation pairwise loss ([`HeadChoice::IfBetter`])
+    /// and `head~` one whose weight may also be tuned ([`HeadChoice::Weighted`]). `params`
+    /// says what `mlp`, `mf` and `knn` are.
+    pub fn parse(name: &str, params: &HeadParams) -> std::result::Result<Self, String> {
+        if name.contains('+') {
+            return Ok(Self::Ensemble(
+                name.split('+')
+                    .map(|member| Self::parse(member, params))
+                    .collect::<std::result::Result<_, _>>()?,
+            ));
+        }
+        if let Some(inner) = name.strip_suffix('?') {
+            return Ok(Self::IfBetter(Box::new(Self::parse(inner, params)?)));
+        }
+        if let Some(inner) = name.strip_suffix('~') {
+            return Ok(Self::Weighted(Box::new(Self::parse(inner, params)?)));
+        }
+        Ok(match name {
+            "linear" => Self::Linear,
+            "task" => Self::Task,
+            "mlp" => Self::Mlp {
+                hidden: params.hidden,
+                dropout: params.dropout,
+            },
+            "mf" => Self::Mf { dim: params.mf_dim },
+            "knn" => Self::Knn {
+                k: params.knn_k,
+                alpha: params.knn_alpha,
+            },
+            "ensemble" => Self::ensemble(params),
+            other => {
+                return Err(format!(
+                    "unknown head `{other}` ({}, or heads joined by +)",
+                    HEAD_NAMES.join(", ")
+                ));
+            }
+        })
+    }
 }
 
 /// The weights a [`HeadChoice::Weighted`] ensemble member is tried at, beside leaving it out and
@@ -1242,6 +1339,43 @@ mod tests {
         assert_eq!(record["linear.weight"], 0.5);
         assert_eq!(ensemble.weights, None);
         Ok(())
+    }
+
+    #[test]
+    fn head_names_parse_and_the_default_is_spelled_as_built() {
+        let params = HeadParams::DEFAULT;
+        assert_eq!(
+            HeadChoice::parse(DEFAULT_ENSEMBLE, &params),
+            Ok(HeadChoice::ensemble(&params))
+        );
+        assert_eq!(
+            HeadChoice::parse("ensemble", &params),
+            Ok(HeadChoice::ensemble(&params))
+        );
+        let small = HeadParams {
+            hidden: 8,
+            mf_dim: 2,
+            knn_k: Some(3),
+            ..params
+        };
+        assert_eq!(
+            HeadChoice::parse("mlp+mf?+knn~", &small),
+            Ok(HeadChoice::Ensemble(vec![
+                HeadChoice::Mlp {
+                    hidden: 8,
+                    dropout: 0.2
+                },
+                HeadChoice::IfBetter(Box::new(HeadChoice::Mf { dim: 2 })),
+                HeadChoice::Weighted(Box::new(HeadChoice::Knn {
+                    k: Some(3),
+                    alpha: None
+                })),
+            ]))
+        );
+        for bad in ["", "mpl", "mlp+", "ensemble+svm", "task~~x"] {
+            let err = HeadChoice::parse(bad, &params).err().unwrap_or_default();
+            assert!(err.contains("unknown head"), "{bad}: {err}");
+        }
     }
 
     #[test]

