@@ -181,7 +181,8 @@ pub fn run_bench(config: &BenchConfig) -> Result<String> {
         };
         let default_row = default_head.map(|h| run.rows[h].clone());
         if let Some(d) = &default_row {
-            for (i, r) in run.rows.iter().enumerate().take(config.heads.len()) {
+            // The other heads, then the default head under the other policies.
+            for (i, r) in run.rows.iter().enumerate() {
                 if Some(i) != default_head {
                     head_rows.push(PairedRow {
                         dataset: name.clone(),
@@ -209,6 +210,7 @@ pub fn run_bench(config: &BenchConfig) -> Result<String> {
         summary.push_str(&paired_table(
             &head_rows,
             "head minus the default head, paired",
+            config.eval.policy,
         ));
     }
     if !reference_rows.is_empty() {
@@ -376,19 +378,25 @@ pub struct PairedRow {
     pub differences: BTreeMap<String, PairedDifference>,
 }
 
-/// dataset × head × the head minus the default head on each of [`PAIRED`].
-fn paired_table(rows: &[PairedRow], title: &str) -> String {
+/// dataset × head × the head minus the default head on each of [`PAIRED`]; a row under another
+/// policy than `policy` names it after the head (`ensemble (cheapest)`).
+fn paired_table(rows: &[PairedRow], title: &str, policy: Policy) -> String {
     let mut s = format!("| dataset | {title} |");
     for (_, name) in PAIRED {
         let _ = write!(s, " {name} |");
     }
     s.push_str("\n|---|---|---|---|---|\n");
     for row in rows {
+        let r = &row.router;
+        let head = if r.policy == policy {
+            r.head.clone()
+        } else {
+            format!("{} ({})", r.head, r.policy)
+        };
         let _ = writeln!(
             s,
-            "| {} | {} |{}",
+            "| {} | {head} |{}",
             row.dataset,
-            row.router.head,
             difference_cells(&row.differences)
         );
     }
