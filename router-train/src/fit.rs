@@ -344,6 +344,29 @@ impl HeadParams {
     };
 }
 
+impl HeadParams {
+    /// `mlp` with these parameters.
+    pub fn mlp(&self) -> HeadChoice {
+        HeadChoice::Mlp {
+            hidden: self.hidden,
+            dropout: self.dropout,
+        }
+    }
+
+    /// `mf` with these parameters.
+    pub fn mf(&self) -> HeadChoice {
+        HeadChoice::Mf { dim: self.mf_dim }
+    }
+
+    /// `knn` with these parameters.
+    pub fn knn(&self) -> HeadChoice {
+        HeadChoice::Knn {
+            k: self.knn_k,
+            alpha: self.knn_alpha,
+        }
+    }
+}
+
 impl Default for HeadParams {
     fn default() -> Self {
         Self::DEFAULT
@@ -361,15 +384,9 @@ impl HeadChoice {
     /// `task` head with a weight tuned on validation.
     pub fn ensemble(params: &HeadParams) -> Self {
         Self::Ensemble(vec![
-            Self::Mlp {
-                hidden: params.hidden,
-                dropout: params.dropout,
-            },
-            Self::Mf { dim: params.mf_dim },
-            Self::Knn {
-                k: params.knn_k,
-                alpha: params.knn_alpha,
-            },
+            params.mlp(),
+            params.mf(),
+            params.knn(),
             Self::Weighted(Box::new(Self::Task)),
         ])
     }
@@ -396,15 +413,9 @@ impl HeadChoice {
         Ok(match name {
             "linear" => Self::Linear,
             "task" => Self::Task,
-            "mlp" => Self::Mlp {
-                hidden: params.hidden,
-                dropout: params.dropout,
-            },
-            "mf" => Self::Mf { dim: params.mf_dim },
-            "knn" => Self::Knn {
-                k: params.knn_k,
-                alpha: params.knn_alpha,
-            },
+            "mlp" => params.mlp(),
+            "mf" => params.mf(),
+            "knn" => params.knn(),
             "ensemble" => Self::ensemble(params),
             other => {
                 return Err(format!(
