@@ -70,18 +70,33 @@ pub const WITH_LEXICAL: &str = "/lex";
 /// cross-fitting (router-train's `--folds K`).
 pub const CROSS_FITTED: &str = "/cf";
 
-/// A bench head: [`head_choice`] of the name, then its suffixes: `/lex` (lexical features beside
-/// the embedding) and `/cfK` (K-fold cross-fitting, K ≥ 2), in that order
-/// (`ensemble/lex/cf5`). Returns the head, its lexical features and its cross-fitting folds (0:
-/// none).
-fn bench_head(name: &str) -> Result<(HeadChoice, Option<LexicalSpec>, usize)> {
+/// A head name ending in this and layers joined by dots (`ensemble/layers=2.4.6`; `--heads`
+/// splits at commas) trains the head on those encoder layers pooled (router-train's
+/// `--layers`); `layers=` alone: the last layer.
+pub const WITH_LAYERS: &str = "/layers=";
+
+/// A bench head: [`head_choice`] of the name and what its suffixes ask for.
+#[derive(Debug, Clone, PartialEq)]
+struct BenchHead {
+    choice: HeadChoice,
+    /// `/lex`: lexical features beside the embedding.
+    lexical: Option<LexicalSpec>,
+    /// `/cfK`: K-fold cross-fitting, K ≥ 2 (0: none).
+    folds: usize,
+    /// `/layers=…`: the encoder layers pooled (`None`: router-train's default).
+    layers: Option<Vec<usize>>,
+}
+
+/// Parses `head[/layers=L.…][/lex][/cfK]`: the suffixes in that order, each at most once.
+fn bench_head(name: &str) -> Result<BenchHead> {
+    let invalid = |why: &str| EvalError::Invalid(format!("`{name}`: {why}"));
     let (base, folds) = match name.rsplit_once(CROSS_FITTED) {
         Some((base, k)) if !k.is_empty() && k.bytes().all(|b| b.is_ascii_digit()) => {
             match k.parse::<usize>() {
                 Ok(k) if k >= 2 => (base, k),
                 _ => {
-                    return Err(EvalError::Invalid(format!(
-                        "`{name}`: cross-fitting needs at least 2 folds (`{CROSS_FITTED}5`)"
+                    return Err(invalid(&format!(
+                        "cross-fitting needs at least 2 folds (`{CROSS_FITTED}5`)"
                     )));
                 }
             }
@@ -92,7 +107,24 @@ fn bench_head(name: &str) -> Result<(HeadChoice, Option<LexicalSpec>, usize)> {
         Some(base) => (base, Some(LexicalSpec::default())),
         None => (base, None),
     };
-    Ok((head_choice(base)?, lexical, folds))
+    let (base, layers) = match base.split_once(WITH_LAYERS) {
+        Some((base, list)) => {
+            let layers = list
+                .split('.')
+                .filter(|l| !l.is_empty())
+                .map(str::parse::<usize>)
+                .collect::<std::result::Result<Vec<_>, _>>()
+                .map_err(|_| invalid("layers are numbers joined by dots (`/layers=2.4.6`)"))?;
+            (base, Some(layers))
+        }
+        None => (base, None),
+    };
+    Ok(BenchHead {
+        choice: head_choice(base)?,
+        lexical,
+        folds,
+        layers,
+    })
 }
 
 /// A head by name, with the default architecture parameters ([`HeadChoice::parse`]).
@@ -283,11 +315,7 @@ fn bench_dataset(
     let tag = dataset
         .test_fold
         .map_or_else(|| name.to_owned(), |[i, k]| format!("{name}-fold{i}of{k}"));
-    let train = |head: &str,
-                 choice: HeadChoice,
-                 lexical: Option<LexicalSpec>,
-                 folds: usize|
-     -> Result<PathBuf> {
+    let train = |head: &str, spec: BenchHead| -> Result<PathBuf> {
         let out = config
             .out
             .join("routers")
@@ -297,9 +325,12 @@ fn bench_dataset(
             dataset.prices.to_owned(),
             out.clone(),
         );
-        fit.head = choice;
-        fit.lexical = lexical;
-        fit.net.folds = folds;
+        fit.head = spec.choice;
+        fit.lexical = spec.lexical;
+        fit.net.folds = spec.folds;
+        if let Some(layers) = spec.layers {
+            fit.layers = layers;
+        }
         fit.test_fold = dataset.test_fold;
         fit.precision = config.precision;
         fit.cache_dir.clone_from(&config.eval.cache_dir);
@@ -312,10 +343,7 @@ fn bench_dataset(
     let routers = config
         .heads
         .iter()
-        .map(|head| {
-            let (choice, lexical, folds) = bench_head(head)?;
-            train(head, choice, lexical, folds)
-        })
+        .map(|head| train(head, bench_head(head)?))
         .collect::<Result<Vec<_>>>()?;
     let mut eval = config.eval.clone();
     eval.routers.clone_from(&routers);
@@ -335,9 +363,16 @@ fn bench_dataset(
         refs.routers = Vec::new();
         let mut labels = Vec::new();
         for (label, suffix, choice) in reference_heads() {
-            // The references read the embedding alone, as the issue defines them.
+            // The references read the sentence embedding alone (the last layer, no lexical
+            // features), as the issue defines them.
+            let spec = BenchHead {
+                choice,
+                lexical: None,
+                folds: 0,
+                layers: Some(Vec::new()),
+            };
             refs.routers
-                .push(train(&format!("reference-{suffix}"), choice, None, 0)?);
+                .push(train(&format!("reference-{suffix}"), spec)?);
             labels.push(label);
         }
         refs.policy = Policy::Cheapest;
@@ -505,18 +540,29 @@ mod tests {
     }
 
     #[test]
-    fn bench_heads_take_lexical_and_cross_fitting_suffixes() {
-        let parsed = |name: &str| bench_head(name).map(|(_, lexical, folds)| (lexical, folds));
-        assert!(matches!(parsed("ensemble"), Ok((None, 0))));
-        assert!(matches!(parsed("ensemble/lex"), Ok((Some(_), 0))));
-        assert!(matches!(parsed("ensemble/cf5"), Ok((None, 5))));
-        assert!(matches!(parsed("mlp+knn/lex/cf10"), Ok((Some(_), 10))));
+    fn bench_heads_take_layers_lexical_and_cross_fitting_suffixes() {
+        let parsed =
+            |name: &str| bench_head(name).map(|h| (h.lexical.is_some(), h.folds, h.layers));
+        assert_eq!(parsed("ensemble").ok(), Some((false, 0, None)));
+        assert_eq!(parsed("ensemble/lex").ok(), Some((true, 0, None)));
+        assert_eq!(parsed("ensemble/cf5").ok(), Some((false, 5, None)));
+        assert_eq!(parsed("mlp+knn/lex/cf10").ok(), Some((true, 10, None)));
+        assert_eq!(
+            parsed("ensemble/layers=2.4.6/cf5").ok(),
+            Some((false, 5, Some(vec![2, 4, 6])))
+        );
+        assert_eq!(
+            parsed("mlp/layers=/lex").ok(),
+            Some((true, 0, Some(Vec::new())))
+        );
         for bad in [
             "ensemble/cf1",
             "ensemble/cf0",
             "ensemble/cf",
             "ensemble/cfx",
             "ensemble/cf5/lex",
+            "ensemble/layers=2.x",
+            "ensemble/lex/layers=2",
         ] {
             assert!(bench_head(bad).is_err(), "{bad}");
         }

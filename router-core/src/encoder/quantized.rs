@@ -167,7 +167,9 @@ impl QuantizedBert {
         self.kernel
     }
 
-    /// One pooled, L2-normalised vector per sequence, `sequences.len() × hidden`.
+    /// One pooled, L2-normalised vector per sequence, `sequences.len() × hidden`, or with
+    /// `layers` (see [`super::EncoderOptions::layers`]) `k × hidden`: each layer pooled and
+    /// normalised, the concatenation scaled by 1/√k.
     ///
     /// Every sequence is computed on its own rows only, so a text embeds bit for bit the same
     /// alone or in any batch (int8 rounding would otherwise amplify the last-bit differences of
@@ -176,8 +178,25 @@ impl QuantizedBert {
         &self,
         sequences: &[&[u32]],
         pooling: Pooling,
+        layers: &[usize],
     ) -> candle_core::Result<Vec<f32>> {
         let h = self.hidden;
+        let last = [self.layers.len()];
+        let layers = if layers.is_empty() { &last[..] } else { layers };
+        let width = h * layers.len();
+        let mut pooled = vec![0f32; sequences.len() * width];
+        // Pools the hidden state `x` after `depth` layers into its slot, if it is asked for.
+        let pool_at = |depth: usize, x: &[f32], pooled: &mut [f32]| {
+            let Some(slot) = layers.iter().position(|&l| l == depth) else {
+                return;
+            };
+            let mut offset = 0;
+            for (seq, out) in sequences.iter().zip(pooled.chunks_exact_mut(width)) {
+                let rows = &x[offset * h..(offset + seq.len()) * h];
+                pool(rows, h, pooling, &mut out[slot * h..(slot + 1) * h]);
+                offset += seq.len();
+            }
+        };
         let positions = self.position_embeddings.len() / h;
         let vocab = self.word_embeddings.len() / h;
         let total: usize = sequences.iter().map(|s| s.len()).sum();
@@ -212,6 +231,7 @@ impl QuantizedBert {
             cpu_ops::layer_norm(kernel, x, residual, &n.weight, &n.bias, self.eps);
         };
         norm(&mut x, None, &self.embedding_norm);
+        pool_at(0, &x, &mut pooled);
         let shape = Heads {
             heads: self.heads,
             head_dim: self.head_dim,
@@ -220,7 +240,7 @@ impl QuantizedBert {
         let mut context = vec![0f32; total * h];
         let mut attended = vec![0f32; total * h];
         let mut inner = Vec::new();
-        for layer in &self.layers {
+        for (depth, layer) in (1..).zip(&self.layers) {
             layer.qkv.forward(kernel, &x, total, &mut qkv);
             let mut offset = 0;
             for seq in sequences {
@@ -243,36 +263,41 @@ impl QuantizedBert {
                 .forward(kernel, &attended, total, &mut inner);
             layer.output.forward(kernel, &inner, total, &mut x);
             norm(&mut x, Some(&attended), &layer.output_norm);
+            pool_at(depth, &x, &mut pooled);
         }
-        let mut pooled = vec![0f32; sequences.len() * h];
-        let mut offset = 0;
-        for (seq, out) in sequences.iter().zip(pooled.chunks_exact_mut(h)) {
-            let rows = &x[offset * h..(offset + seq.len()) * h];
-            match pooling {
-                Pooling::Cls => out.copy_from_slice(&rows[..h]),
-                Pooling::Mean => {
-                    for row in rows.chunks_exact(h) {
-                        for (o, v) in out.iter_mut().zip(row) {
-                            *o += v;
-                        }
-                    }
-                    let n = seq.len() as f32;
-                    for o in out.iter_mut() {
-                        *o /= n;
-                    }
-                }
-            }
-            offset += seq.len();
-            // In order, one value at a time: the same sum on every CPU.
-            let norm = out
-                .iter()
-                .fold(0f32, |s, v| v.mul_add(*v, s))
-                .sqrt()
-                .max(1e-12);
-            for o in out.iter_mut() {
-                *o /= norm;
+        if layers.len() > 1 {
+            let scale = 1.0 / (layers.len() as f32).sqrt();
+            for v in &mut pooled {
+                *v *= scale;
             }
         }
         Ok(pooled)
+    }
+}
+
+/// Pools one sequence's `rows` (`len × h`) into `out` and L2-normalises it.
+fn pool(rows: &[f32], h: usize, pooling: Pooling, out: &mut [f32]) {
+    match pooling {
+        Pooling::Cls => out.copy_from_slice(&rows[..h]),
+        Pooling::Mean => {
+            for row in rows.chunks_exact(h) {
+                for (o, v) in out.iter_mut().zip(row) {
+                    *o += v;
+                }
+            }
+            let n = (rows.len() / h) as f32;
+            for o in out.iter_mut() {
+                *o /= n;
+            }
+        }
+    }
+    // In order, one value at a time: the same sum on every CPU.
+    let norm = out
+        .iter()
+        .fold(0f32, |s, v| v.mul_add(*v, s))
+        .sqrt()
+        .max(1e-12);
+    for o in out.iter_mut() {
+        *o /= norm;
     }
 }

