@@ -59,6 +59,17 @@ fn quick_config(data: &Path, prices: &Path, out: &Path, cache: &Path) -> FitConf
     config
 }
 
+/// A small ensemble that fits in a second: per-model logistic regression and a fixed kNN.
+fn linear_and_knn() -> HeadChoice {
+    HeadChoice::Ensemble(vec![
+        HeadChoice::Linear,
+        HeadChoice::Knn {
+            k: Some(10),
+            alpha: Some(1.0),
+        },
+    ])
+}
+
 /// Loads the router at `out` and checks that it predicts, from the validation prompts' text,
 /// what training validated (to 1e-5); returns the router, its encoder and the predictions.
 fn predicts_what_it_validated(
@@ -123,13 +134,7 @@ fn a_router_with_lexical_features_predicts_from_disk_what_it_validated() -> anyh
         dim: 256,
         ..LexicalSpec::default()
     });
-    config.head = HeadChoice::Ensemble(vec![
-        HeadChoice::Linear,
-        HeadChoice::Knn {
-            k: Some(10),
-            alpha: Some(1.0),
-        },
-    ]);
+    config.head = linear_and_knn();
     let report = run_fit(&config)?;
     assert_eq!(report.manifest.lexical.map(|l| l.dim), Some(256));
     let (router, encoder, predicted) = predicts_what_it_validated(&out, &report)?;
@@ -159,13 +164,7 @@ fn a_router_on_pooled_layers_records_them_and_predicts_from_disk() -> anyhow::Re
     let out = tmp.path().join("router");
     // Layers 2, 4 and 6 are the default.
     let mut config = quick_config(&data, &prices, &out, &cache);
-    config.head = HeadChoice::Ensemble(vec![
-        HeadChoice::Linear,
-        HeadChoice::Knn {
-            k: Some(10),
-            alpha: Some(1.0),
-        },
-    ]);
+    config.head = linear_and_knn();
     let report = run_fit(&config)?;
     assert_eq!(report.manifest.encoder.layers, [2, 4, 6]);
     assert_eq!(report.manifest.encoder.dim, 3 * 384);
@@ -179,7 +178,7 @@ fn a_router_on_pooled_layers_records_them_and_predicts_from_disk() -> anyhow::Re
     // router without the field (as routers written before it existed).
     let plain_out = tmp.path().join("plain");
     let mut plain = quick_config(&data, &prices, &plain_out, &cache);
-    plain.head = config.head.clone();
+    plain.head = linear_and_knn();
     plain.layers = Vec::new();
     let plain_report = run_fit(&plain)?;
     assert_eq!(plain_report.embedded.cached, 0);
