@@ -1,10 +1,11 @@
 //! Prompt embeddings, computed once and cached on disk.
 //!
 //! The cache is one append-only file per encoder identity (id, revision, weights digest,
-//! truncation mode, window, precision, pooled layers): records of `[sha256(text); 32 bytes][dim × f32 LE]`. A second run
-//! on the same data encodes nothing. A torn last record (a crash mid-write) is ignored when
-//! reading and cut off before the next append; each batch is appended in one write, so two
-//! processes filling the same cache do not interleave records.
+//! truncation mode, window, precision, pooled layers): records of
+//! `[sha256(text); 32 bytes][dim × f32 LE]`. A second run on the same data encodes nothing. A
+//! torn last record (a crash mid-write) is ignored when reading and cut off before the next
+//! append; each batch is appended in one write, so two processes filling the same cache do not
+//! interleave records.
 
 use std::collections::HashMap;
 use std::io::{Read, Write};

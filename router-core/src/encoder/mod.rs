@@ -291,7 +291,7 @@ impl Encoder {
         if layers.iter().any(|&l| l > depth) || layers.windows(2).any(|w| w[0] >= w[1]) {
             return Err(Error::InvalidInput(format!(
                 "encoder layers {layers:?}: they must increase, each from 0 (the embeddings) to \
-                 {depth} (the last of {} layers)",
+                 {depth} (the last layer of {})",
                 resolved.model_id
             )));
         }
