@@ -329,10 +329,10 @@ fn bench_dataset(
         fit.lexical = spec.lexical;
         fit.net.folds = spec.folds;
         if let Some(layers) = spec.layers {
-            fit.layers = layers;
+            fit.encoder_options.layers = layers;
         }
         fit.test_fold = dataset.test_fold;
-        fit.precision = config.precision;
+        fit.encoder_options.precision = config.precision;
         fit.cache_dir.clone_from(&config.eval.cache_dir);
         fit.progress = config.eval.progress;
         let report = run_fit(&fit)?;

