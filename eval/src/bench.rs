@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 
-use router_core::encoder::Precision;
+use router_core::encoder::{Layers, Precision};
 use router_core::lexical::LexicalSpec;
 use router_core::policy::Policy;
 use router_train::{FitConfig, HeadChoice, HeadParams, run_fit};
@@ -71,8 +71,8 @@ pub const WITH_LEXICAL: &str = "/lex";
 pub const CROSS_FITTED: &str = "/cf";
 
 /// A head name ending in this and layers joined by dots (`ensemble/layers=2.4.6`; `--heads`
-/// splits at commas) trains the head on those encoder layers pooled (router-train's
-/// `--layers`); `layers=` alone: the last layer.
+/// splits at commas), `last` or `thirds` trains the head on those encoder layers pooled
+/// (router-train's `--layers`); `layers=` alone: the last layer.
 pub const WITH_LAYERS: &str = "/layers=";
 
 /// A bench head: [`head_choice`] of the name and what its suffixes ask for.
@@ -84,7 +84,7 @@ struct BenchHead {
     /// `/cfK`: K-fold cross-fitting, K ≥ 2 (0: none).
     folds: usize,
     /// `/layers=…`: the encoder layers pooled (`None`: router-train's default).
-    layers: Option<Vec<usize>>,
+    layers: Option<Layers>,
 }
 
 /// Parses `head[/layers=L.…][/lex][/cfK]`: the suffixes in that order, each at most once.
@@ -108,13 +108,11 @@ fn bench_head(name: &str) -> Result<BenchHead> {
         None => (base, None),
     };
     let (base, layers) = match base.split_once(WITH_LAYERS) {
+        Some((base, "")) => (base, Some(Layers::Last)),
         Some((base, list)) => {
-            let layers = list
-                .split('.')
-                .filter(|l| !l.is_empty())
-                .map(str::parse::<usize>)
-                .collect::<std::result::Result<Vec<_>, _>>()
-                .map_err(|_| invalid("layers are numbers joined by dots (`/layers=2.4.6`)"))?;
+            let layers = list.replace('.', ",").parse::<Layers>().map_err(|_| {
+                invalid("layers are `last`, `thirds` or numbers joined by dots (`/layers=2.4.6`)")
+            })?;
             (base, Some(layers))
         }
         None => (base, None),
@@ -369,7 +367,7 @@ fn bench_dataset(
                 choice,
                 lexical: None,
                 folds: 0,
-                layers: Some(Vec::new()),
+                layers: Some(Layers::Last),
             };
             refs.routers
                 .push(train(&format!("reference-{suffix}"), spec)?);
@@ -549,11 +547,15 @@ mod tests {
         assert_eq!(parsed("mlp+knn/lex/cf10").ok(), Some((true, 10, None)));
         assert_eq!(
             parsed("ensemble/layers=2.4.6/cf5").ok(),
-            Some((false, 5, Some(vec![2, 4, 6])))
+            Some((false, 5, Some(Layers::These(vec![2, 4, 6]))))
         );
         assert_eq!(
             parsed("mlp/layers=/lex").ok(),
-            Some((true, 0, Some(Vec::new())))
+            Some((true, 0, Some(Layers::Last)))
+        );
+        assert_eq!(
+            parsed("ensemble/layers=thirds").ok(),
+            Some((false, 0, Some(Layers::Thirds)))
         );
         for bad in [
             "ensemble/cf1",

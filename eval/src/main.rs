@@ -95,7 +95,8 @@ struct BenchArgs {
     /// joined by + into an ensemble, where `head?` is kept only if it lowers the validation
     /// pairwise loss, and `head~` too, with a weight tuned on validation where that clearly
     /// lowers the loss further. Suffixes, in this order: `/layers=2.4.6` trains that head on
-    /// those encoder layers pooled (`/layers=`: the last layer; see router-train's `--layers`),
+    /// those encoder layers pooled (also `last` or `thirds`; `/layers=`: the last layer; see
+    /// router-train's `--layers`),
     /// `/lex` with lexical features beside the embedding (`ensemble/lex`; see router-train's
     /// `--lexical-dim`), `/cfK` with K-fold cross-fitting (`ensemble/cf5`; see router-train's
     /// `--folds`).

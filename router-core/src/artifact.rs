@@ -10,7 +10,9 @@ use std::path::{Path, PathBuf};
 use candle_core::{Device, Tensor};
 use serde::{Deserialize, Serialize};
 
-use crate::encoder::{Encoder, EncoderOptions, EncoderSource, Pooling, Precision, Truncation};
+use crate::encoder::{
+    Encoder, EncoderOptions, EncoderSource, Layers, Pooling, Precision, Truncation,
+};
 use crate::error::{Error, Result};
 use crate::heads::calibration::Platt;
 use crate::heads::{Head, HeadSpec};
@@ -304,7 +306,7 @@ impl Router {
         let options = EncoderOptions {
             truncation: spec.truncation,
             precision: spec.precision,
-            layers: spec.layers.clone(),
+            layers: Layers::These(spec.layers.clone()),
         };
         let encoder = Encoder::from_source(source, device, &options)?;
         let fail = |message: String| Error::Artifact {

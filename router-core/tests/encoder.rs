@@ -6,7 +6,7 @@ use std::path::Path;
 
 use candle_core::Device;
 use router_core::Error;
-use router_core::encoder::{Encoder, EncoderOptions, Precision, Truncation};
+use router_core::encoder::{Encoder, EncoderOptions, Layers, Precision, Truncation};
 use serde::Deserialize;
 
 #[derive(Deserialize)]
@@ -116,13 +116,17 @@ fn int8_embeddings_do_not_depend_on_the_batch() -> anyhow::Result<()> {
 
 /// The default encoder (`head` truncation) pooling `layers`, in `precision`.
 fn with_layers(precision: Precision, layers: &[usize]) -> Result<Encoder, Error> {
+    with(precision, Layers::These(layers.to_vec()))
+}
+
+fn with(precision: Precision, layers: Layers) -> Result<Encoder, Error> {
     Encoder::load_dir(
         &common::encoder_dir(),
         &Device::Cpu,
         &EncoderOptions {
             truncation: Truncation::Head,
             precision,
-            layers: layers.to_vec(),
+            layers,
         },
     )
 }
@@ -180,9 +184,12 @@ fn pooled_layers_are_normalised_blocks_ending_in_the_sentence_embedding() -> any
             }
         }
     }
-    // f32 (one cut copy of the model per layer) and int8 (one pass) pool the same layers.
-    let f32_layers = with_layers(Precision::F32, &[2, 4, 6])?.embed(&texts)?;
-    let int8_layers = with_layers(Precision::Int8, &[2, 4, 6])?.embed(&texts)?;
+    // f32 (one cut copy of the model per layer) and int8 (one pass) pool the same layers:
+    // the thirds of MiniLM-L6's six, which the encoder records as numbers.
+    let f32_layers = with(Precision::F32, Layers::Thirds)?;
+    assert_eq!(f32_layers.layers(), [2, 4, 6]);
+    let f32_layers = f32_layers.embed(&texts)?;
+    let int8_layers = with(Precision::Int8, Layers::Thirds)?.embed(&texts)?;
     for ((text, f), q) in texts.iter().zip(&f32_layers).zip(&int8_layers) {
         let cos = cosine(f, q);
         assert!(

@@ -7,6 +7,7 @@ use std::collections::{BTreeMap, HashMap};
 use candle_core::{DType, Device, Tensor};
 use candle_nn::{AdamW, Module, Optimizer, ParamsAdamW, VarBuilder, VarMap};
 use router_core::heads::calibration::{Platt, fit_platt, logit};
+use router_core::heads::index::KeyIndex;
 use router_core::heads::{Head, HeadSpec, Knn, Mf, Mlp, TaskMixture, shrunk_logits};
 
 use crate::error::{Result, TrainError};
@@ -768,36 +769,72 @@ fn fit_knn(
     alpha: Option<f32>,
     device: &Device,
 ) -> Result<Fitted> {
-    let keys = Tensor::from_slice(&train.x, (train.n, train.dim), device)?;
-    let (vx, vy, vmask) = val.tensors(device)?;
+    let index = KeyIndex::new(&train.x, train.n, train.dim)?;
     let (ks, alphas) = knn_grid(k, alpha);
-    let mut best: Option<(KnnScore, usize, f32)> = None;
-    for &k in &ks {
-        for &a in &alphas {
-            let knn = Knn::new(
-                keys.clone(),
-                train.y.clone(),
-                train.mask.clone(),
-                prior.to_vec(),
-                k,
-                a,
-            )?;
-            let score = KnnScore::of(&knn.forward(&vx)?, val, &vy, &vmask)?;
-            if best.as_ref().is_none_or(|(b, _, _)| score.better_than(b)) {
-                best = Some((score, k, a));
-            }
-        }
-    }
-    let (score, k, alpha) = best.unwrap_or((KnnScore::NONE, 20, 0.0));
+    let kmax = ks.iter().copied().max().unwrap_or(20);
+    let neighbours = index.nearest(&val.x, kmax, |_| None)?;
+    let tuned = tune_knn(&neighbours, train, prior, val, (&ks, &alphas), device)?;
     let knn = Knn::new(
-        keys,
+        index,
         train.y.clone(),
         train.mask.clone(),
         prior.to_vec(),
-        k,
-        alpha,
+        tuned.k,
+        tuned.alpha,
     )?;
-    knn_fitted(knn, k, alpha, "validation", score)
+    knn_fitted(knn, tuned.k, tuned.alpha, "validation", tuned.score)
+}
+
+/// The kNN's `k` and `α` chosen from `grid` by the [`KnnScore`] of its predictions for
+/// `judged`, whose rows have `neighbours` (nearest first) among the rows of `keys`.
+struct KnnTuned {
+    score: KnnScore,
+    k: usize,
+    alpha: f32,
+    /// The chosen predictions for `judged`, one row of logits per prompt.
+    logits: Vec<Vec<f32>>,
+}
+
+fn tune_knn(
+    neighbours: &[Vec<usize>],
+    keys: &SplitData,
+    prior: &[f32],
+    judged: &SplitData,
+    (ks, alphas): (&[usize], &[f32]),
+    device: &Device,
+) -> Result<KnnTuned> {
+    let logits_for = |k: usize, alpha: f32| -> Vec<Vec<f32>> {
+        neighbours
+            .iter()
+            .map(|nb| {
+                shrunk_logits(&keys.y, &keys.mask, prior, &nb[..k.min(nb.len())], alpha).collect()
+            })
+            .collect()
+    };
+    let (_, y, mask) = judged.tensors(device)?;
+    let mut best: Option<KnnTuned> = None;
+    for &k in ks {
+        for &alpha in alphas {
+            let logits = logits_for(k, alpha);
+            let flat: Vec<f32> = logits.iter().flatten().copied().collect();
+            let flat = Tensor::from_vec(flat, (judged.n, judged.models), device)?;
+            let score = KnnScore::of(&flat, judged, &y, &mask)?;
+            if best.as_ref().is_none_or(|b| score.better_than(&b.score)) {
+                best = Some(KnnTuned {
+                    score,
+                    k,
+                    alpha,
+                    logits,
+                });
+            }
+        }
+    }
+    Ok(best.unwrap_or_else(|| KnnTuned {
+        score: KnnScore::NONE,
+        k: 20,
+        alpha: 0.0,
+        logits: logits_for(20, 0.0),
+    }))
 }
 
 /// What chooses the kNN's `k` and `α`: the pairwise loss, which scores how the logits order the
@@ -1066,65 +1103,23 @@ fn fit_knn_loo(
     alpha: Option<f32>,
     device: &Device,
 ) -> Result<(Fitted, Vec<Vec<f32>>)> {
-    let (n, m) = (data.n, data.models);
     let prior = data.prior();
     let (ks, alphas) = knn_grid(k, alpha);
-    let kmax = ks
-        .iter()
-        .copied()
-        .max()
-        .unwrap_or(20)
-        .min(n.saturating_sub(1))
-        .max(1);
-    let keys = Tensor::from_slice(&data.x, (n, data.dim), device)?;
-    // Each row's kmax nearest other rows, nearest first, computed in chunks.
-    let mut neighbours: Vec<Vec<usize>> = Vec::with_capacity(n);
+    let index = KeyIndex::new(&data.x, data.n, data.dim)?;
+    // Each row's nearest other rows, nearest first, computed in chunks.
+    let kmax = ks.iter().copied().max().unwrap_or(20);
     let chunk = 256;
-    for start in (0..n).step_by(chunk) {
-        let len = chunk.min(n - start);
-        let sims = keys
-            .narrow(0, start, len)?
-            .matmul(&keys.t()?)?
-            .to_vec2::<f32>()?;
-        for (offset, row) in sims.iter().enumerate() {
-            let me = start + offset;
-            let mut idx: Vec<usize> = (0..n).filter(|&j| j != me).collect();
-            let take = kmax.min(idx.len());
-            if take > 0 && take < idx.len() {
-                idx.select_nth_unstable_by(take - 1, |&a, &b| row[b].total_cmp(&row[a]));
-            }
-            idx.truncate(take);
-            idx.sort_by(|&a, &b| row[b].total_cmp(&row[a]));
-            neighbours.push(idx);
-        }
+    let mut neighbours: Vec<Vec<usize>> = Vec::with_capacity(data.n);
+    for (c, rows) in data.x.chunks(chunk * data.dim).enumerate() {
+        neighbours.extend(index.nearest(rows, kmax, |row| Some(c * chunk + row))?);
     }
-    let logits_for = |k: usize, alpha: f32| -> Vec<Vec<f32>> {
-        neighbours
-            .iter()
-            .map(|nb| {
-                shrunk_logits(&data.y, &data.mask, &prior, &nb[..k.min(nb.len())], alpha).collect()
-            })
-            .collect()
-    };
-    let (_, y, mask) = data.tensors(device)?;
-    let score_of = |logits: &[Vec<f32>]| -> Result<KnnScore> {
-        let flat: Vec<f32> = logits.iter().flatten().copied().collect();
-        KnnScore::of(&Tensor::from_vec(flat, (n, m), device)?, data, &y, &mask)
-    };
-    let mut best: Option<(KnnScore, usize, f32, Vec<Vec<f32>>)> = None;
-    for &k in &ks {
-        for &a in &alphas {
-            let logits = logits_for(k, a);
-            let score = score_of(&logits)?;
-            if best.as_ref().is_none_or(|b| score.better_than(&b.0)) {
-                best = Some((score, k, a, logits));
-            }
-        }
-    }
-    let (score, k, alpha, oof) =
-        best.unwrap_or_else(|| (KnnScore::NONE, 20, 0.0, logits_for(20, 0.0)));
-    let knn = Knn::new(keys, data.y.clone(), data.mask.clone(), prior, k, alpha)?;
-    Ok((knn_fitted(knn, k, alpha, "leave_one_out", score)?, oof))
+    let tuned = tune_knn(&neighbours, data, &prior, data, (&ks, &alphas), device)?;
+    let (k, alpha) = (tuned.k, tuned.alpha);
+    let knn = Knn::new(index, data.y.clone(), data.mask.clone(), prior, k, alpha)?;
+    Ok((
+        knn_fitted(knn, k, alpha, "leave_one_out", tuned.score)?,
+        tuned.logits,
+    ))
 }
 
 /// Platt slopes above this are capped (see [`fit_platt`]).

@@ -35,7 +35,7 @@ use router_core::artifact::{
     EncoderSpec, FORMAT_VERSION, Manifest, ModelMetrics, Router, TrainingInfo, rfc3339_utc,
 };
 use router_core::device::parse_device;
-use router_core::encoder::{Encoder, EncoderOptions, EncoderSource, Precision, Truncation};
+use router_core::encoder::{Encoder, EncoderOptions, EncoderSource, Layers, Precision, Truncation};
 use router_core::heads::calibration::Platt;
 use router_core::lexical::{IDF_TENSOR, Lexical, LexicalSpec};
 use router_core::models::{CHARS_PER_TOKEN, DEFAULT_EXPECTED_OUTPUT_TOKENS, ModelInfo};
@@ -44,11 +44,11 @@ use router_core::split::{Split, assign_fold};
 pub use error::{Result, TrainError};
 pub use fit::{Calibration, DEFAULT_ENSEMBLE, HeadChoice, HeadParams};
 
-/// The encoder layers pooled into the embedding by default: every second layer of
-/// all-MiniLM-L6-v2 (see [`router_core::encoder::EncoderOptions::layers`]). The earlier layers
-/// keep more of the prompt's form (wording, format) than the last one, which sentence training
-/// tuned for meaning; the heads read both. Another encoder needs its own (`--layers`).
-pub const DEFAULT_LAYERS: [usize; 3] = [2, 4, 6];
+/// The encoder layers pooled into the embedding by default: a third, two thirds and all of
+/// the encoder's depth ([`Layers::Thirds`]), layers 2, 4 and 6 of all-MiniLM-L6-v2. The earlier
+/// layers keep more of the prompt's form (wording, format) than the last one, which sentence
+/// training tuned for meaning; the heads read both.
+pub const DEFAULT_LAYERS: Layers = Layers::Thirds;
 
 use crate::data::{LoadOptions, Table};
 use crate::fit::{NetParams, SplitData};
@@ -98,7 +98,7 @@ impl FitConfig {
             encoder_options: EncoderOptions {
                 truncation: Truncation::HeadTail,
                 precision: Precision::Int8,
-                layers: DEFAULT_LAYERS.to_vec(),
+                layers: DEFAULT_LAYERS,
             },
             device: "cpu".to_owned(),
             lexical: None,
@@ -594,13 +594,15 @@ impl fmt::Display for FitReport {
         )?;
         writeln!(
             f,
-            "embeddings: {} from cache, {} encoded ({} {}, truncation {}, {})",
+            "embeddings: {} from cache, {} encoded ({} {}, truncation {}, {}, layers {}, {} floats)",
             self.embedded.cached,
             self.embedded.encoded,
             m.encoder.id,
             m.encoder.revision,
             m.encoder.truncation,
-            m.encoder.precision
+            m.encoder.precision,
+            Layers::These(m.encoder.layers.clone()),
+            m.encoder.dim
         )?;
         let hp: Vec<String> = t
             .hyperparameters

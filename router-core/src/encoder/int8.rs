@@ -138,43 +138,53 @@ impl Int8Linear {
         k: usize,
         activation: Activation,
     ) -> Option<Self> {
-        if n == 0
-            || k == 0
-            || !n.is_multiple_of(NR)
-            || !k.is_multiple_of(4)
-            || weight.len() != n * k
-        {
-            return None;
-        }
-        if bias.len() != n {
+        if k == 0 || weight.len() != n * k {
             return None;
         }
         let mut q = vec![0i8; n * k];
         let mut w_scale = vec![0f32; n];
-        let mut w_offset = vec![0i32; n];
-        for ch in 0..n {
-            let row = &weight[ch * k..(ch + 1) * k];
+        for ((row, dst), scale) in weight
+            .chunks_exact(k)
+            .zip(q.chunks_exact_mut(k))
+            .zip(&mut w_scale)
+        {
             let amax = row.iter().fold(0f32, |m, v| m.max(v.abs()));
-            let scale = if amax > 0.0 { amax / 127.0 } else { 1.0 };
-            let mut sum = 0i32;
-            for (dst, &v) in q[ch * k..(ch + 1) * k].iter_mut().zip(row) {
-                let v = (v / scale).round().clamp(-127.0, 127.0) as i8;
-                sum += i32::from(v);
-                *dst = v;
+            *scale = if amax > 0.0 { amax / 127.0 } else { 1.0 };
+            for (dst, &v) in dst.iter_mut().zip(row) {
+                *dst = (v / *scale).round().clamp(-127.0, 127.0) as i8;
             }
-            w_scale[ch] = scale;
-            w_offset[ch] = 128 * sum;
         }
+        Self::from_quantized(&q, w_scale, bias.to_vec(), n, k, activation)
+    }
+
+    /// A layer from weights already quantised: `q` (`n × k`, row-major) and `w_scale` (`n`),
+    /// as [`Int8Linear::quantized`] gives them back. `None` on the shapes [`Int8Linear::new`]
+    /// refuses.
+    pub(crate) fn from_quantized(
+        q: &[i8],
+        w_scale: Vec<f32>,
+        bias: Vec<f32>,
+        n: usize,
+        k: usize,
+        activation: Activation,
+    ) -> Option<Self> {
+        if n == 0
+            || k == 0
+            || !n.is_multiple_of(NR)
+            || !k.is_multiple_of(4)
+            || q.len() != n * k
+            || w_scale.len() != n
+            || bias.len() != n
+        {
+            return None;
+        }
+        let w_offset = q
+            .chunks_exact(k)
+            .map(|row| 128 * row.iter().map(|&v| i32::from(v)).sum::<i32>())
+            .collect();
         let mut packed = vec![0i8; n * k];
-        let groups = k / 4;
-        for panel in 0..n / NR {
-            for g in 0..groups {
-                for j in 0..NR {
-                    let src = (panel * NR + j) * k + g * 4;
-                    let dst = ((panel * groups + g) * NR + j) * 4;
-                    packed[dst..dst + 4].copy_from_slice(&q[src..src + 4]);
-                }
-            }
+        for (row, group, at) in packing(n, k) {
+            packed[at..at + 4].copy_from_slice(&q[row * k + group * 4..][..4]);
         }
         Some(Self {
             n,
@@ -182,9 +192,19 @@ impl Int8Linear {
             packed,
             w_scale,
             w_offset,
-            bias: bias.to_vec(),
+            bias,
             activation,
         })
+    }
+
+    /// The quantised weights (`n × k`, row-major) and their per-channel scales.
+    pub(crate) fn quantized(&self) -> (Vec<i8>, &[f32]) {
+        let k = self.k;
+        let mut q = vec![0i8; self.n * k];
+        for (row, group, at) in packing(self.n, k) {
+            q[row * k + group * 4..][..4].copy_from_slice(&self.packed[at..at + 4]);
+        }
+        (q, &self.w_scale)
     }
 
     pub(crate) fn out_features(&self) -> usize {
@@ -279,6 +299,16 @@ impl Int8Linear {
             }
         }
     }
+}
+
+/// Where the packed layout keeps each group of 4 weights: `(channel, group, offset)` for every
+/// channel and group of 4 inputs. Panels of `NR` channels; in each, for every group, `NR`
+/// channels × 4 bytes.
+fn packing(n: usize, k: usize) -> impl Iterator<Item = (usize, usize, usize)> {
+    let groups = k / 4;
+    (0..n).flat_map(move |ch| {
+        (0..groups).map(move |g| (ch, g, (((ch / NR) * groups + g) * NR + ch % NR) * 4))
+    })
 }
 
 /// Quantises each row of `x` (`m × k`) to bytes `round(x / s) + 128` with `s = max|x| / 127`.
@@ -468,11 +498,11 @@ fn erf(x: f32) -> f32 {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
     /// A deterministic pseudo-random sequence in [-1, 1) (xorshift), so tests need no crate.
-    fn noise(seed: u64, n: usize) -> Vec<f32> {
+    pub(crate) fn noise(seed: u64, n: usize) -> Vec<f32> {
         let mut s = seed.max(1);
         (0..n)
             .map(|_| {

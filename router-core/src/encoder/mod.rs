@@ -113,12 +113,8 @@ enum Backbone {
 pub struct EncoderOptions {
     pub truncation: Truncation,
     pub precision: Precision,
-    /// The hidden layers whose pooled states make the embedding (0: the embedding layer's
-    /// output, 1 to N: after each transformer layer), in increasing order. Each is pooled and
-    /// L2-normalised on its own, and the concatenation is scaled by 1/√k, so the embedding is
-    /// `k × hidden` floats of unit norm. Empty: the last layer alone, the sentence-transformers
-    /// embedding.
-    pub layers: Vec<usize>,
+    /// The hidden layers whose pooled states make the embedding.
+    pub layers: Layers,
 }
 
 impl EncoderOptions {
@@ -126,7 +122,73 @@ impl EncoderOptions {
         Self {
             truncation,
             precision,
-            layers: Vec::new(),
+            layers: Layers::Last,
+        }
+    }
+}
+
+/// The hidden layers whose pooled states make the embedding (0: the embedding layer's output,
+/// 1 to N: after each transformer layer). Each is pooled and L2-normalised on its own, and the
+/// concatenation is scaled by 1/√k, so the embedding is `k × hidden` floats of unit norm whose
+/// last block, when the last layer is among them, is the sentence embedding.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub enum Layers {
+    /// The last layer alone: the sentence-transformers embedding.
+    #[default]
+    Last,
+    /// A third, two thirds and all of the encoder's depth, rounded: 2, 4 and 6 of a 6-layer
+    /// model, 4, 8 and 12 of a 12-layer one, 1, 3 and 4 of a 4-layer one.
+    Thirds,
+    /// These layers, in increasing order (empty: the last layer alone).
+    These(Vec<usize>),
+}
+
+impl Layers {
+    /// The layers pooled from an encoder of `depth` transformer layers, as the encoder records
+    /// them ([`Encoder::layers`]): empty for the last layer alone.
+    pub fn resolve(&self, depth: usize) -> Vec<usize> {
+        match self {
+            Self::Last => Vec::new(),
+            Self::Thirds => {
+                let mut layers: Vec<usize> = (1..=3).map(|i| (depth * i + 1) / 3).collect();
+                layers.dedup();
+                layers
+            }
+            Self::These(layers) => layers.clone(),
+        }
+    }
+}
+
+impl std::str::FromStr for Layers {
+    type Err = String;
+
+    /// `last`, `thirds`, or layer numbers joined by commas (`2,4,6`).
+    fn from_str(s: &str) -> std::result::Result<Self, Self::Err> {
+        match s.trim() {
+            "last" => Ok(Self::Last),
+            "thirds" => Ok(Self::Thirds),
+            list => list
+                .split(',')
+                .map(|l| l.trim().parse::<usize>())
+                .collect::<std::result::Result<Vec<_>, _>>()
+                .map(Self::These)
+                .map_err(|_| {
+                    format!("layers `{s}`: `last`, `thirds`, or numbers joined by commas (`2,4,6`)")
+                }),
+        }
+    }
+}
+
+impl std::fmt::Display for Layers {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Last => f.write_str("last"),
+            Self::Thirds => f.write_str("thirds"),
+            Self::These(layers) if layers.is_empty() => f.write_str("last"),
+            Self::These(layers) => {
+                let list: Vec<String> = layers.iter().map(usize::to_string).collect();
+                f.write_str(&list.join(","))
+            }
         }
     }
 }
@@ -289,6 +351,7 @@ impl Encoder {
         }
         let config: BertConfig = read_json(&config_path, "a BERT config")?;
         let depth = config.num_hidden_layers;
+        let layers = layers.resolve(depth);
         if layers.iter().any(|&l| l > depth) || layers.windows(2).any(|w| w[0] >= w[1]) {
             return Err(Error::InvalidInput(format!(
                 "encoder layers {layers:?}: they must increase, each from 0 (the embeddings) to \
@@ -427,7 +490,7 @@ impl Encoder {
             max_seq_length,
             truncation,
             pooling,
-            layers: layers.clone(),
+            layers,
             dim,
             pad_id: config.pad_token_id as u32,
             model_id: resolved.model_id.clone(),
@@ -452,7 +515,8 @@ impl Encoder {
         self.pooling
     }
 
-    /// The pooled hidden layers (see [`EncoderOptions::layers`]); empty: the last one.
+    /// The pooled hidden layers, resolved for this encoder's depth ([`Layers::resolve`]):
+    /// empty for the last one alone. What a router records.
     pub fn layers(&self) -> &[usize] {
         &self.layers
     }
@@ -647,6 +711,36 @@ mod tests {
         specials.extend(std::iter::repeat_n(0, 10));
         specials.push(1);
         (ids, specials)
+    }
+
+    #[test]
+    fn layer_choices_resolve_parse_and_print() {
+        for (depth, thirds) in [
+            (6, vec![2, 4, 6]),
+            (12, vec![4, 8, 12]),
+            (4, vec![1, 3, 4]),
+            (3, vec![1, 2, 3]),
+            (2, vec![1, 2]),
+            (1, vec![0, 1]),
+        ] {
+            assert_eq!(Layers::Thirds.resolve(depth), thirds, "depth {depth}");
+        }
+        assert_eq!(Layers::Last.resolve(6), Vec::<usize>::new());
+        assert_eq!(Layers::These(vec![0, 6]).resolve(12), [0, 6]);
+        // What a router records: numbers, or nothing for the last layer.
+        assert_eq!(Layers::These(Vec::new()).to_string(), "last");
+        for (text, layers) in [
+            ("last", Layers::Last),
+            ("thirds", Layers::Thirds),
+            ("2,4,6", Layers::These(vec![2, 4, 6])),
+            ("6", Layers::These(vec![6])),
+        ] {
+            assert_eq!(text.parse::<Layers>().as_ref(), Ok(&layers));
+            assert_eq!(layers.to_string(), text);
+        }
+        for bad in ["", "2,x", "2,,4", "first", "-1"] {
+            assert!(bad.parse::<Layers>().is_err(), "{bad:?}");
+        }
     }
 
     #[test]

@@ -7,7 +7,8 @@
 //! - [`Mf`]: RouteLLM-style matrix factorisation: a learned vector per model, scored against a
 //!   projection of the prompt embedding, plus a per-model bias.
 //! - [`Knn`]: RouterBench's non-parametric baseline: the mean score of the `k` nearest training
-//!   prompts (cosine), shrunk toward the model's prior by `alpha` pseudo-observations.
+//!   prompts (cosine, on int8 keys: [`index`]), shrunk toward the model's prior by `alpha`
+//!   pseudo-observations.
 //! - [`TaskMixture`]: "told the task label" without being told: a softmax classifier of the
 //!   prompt's task (a column of the training logs) and each task's mean score per model; the
 //!   predicted quality is the mean score under the predicted task distribution.
@@ -15,6 +16,7 @@
 //! Every head outputs logits; [`calibration::Platt`] turns them into calibrated qualities.
 
 pub mod calibration;
+pub mod index;
 
 use std::collections::HashMap;
 
@@ -23,6 +25,7 @@ use candle_nn::{Linear, Module, VarBuilder};
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
+use index::KeyIndex;
 
 /// Which head, and its architecture parameters (what is needed to rebuild it).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -183,7 +186,7 @@ impl TaskMixture {
 /// kNN head over the training prompts' embeddings.
 #[derive(Debug, Clone)]
 pub struct Knn {
-    keys: Tensor,
+    index: KeyIndex,
     scores: Vec<f32>,
     mask: Vec<f32>,
     prior: Vec<f32>,
@@ -193,17 +196,17 @@ pub struct Knn {
 }
 
 impl Knn {
-    /// `keys` `(n, dim)` L2-normalised, `scores` and `mask` `(n, n_models)` row-major, `prior`
-    /// the per-model mean score.
+    /// `index` over the training prompts' L2-normalised embeddings, `scores` and `mask`
+    /// `(index.len(), n_models)` row-major, `prior` the per-model mean score.
     pub fn new(
-        keys: Tensor,
+        index: KeyIndex,
         scores: Vec<f32>,
         mask: Vec<f32>,
         prior: Vec<f32>,
         k: usize,
         alpha: f32,
     ) -> Result<Self> {
-        let (n, _) = keys.dims2()?;
+        let n = index.len();
         let n_models = prior.len();
         if scores.len() != n * n_models || mask.len() != n * n_models || k == 0 {
             return Err(Error::InvalidInput(format!(
@@ -213,7 +216,7 @@ impl Knn {
             )));
         }
         Ok(Self {
-            keys,
+            index,
             scores,
             mask,
             prior,
@@ -223,11 +226,19 @@ impl Knn {
         })
     }
 
+    /// The tensors of `head.safetensors`: `knn.keys_i8` holds the quantised keys' bytes (two's
+    /// complement `i8` in a `U8` tensor: Candle has no `I8`), `knn.key_scales` their scales.
     pub fn tensors(&self) -> Result<HashMap<String, Tensor>> {
-        let n = self.keys.dims2()?.0;
-        let device = self.keys.device();
+        let (n, dim) = (self.index.len(), self.index.dim());
+        let device = &Device::Cpu;
+        let (q, scales) = self.index.quantized();
+        let bytes: Vec<u8> = q.iter().map(|v| v.cast_unsigned()).collect();
         Ok(HashMap::from([
-            ("knn.keys".to_owned(), self.keys.clone()),
+            (
+                KEYS_I8.to_owned(),
+                Tensor::from_vec(bytes, (n, dim), device)?,
+            ),
+            (KEY_SCALES.to_owned(), Tensor::from_vec(scales, n, device)?),
             (
                 "knn.scores".to_owned(),
                 Tensor::from_slice(&self.scores, (n, self.n_models), device)?,
@@ -243,30 +254,66 @@ impl Knn {
         ]))
     }
 
+    /// The index a router stored: int8 keys, or the f32 `knn.keys` of routers written before
+    /// them (quantised on loading).
+    fn load_index(tensors: &HashMap<String, Tensor>, input_dim: usize) -> Result<KeyIndex> {
+        let get = |name: &str| {
+            tensors
+                .get(name)
+                .ok_or_else(|| Error::InvalidInput(format!("tensor `{name}` is missing")))
+        };
+        let (keys, quantized) = match tensors.get(KEYS_I8) {
+            Some(keys) => (keys, true),
+            None => (get(F32_KEYS)?, false),
+        };
+        let (n, dim) = keys.dims2()?;
+        if dim != input_dim {
+            return Err(Error::InvalidInput(format!(
+                "kNN keys have dimension {dim}, the encoder {input_dim}"
+            )));
+        }
+        if !quantized {
+            return KeyIndex::new(&keys.flatten_all()?.to_vec1::<f32>()?, n, dim);
+        }
+        if keys.dtype() != DType::U8 {
+            return Err(Error::InvalidInput(format!(
+                "tensor `{KEYS_I8}` is {:?}, not U8",
+                keys.dtype()
+            )));
+        }
+        let q: Vec<i8> = keys
+            .flatten_all()?
+            .to_vec1::<u8>()?
+            .into_iter()
+            .map(u8::cast_signed)
+            .collect();
+        let scales = get(KEY_SCALES)?.flatten_all()?.to_vec1::<f32>()?;
+        KeyIndex::from_quantized(&q, &scales, n, dim)
+    }
+
     /// Shrunk mean scores of the `k` nearest keys, as logits `(batch, n_models)`.
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let sims = x.matmul(&self.keys.t()?)?.to_vec2::<f32>()?;
-        let m = self.n_models;
-        let mut out = Vec::with_capacity(sims.len() * m);
-        let mut order: Vec<usize> = Vec::new();
-        for row in &sims {
-            order.clear();
-            order.extend(0..row.len());
-            let k = self.k.min(order.len());
-            if k > 0 && k < order.len() {
-                order.select_nth_unstable_by(k - 1, |&a, &b| row[b].total_cmp(&row[a]));
-            }
+        let batch = x.dims2()?.0;
+        let queries = x.flatten_all()?.to_vec1::<f32>()?;
+        let mut out = Vec::with_capacity(batch * self.n_models);
+        for neighbours in self.index.nearest(&queries, self.k, |_| None)? {
             out.extend(shrunk_logits(
                 &self.scores,
                 &self.mask,
                 &self.prior,
-                &order[..k],
+                &neighbours,
                 self.alpha,
             ));
         }
-        Ok(Tensor::from_vec(out, (sims.len(), m), x.device())?)
+        Ok(Tensor::from_vec(out, (batch, self.n_models), x.device())?)
     }
 }
+
+/// The kNN head's int8 keys and their scales in `head.safetensors` ([`Knn::tensors`]).
+const KEYS_I8: &str = "knn.keys_i8";
+const KEY_SCALES: &str = "knn.key_scales";
+/// The f32 keys of routers written before the int8 index.
+const F32_KEYS: &str = "knn.keys";
 
 /// Per model, the logit of the mean score of `neighbours` (rows of the row-major
 /// `scores`/`mask`, `prior.len()` models wide), counting only evaluated cells and shrunk
@@ -405,21 +452,14 @@ impl Head {
                 Self::Mf(Mf::new(vb.pp("mf"), input_dim, dim, n_models)?)
             }
             HeadSpec::Knn { k, alpha } => {
-                let get = |name: &str| {
-                    tensors
-                        .get(name)
-                        .cloned()
-                        .ok_or_else(|| Error::InvalidInput(format!("tensor `{name}` is missing")))
-                };
-                let keys = get("knn.keys")?.to_device(device)?;
-                let (n, dim) = keys.dims2()?;
-                if dim != input_dim {
-                    return Err(Error::InvalidInput(format!(
-                        "kNN keys have dimension {dim}, the encoder {input_dim}"
-                    )));
-                }
+                let index = Knn::load_index(&tensors, input_dim)?;
+                let n = index.len();
                 let flat = |name: &str, len: usize| -> Result<Vec<f32>> {
-                    let v = get(name)?.flatten_all()?.to_vec1::<f32>()?;
+                    let v = tensors
+                        .get(name)
+                        .ok_or_else(|| Error::InvalidInput(format!("tensor `{name}` is missing")))?
+                        .flatten_all()?
+                        .to_vec1::<f32>()?;
                     if v.len() != len {
                         return Err(Error::InvalidInput(format!(
                             "tensor `{name}` has {} values, expected {len}",
@@ -429,7 +469,7 @@ impl Head {
                     Ok(v)
                 };
                 Self::Knn(Knn::new(
-                    keys,
+                    index,
                     flat("knn.scores", n * n_models)?,
                     flat("knn.mask", n * n_models)?,
                     flat("knn.prior", n_models)?,
@@ -479,7 +519,7 @@ mod tests {
     fn knn_averages_neighbours_and_shrinks_to_prior() -> Result<()> {
         let dev = Device::Cpu;
         // Three keys on the unit circle; query next to key 0 and key 1.
-        let keys = Tensor::from_vec(vec![1.0f32, 0.0, 0.8, 0.6, -1.0, 0.0], (3, 2), &dev)?;
+        let keys = KeyIndex::new(&[1.0, 0.0, 0.8, 0.6, -1.0, 0.0], 3, 2)?;
         // One model; key 1 not evaluated.
         let scores = vec![1.0, 0.0, 0.0];
         let mask = vec![1.0, 0.0, 1.0];
@@ -488,6 +528,52 @@ mod tests {
         let p = calibration::sigmoid(knn.logits_row(&q)?[0]);
         // Neighbours 0 and 1; only key 0 counts: (1 + 1·0.5) / (1 + 1) = 0.75.
         assert!((p - 0.75).abs() < 1e-4, "{p}");
+        Ok(())
+    }
+
+    #[test]
+    fn knn_tensors_load_back_and_old_f32_keys_still_load() -> Result<()> {
+        let dev = Device::Cpu;
+        let keys = [1.0f32, 0.0, 0.8, 0.6, -1.0, 0.0];
+        let knn = Knn::new(
+            KeyIndex::new(&keys, 3, 2)?,
+            vec![1.0, 0.0, 0.0],
+            vec![1.0, 0.0, 1.0],
+            vec![0.5],
+            2,
+            1.0,
+        )?;
+        let spec = HeadSpec::Knn { k: 2, alpha: 1.0 };
+        let q = Tensor::from_vec(vec![0.9f32, 0.43589], (1, 2), &dev)?;
+        let want = knn.logits_row(&q)?;
+        let tensors = knn.tensors()?;
+        assert_eq!(tensors[KEYS_I8].dtype(), DType::U8);
+        let logits = |tensors: HashMap<String, Tensor>| -> Result<Vec<f32>> {
+            let head = Head::from_tensors(&spec, tensors, 2, 1, &dev)?;
+            Ok(head.logits(&q)?.squeeze(0)?.to_vec1()?)
+        };
+        assert_eq!(logits(tensors.clone())?, want);
+        // A router written before the int8 index: f32 keys, quantised on loading.
+        let mut old = tensors.clone();
+        old.remove(KEYS_I8);
+        old.remove(KEY_SCALES);
+        old.insert(
+            F32_KEYS.to_owned(),
+            Tensor::from_slice(&keys, (3, 2), &dev)?,
+        );
+        assert_eq!(logits(old)?, want);
+        // Keys of the wrong type, missing scales, or keys the encoder's width does not match.
+        let mut wrong_type = tensors.clone();
+        wrong_type.insert(KEYS_I8.to_owned(), Tensor::zeros((3, 2), DType::F32, &dev)?);
+        let mut no_scales = tensors.clone();
+        no_scales.remove(KEY_SCALES);
+        for (bad, why) in [(wrong_type, "U8"), (no_scales, KEY_SCALES)] {
+            match Head::from_tensors(&spec, bad, 2, 1, &dev) {
+                Err(Error::InvalidInput(message)) => assert!(message.contains(why), "{message}"),
+                other => panic!("{why}: {other:?}"),
+            }
+        }
+        assert!(Head::from_tensors(&spec, tensors, 3, 1, &dev).is_err());
         Ok(())
     }
 
