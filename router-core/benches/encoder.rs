@@ -2,12 +2,14 @@
 //!
 //! `cargo bench -p router-core --bench encoder`: single-prompt latency at 16, 64, 256 and 512
 //! input tokens (512 is truncated to the model's 256) and the throughput of a batch of 32, for
-//! the int8 and the f32 encoder. `ENCODER_BENCH_PRECISION=int8` (or `f32`) runs one of them.
+//! the int8 and the f32 encoder, on the last layer alone; then 64 tokens alone and in a batch
+//! of 32 on the layers the shipped routers pool (`thirds`: 2, 4 and 6).
+//! `ENCODER_BENCH_PRECISION=int8` (or `f32`) runs one of them.
 
 use candle_core::Device;
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
 use router_core::encoder::{
-    Encoder, EncoderOptions, EncoderSource, Precision, Truncation, resolve,
+    Encoder, EncoderOptions, EncoderSource, Layers, Precision, Truncation, resolve,
 };
 
 /// A text of exactly `tokens` tokens, [CLS] and [SEP] included.
@@ -58,6 +60,22 @@ fn bench(c: &mut Criterion) {
         let texts: Vec<String> = (0..32).map(|_| text_of(&encoder, 64)).collect();
         let refs: Vec<&str> = texts.iter().map(String::as_str).collect();
         group.bench_function("64_tokens", |b| b.iter(|| encoder.embed(&refs)));
+        group.finish();
+
+        let layered = Encoder::load(
+            &resolved,
+            &Device::Cpu,
+            &EncoderOptions {
+                layers: Layers::Thirds,
+                ..EncoderOptions::new(Truncation::Head, precision)
+            },
+        )
+        .unwrap_or_else(|e| panic!("cannot load the encoder: {e}"));
+        let mut group = c.benchmark_group(format!("encode_layers_2.4.6_{precision}"));
+        group.sample_size(10);
+        group.bench_function("one_64_tokens", |b| b.iter(|| layered.embed(&refs[..1])));
+        group.throughput(Throughput::Elements(32));
+        group.bench_function("batch32_64_tokens", |b| b.iter(|| layered.embed(&refs)));
         group.finish();
     }
 }

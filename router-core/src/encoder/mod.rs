@@ -10,6 +10,7 @@
 
 mod cpu_ops;
 pub mod int8;
+mod layered;
 mod quantized;
 mod resolve;
 
@@ -18,7 +19,7 @@ use std::str::FromStr;
 
 use candle_core::{DType, Device, Tensor};
 use candle_nn::VarBuilder;
-use candle_transformers::models::bert::{BertModel, Config as BertConfig};
+use candle_transformers::models::bert::Config as BertConfig;
 use serde::{Deserialize, Serialize};
 use tokenizers::Tokenizer;
 
@@ -101,9 +102,8 @@ impl std::fmt::Display for Precision {
 }
 
 enum Backbone {
-    /// One model per pooled depth: Candle's `BertModel` returns only its last hidden state, so
-    /// depth `d` is a copy of the model cut to its first `d` layers (the same weights).
-    F32(Vec<BertModel>),
+    /// Candle's BERT, with the pooled depths' states from one pass.
+    F32(layered::LayeredBert),
     /// The model and the depths it pools, in one pass.
     Int8(quantized::QuantizedBert, Vec<usize>),
 }
@@ -469,18 +469,7 @@ impl Encoder {
             tracing::debug!(kernel = model.kernel().as_str(), "int8 encoder");
             Backbone::Int8(model, depths)
         } else {
-            let models = depths
-                .into_iter()
-                .map(|num_hidden_layers| {
-                    let config = BertConfig {
-                        num_hidden_layers,
-                        ..config.clone()
-                    };
-                    BertModel::load(vb.clone(), &config)
-                })
-                .collect::<candle_core::Result<Vec<_>>>()
-                .map_err(weights_err)?;
-            Backbone::F32(models)
+            Backbone::F32(layered::LayeredBert::load(vb, &config, &depths).map_err(weights_err)?)
         };
 
         Ok(Self {
@@ -599,11 +588,8 @@ impl Encoder {
     /// Like [`Encoder::embed_tokenized`] but keeps the `(batch, dim)` result on the device.
     pub fn embed_tensor(&self, batch: &[TokenizedText]) -> Result<Tensor> {
         match &self.model {
-            Backbone::F32(models) => {
-                let pooled = models
-                    .iter()
-                    .map(|model| self.embed_padded(model, batch))
-                    .collect::<Result<Vec<_>>>()?;
+            Backbone::F32(model) => {
+                let pooled = self.embed_padded(model, batch)?;
                 if let [one] = pooled.as_slice() {
                     return Ok(one.clone());
                 }
@@ -624,9 +610,13 @@ impl Encoder {
         }
     }
 
-    /// Candle's `BertModel` over the batch padded to its longest text, pooled over the mask and
-    /// L2-normalised.
-    fn embed_padded(&self, model: &BertModel, batch: &[TokenizedText]) -> Result<Tensor> {
+    /// Candle's BERT over the batch padded to its longest text: each pooled depth's state
+    /// pooled over the mask and L2-normalised.
+    fn embed_padded(
+        &self,
+        model: &layered::LayeredBert,
+        batch: &[TokenizedText],
+    ) -> Result<Vec<Tensor>> {
         let n = batch.len();
         let width = batch.iter().map(|t| t.ids.len()).max().unwrap_or(0).max(1);
         let mut ids = Vec::with_capacity(n * width);
@@ -640,22 +630,27 @@ impl Encoder {
         }
         let ids = Tensor::from_vec(ids, (n, width), &self.device)?;
         let mask = Tensor::from_vec(mask, (n, width), &self.device)?;
-        let hidden = model.forward(&ids, &ids.zeros_like()?, Some(&mask))?;
-        let pooled = match self.pooling {
-            Pooling::Mean => {
-                let mask = mask.to_dtype(DType::F32)?.unsqueeze(2)?;
-                let summed = hidden.broadcast_mul(&mask)?.sum(1)?;
-                let counts = mask.sum(1)?.clamp(1e-9, f64::MAX)?;
-                summed.broadcast_div(&counts)?
-            }
-            Pooling::Cls => hidden.narrow(1, 0, 1)?.squeeze(1)?,
-        };
-        let norms = pooled
-            .sqr()?
-            .sum_keepdim(1)?
-            .sqrt()?
-            .clamp(1e-12, f64::MAX)?;
-        Ok(pooled.broadcast_div(&norms)?)
+        let states = model.forward(&ids, &ids.zeros_like()?, &mask)?;
+        let mask = mask.to_dtype(DType::F32)?.unsqueeze(2)?;
+        states
+            .iter()
+            .map(|hidden| {
+                let pooled = match self.pooling {
+                    Pooling::Mean => {
+                        let summed = hidden.broadcast_mul(&mask)?.sum(1)?;
+                        let counts = mask.sum(1)?.clamp(1e-9, f64::MAX)?;
+                        summed.broadcast_div(&counts)?
+                    }
+                    Pooling::Cls => hidden.narrow(1, 0, 1)?.squeeze(1)?,
+                };
+                let norms = pooled
+                    .sqr()?
+                    .sum_keepdim(1)?
+                    .sqrt()?
+                    .clamp(1e-12, f64::MAX)?;
+                Ok(pooled.broadcast_div(&norms)?)
+            })
+            .collect()
     }
 }
 
