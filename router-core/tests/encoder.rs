@@ -184,7 +184,7 @@ fn pooled_layers_are_normalised_blocks_ending_in_the_sentence_embedding() -> any
             }
         }
     }
-    // f32 (one cut copy of the model per layer) and int8 (one pass) pool the same layers:
+    // f32 (Candle's layers, one pass) and int8 (ours, one pass) pool the same layers:
     // the thirds of MiniLM-L6's six, which the encoder records as numbers.
     let f32_layers = with(Precision::F32, Layers::Thirds)?;
     assert_eq!(f32_layers.layers(), [2, 4, 6]);
