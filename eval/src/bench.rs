@@ -49,6 +49,7 @@ pub fn reference_heads() -> [(&'static str, &'static str, HeadChoice); 2] {
             HeadChoice::Knn {
                 k: Some(20),
                 alpha: Some(0.0),
+                max_keys: HeadParams::DEFAULT.knn_max_keys,
             },
         ),
         ("logistic regression", "linear", HeadChoice::Linear),

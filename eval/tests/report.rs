@@ -4,7 +4,7 @@
 use std::path::{Path, PathBuf};
 
 use router_eval::{EvalConfig, run_eval};
-use router_train::{FitConfig, HeadChoice, run_fit};
+use router_train::{FitConfig, HeadChoice, HeadParams, run_fit};
 
 fn repo_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -58,6 +58,7 @@ fn report_from_a_real_small_run_matches_the_contract() -> anyhow::Result<()> {
             HeadChoice::Knn {
                 k: Some(10),
                 alpha: Some(1.0),
+                max_keys: HeadParams::DEFAULT.knn_max_keys,
             },
         ),
     ] {

@@ -299,10 +299,12 @@ pub enum HeadChoice {
     Mf {
         dim: usize,
     },
-    /// `None` values are tuned on validation.
+    /// `None` values are tuned on validation. The index keeps at most `max_keys` training
+    /// prompts ([`knn_rows`]).
     Knn {
         k: Option<usize>,
         alpha: Option<f32>,
+        max_keys: usize,
     },
     /// A task classifier and per-task mean scores (needs the task column).
     Task,
@@ -333,6 +335,9 @@ pub struct HeadParams {
     pub knn_k: Option<usize>,
     /// kNN shrinkage toward the model's prior; `None`: tuned on validation.
     pub knn_alpha: Option<f32>,
+    /// The most training prompts the kNN index keeps (a seeded sample beyond it): one decision
+    /// reads every key, so this bounds its cost however large the logs grow.
+    pub knn_max_keys: usize,
 }
 
 impl HeadParams {
@@ -342,6 +347,7 @@ impl HeadParams {
         mf_dim: 64,
         knn_k: None,
         knn_alpha: None,
+        knn_max_keys: 20_000,
     };
 }
 
@@ -364,6 +370,7 @@ impl HeadParams {
         HeadChoice::Knn {
             k: self.knn_k,
             alpha: self.knn_alpha,
+            max_keys: self.knn_max_keys,
         }
     }
 }
@@ -496,7 +503,17 @@ pub fn fit_head(
             hp.insert("dim".into(), dim as f64);
             net_fitted(HeadSpec::Mf { dim }, &varmap, train, hp)
         }
-        HeadChoice::Knn { k, alpha } => fit_knn(train, val, &prior, k, alpha, &device),
+        HeadChoice::Knn { k, alpha, max_keys } => {
+            let keys = knn_rows(train.n, max_keys, params.seed).map(|rows| train.subset(&rows));
+            fit_knn(
+                keys.as_ref().unwrap_or(train),
+                val,
+                &prior,
+                k,
+                alpha,
+                &device,
+            )
+        }
         HeadChoice::Task => fit_task(train, val, &prior, params),
         HeadChoice::IfBetter(ref inner) | HeadChoice::Weighted(ref inner) => {
             fit_head(inner, train, val, params)
@@ -883,6 +900,7 @@ impl KnnScore {
 /// names the predictions they were measured on).
 fn knn_fitted(knn: Knn, k: usize, alpha: f32, split: &str, score: KnnScore) -> Result<Fitted> {
     let tensors = knn.tensors()?;
+    let keys = knn.keys();
     Ok(Fitted {
         spec: HeadSpec::Knn { k, alpha },
         head: Head::Knn(knn),
@@ -890,6 +908,7 @@ fn knn_fitted(knn: Knn, k: usize, alpha: f32, split: &str, score: KnnScore) -> R
         hyperparameters: BTreeMap::from([
             ("k".into(), k as f64),
             ("alpha".into(), f64::from(alpha)),
+            ("keys".into(), keys as f64),
             (format!("best_{split}_loss"), score.bce),
             (format!("{split}_pairwise_loss"), score.pairwise),
         ]),
@@ -945,7 +964,9 @@ pub fn fit_cross(
 ) -> Result<(Fitted, Vec<Vec<f32>>)> {
     let device = Device::Cpu;
     match choice {
-        HeadChoice::Knn { k, alpha } => fit_knn_loo(data, *k, *alpha, &device),
+        HeadChoice::Knn { k, alpha, max_keys } => {
+            fit_knn_loo(data, *k, *alpha, *max_keys, params.seed, &device)
+        }
         HeadChoice::IfBetter(inner) | HeadChoice::Weighted(inner) => {
             fit_cross(inner, data, folds, params)
         }
@@ -1101,25 +1122,55 @@ fn fit_knn_loo(
     data: &SplitData,
     k: Option<usize>,
     alpha: Option<f32>,
+    max_keys: usize,
+    seed: u64,
     device: &Device,
 ) -> Result<(Fitted, Vec<Vec<f32>>)> {
     let prior = data.prior();
     let (ks, alphas) = knn_grid(k, alpha);
-    let index = KeyIndex::new(&data.x, data.n, data.dim)?;
+    // The index keeps a sample of the rows when there are too many; every row is still
+    // predicted (out of fold: without itself when it is a key).
+    let sample = knn_rows(data.n, max_keys, seed);
+    let keys = sample.as_ref().map(|rows| data.subset(rows));
+    let keys = keys.as_ref().unwrap_or(data);
+    let key_of_row: HashMap<usize, usize> = match &sample {
+        Some(rows) => rows
+            .iter()
+            .enumerate()
+            .map(|(key, &row)| (row, key))
+            .collect(),
+        None => (0..data.n).map(|row| (row, row)).collect(),
+    };
+    let index = KeyIndex::new(&keys.x, keys.n, keys.dim)?;
     // Each row's nearest other rows, nearest first, computed in chunks.
     let kmax = ks.iter().copied().max().unwrap_or(20);
     let chunk = 256;
     let mut neighbours: Vec<Vec<usize>> = Vec::with_capacity(data.n);
     for (c, rows) in data.x.chunks(chunk * data.dim).enumerate() {
-        neighbours.extend(index.nearest(rows, kmax, |row| Some(c * chunk + row))?);
+        neighbours.extend(index.nearest(rows, kmax, |row| {
+            key_of_row.get(&(c * chunk + row)).copied()
+        })?);
     }
-    let tuned = tune_knn(&neighbours, data, &prior, data, (&ks, &alphas), device)?;
+    let tuned = tune_knn(&neighbours, keys, &prior, data, (&ks, &alphas), device)?;
     let (k, alpha) = (tuned.k, tuned.alpha);
-    let knn = Knn::new(index, data.y.clone(), data.mask.clone(), prior, k, alpha)?;
+    let knn = Knn::new(index, keys.y.clone(), keys.mask.clone(), prior, k, alpha)?;
     Ok((
         knn_fitted(knn, k, alpha, "leave_one_out", tuned.score)?,
         tuned.logits,
     ))
+}
+
+/// The rows of `n` a kNN index keeps: `None` (all of them) up to `max`, else `max` rows drawn
+/// without replacement ([`SplitMix`] from `seed`), in increasing order.
+pub fn knn_rows(n: usize, max: usize, seed: u64) -> Option<Vec<usize>> {
+    if n <= max {
+        return None;
+    }
+    let mut rows: Vec<usize> = (0..n).collect();
+    SplitMix::new(seed).shuffle(&mut rows);
+    rows.truncate(max);
+    rows.sort_unstable();
+    Some(rows)
 }
 
 /// Platt slopes above this are capped (see [`fit_platt`]).
@@ -1374,7 +1425,8 @@ mod tests {
                 HeadChoice::IfBetter(Box::new(HeadChoice::Mf { dim: 2 })),
                 HeadChoice::Weighted(Box::new(HeadChoice::Knn {
                     k: Some(3),
-                    alpha: None
+                    alpha: None,
+                    max_keys: 20_000,
                 })),
             ]))
         );
@@ -1483,6 +1535,16 @@ mod tests {
             pairwise: 0.31,
         };
         assert!(c.better_than(&d), "the pairwise loss decides first");
+    }
+
+    #[test]
+    fn a_knn_index_keeps_a_seeded_sample_beyond_its_cap() {
+        assert_eq!(knn_rows(10, 10, 0), None);
+        let rows = knn_rows(100, 30, 7).unwrap_or_default();
+        assert_eq!(rows.len(), 30);
+        assert!(rows.windows(2).all(|w| w[0] < w[1]) && rows[29] < 100);
+        assert_eq!(knn_rows(100, 30, 7), Some(rows.clone()));
+        assert_ne!(knn_rows(100, 30, 8), Some(rows));
     }
 
     #[test]

@@ -140,6 +140,10 @@ struct FitArgs {
     /// kNN shrinkage toward the model's prior, in pseudo-observations (tuned when absent).
     #[arg(long)]
     knn_alpha: Option<f32>,
+    /// The most training prompts the kNN index keeps; beyond it, a seeded sample. One decision
+    /// reads every key (`--knn-max-keys × dim` bytes), so this bounds its cost.
+    #[arg(long, default_value_t = HeadParams::DEFAULT.knn_max_keys)]
+    knn_max_keys: usize,
     /// AdamW learning rate.
     #[arg(long, default_value_t = 1e-3)]
     learning_rate: f64,
@@ -193,6 +197,7 @@ impl FitArgs {
             mf_dim: self.mf_dim,
             knn_k: self.knn_k,
             knn_alpha: self.knn_alpha,
+            knn_max_keys: self.knn_max_keys,
         };
         config.head = HeadChoice::parse(&self.head, &params)
             .map_err(|e| anyhow::anyhow!("--head {}: {e}", self.head))?;

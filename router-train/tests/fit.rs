@@ -8,7 +8,7 @@ use router_core::artifact::Router;
 use router_core::encoder::{Encoder, Layers, Precision};
 use router_core::lexical::LexicalSpec;
 use router_train::data::{LoadOptions, expand_inputs, load, read_frame};
-use router_train::{FitConfig, HeadChoice, TrainError, run_fit};
+use router_train::{FitConfig, HeadChoice, HeadParams, TrainError, run_fit};
 
 fn repo_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -66,6 +66,7 @@ fn linear_and_knn() -> HeadChoice {
         HeadChoice::Knn {
             k: Some(10),
             alpha: Some(1.0),
+            max_keys: HeadParams::DEFAULT.knn_max_keys,
         },
     ])
 }
@@ -189,6 +190,32 @@ fn a_router_on_pooled_layers_records_them_and_predicts_from_disk() -> anyhow::Re
 }
 
 #[test]
+fn a_capped_knn_index_keeps_a_sample_and_predicts_from_disk() -> anyhow::Result<()> {
+    let tmp = tempfile::tempdir()?;
+    let data = slice_csv(tmp.path(), 200)?;
+    let (_, prices) = llmrouter();
+    let cache = tmp.path().join("cache");
+    // One split (k and α on validation) and three folds (on leave-one-out predictions, every
+    // row predicted though only the sampled ones are keys).
+    for folds in [0, 3] {
+        let out = tmp.path().join(format!("capped{folds}"));
+        let mut config = quick_config(&data, &prices, &out, &cache);
+        config.net.folds = folds;
+        config.head = HeadChoice::Knn {
+            k: None,
+            alpha: None,
+            max_keys: 40,
+        };
+        let report = run_fit(&config)?;
+        let hp = &report.manifest.training.hyperparameters;
+        assert_eq!(hp.get("keys"), Some(&40.0), "{hp:?}");
+        assert!(hp.get("k").is_some_and(|&k| k <= 40.0), "{hp:?}");
+        predicts_what_it_validated(&out, &report)?;
+    }
+    Ok(())
+}
+
+#[test]
 fn same_seed_same_weights_and_every_head_fits() -> anyhow::Result<()> {
     let tmp = tempfile::tempdir()?;
     let data = slice_csv(tmp.path(), 200)?;
@@ -227,6 +254,7 @@ fn same_seed_same_weights_and_every_head_fits() -> anyhow::Result<()> {
         HeadChoice::Knn {
             k: None,
             alpha: None,
+            max_keys: HeadParams::DEFAULT.knn_max_keys,
         },
     )?;
     assert!(!knn.is_empty());
@@ -239,6 +267,7 @@ fn same_seed_same_weights_and_every_head_fits() -> anyhow::Result<()> {
         HeadChoice::Knn {
             k: Some(10),
             alpha: Some(1.0),
+            max_keys: HeadParams::DEFAULT.knn_max_keys,
         },
     ]);
     assert_eq!(
@@ -262,6 +291,7 @@ fn a_weighted_member_keeps_its_weight_on_disk() -> anyhow::Result<()> {
         HeadChoice::Knn {
             k: Some(1),
             alpha: Some(0.0),
+            max_keys: HeadParams::DEFAULT.knn_max_keys,
         },
         HeadChoice::Mf { dim: 2 },
         HeadChoice::Weighted(Box::new(HeadChoice::Task)),
@@ -302,6 +332,7 @@ fn cross_fitting_bags_the_nets_and_reloads() -> anyhow::Result<()> {
         HeadChoice::Knn {
             k: None,
             alpha: None,
+            max_keys: HeadParams::DEFAULT.knn_max_keys,
         },
         HeadChoice::Linear,
         HeadChoice::IfBetter(Box::new(HeadChoice::Task)),

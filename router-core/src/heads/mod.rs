@@ -226,6 +226,11 @@ impl Knn {
         })
     }
 
+    /// The number of training prompts in the index.
+    pub fn keys(&self) -> usize {
+        self.index.len()
+    }
+
     /// The tensors of `head.safetensors`: `knn.keys_i8` holds the quantised keys' bytes (two's
     /// complement `i8` in a `U8` tensor: Candle has no `I8`), `knn.key_scales` their scales.
     pub fn tensors(&self) -> Result<HashMap<String, Tensor>> {
