@@ -1133,13 +1133,15 @@ fn fit_knn_loo(
     let sample = knn_rows(data.n, max_keys, seed);
     let keys = sample.as_ref().map(|rows| data.subset(rows));
     let keys = keys.as_ref().unwrap_or(data);
-    let key_of_row: HashMap<usize, usize> = match &sample {
-        Some(rows) => rows
-            .iter()
-            .enumerate()
-            .map(|(key, &row)| (row, key))
-            .collect(),
-        None => (0..data.n).map(|row| (row, row)).collect(),
+    let key_of_row: Vec<Option<usize>> = match &sample {
+        Some(rows) => {
+            let mut key_of_row = vec![None; data.n];
+            for (key, &row) in rows.iter().enumerate() {
+                key_of_row[row] = Some(key);
+            }
+            key_of_row
+        }
+        None => (0..data.n).map(Some).collect(),
     };
     let index = KeyIndex::new(&keys.x, keys.n, keys.dim)?;
     // Each row's nearest other rows, nearest first, computed in chunks.
@@ -1147,9 +1149,7 @@ fn fit_knn_loo(
     let chunk = 256;
     let mut neighbours: Vec<Vec<usize>> = Vec::with_capacity(data.n);
     for (c, rows) in data.x.chunks(chunk * data.dim).enumerate() {
-        neighbours.extend(index.nearest(rows, kmax, |row| {
-            key_of_row.get(&(c * chunk + row)).copied()
-        })?);
+        neighbours.extend(index.nearest(rows, kmax, |row| key_of_row[c * chunk + row])?);
     }
     let tuned = tune_knn(&neighbours, keys, &prior, data, (&ks, &alphas), device)?;
     let (k, alpha) = (tuned.k, tuned.alpha);

@@ -123,13 +123,8 @@ impl KeyIndex {
         if queries.is_empty() {
             return Ok(Vec::new());
         }
-        check_shape(
-            queries.len(),
-            queries.len() / self.dim.max(1),
-            self.dim,
-            "queries",
-        )?;
         let m = queries.len() / self.dim;
+        check_shape(queries.len(), m, self.dim, "queries")?;
         let dim_pad = self.keys_dim_padded();
         let n_pad = self.keys.out_features();
         let mut out = vec![0f32; m * n_pad];
