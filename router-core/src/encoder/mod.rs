@@ -632,15 +632,15 @@ impl Encoder {
         let mask = Tensor::from_vec(mask, (n, width), &self.device)?;
         let states = model.forward(&ids, &ids.zeros_like()?, &mask)?;
         let mask = mask.to_dtype(DType::F32)?.unsqueeze(2)?;
+        let counts = mask.sum(1)?.clamp(1e-9, f64::MAX)?;
         states
             .iter()
             .map(|hidden| {
                 let pooled = match self.pooling {
-                    Pooling::Mean => {
-                        let summed = hidden.broadcast_mul(&mask)?.sum(1)?;
-                        let counts = mask.sum(1)?.clamp(1e-9, f64::MAX)?;
-                        summed.broadcast_div(&counts)?
-                    }
+                    Pooling::Mean => hidden
+                        .broadcast_mul(&mask)?
+                        .sum(1)?
+                        .broadcast_div(&counts)?,
                     Pooling::Cls => hidden.narrow(1, 0, 1)?.squeeze(1)?,
                 };
                 let norms = pooled

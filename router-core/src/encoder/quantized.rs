@@ -238,7 +238,9 @@ impl QuantizedBert {
         let mut context = vec![0f32; total * h];
         let mut attended = vec![0f32; total * h];
         let mut inner = Vec::new();
-        for (depth, layer) in (1..).zip(&self.layers) {
+        // No layer after the last pooled one is needed.
+        let last = layers.last().copied().unwrap_or(self.layers.len());
+        for (depth, layer) in (1..).zip(&self.layers).take(last) {
             layer.qkv.forward(kernel, &x, total, &mut qkv);
             let mut offset = 0;
             for seq in sequences {

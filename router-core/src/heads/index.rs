@@ -30,15 +30,8 @@ impl KeyIndex {
     pub fn new(keys: &[f32], n: usize, dim: usize) -> Result<Self> {
         check_shape(keys.len(), n, dim, "keys")?;
         let (n_pad, dim_pad) = padded(n, dim);
-        let mut padded_keys = vec![0f32; n_pad * dim_pad];
-        for (dst, src) in padded_keys
-            .chunks_exact_mut(dim_pad)
-            .zip(keys.chunks_exact(dim))
-        {
-            dst[..dim].copy_from_slice(src);
-        }
         let keys = Int8Linear::new(
-            &padded_keys,
+            &pad(keys, dim, n_pad, dim_pad),
             &vec![0.0; n_pad],
             n_pad,
             dim_pad,
@@ -63,10 +56,7 @@ impl KeyIndex {
             )));
         }
         let (n_pad, dim_pad) = padded(n, dim);
-        let mut padded_q = vec![0i8; n_pad * dim_pad];
-        for (dst, src) in padded_q.chunks_exact_mut(dim_pad).zip(q.chunks_exact(dim)) {
-            dst[..dim].copy_from_slice(src);
-        }
+        let padded_q = pad(q, dim, n_pad, dim_pad);
         let mut padded_scales = scales.to_vec();
         padded_scales.resize(n_pad, 1.0);
         let keys = Int8Linear::from_quantized(
@@ -108,13 +98,7 @@ impl KeyIndex {
     /// The quantised keys (`len × dim`, row-major) and their scales: what a router stores.
     pub fn quantized(&self) -> (Vec<i8>, Vec<f32>) {
         let (q, scales) = self.keys.quantized();
-        let dim_pad = self.keys_dim_padded();
-        let q = q
-            .chunks_exact(dim_pad)
-            .take(self.n)
-            .flat_map(|row| &row[..self.dim])
-            .copied()
-            .collect();
+        let q = unpad(&q, self.keys_dim_padded(), self.n, self.dim);
         (q, scales[..self.n].to_vec())
     }
 
@@ -131,21 +115,11 @@ impl KeyIndex {
         if dim_pad == self.dim {
             self.keys.forward(self.kernel, queries, m, &mut out);
         } else {
-            let mut padded_queries = vec![0f32; m * dim_pad];
-            for (dst, src) in padded_queries
-                .chunks_exact_mut(dim_pad)
-                .zip(queries.chunks_exact(self.dim))
-            {
-                dst[..self.dim].copy_from_slice(src);
-            }
-            self.keys.forward(self.kernel, &padded_queries, m, &mut out);
+            let queries = pad(queries, self.dim, m, dim_pad);
+            self.keys.forward(self.kernel, &queries, m, &mut out);
         }
         if n_pad != self.n {
-            out = out
-                .chunks_exact(n_pad)
-                .flat_map(|row| &row[..self.n])
-                .copied()
-                .collect();
+            out = unpad(&out, n_pad, m, self.n);
         }
         Ok(out)
     }
@@ -183,6 +157,25 @@ fn top_k(row: &[f32], k: usize, skip: Option<usize>) -> Vec<usize> {
     idx.truncate(k);
     idx.sort_unstable_by(order);
     idx
+}
+
+/// `rows` (row-major, `dim` wide) as `n_pad` rows `dim_pad` wide, zero-filled.
+fn pad<T: Copy + Default>(rows: &[T], dim: usize, n_pad: usize, dim_pad: usize) -> Vec<T> {
+    let mut out = vec![T::default(); n_pad * dim_pad];
+    for (dst, src) in out.chunks_exact_mut(dim_pad).zip(rows.chunks_exact(dim)) {
+        dst[..dim].copy_from_slice(src);
+    }
+    out
+}
+
+/// The first `keep` values of the first `n` rows of `rows` (row-major, `width` wide): what
+/// [`pad`] added, taken off again.
+fn unpad<T: Copy>(rows: &[T], width: usize, n: usize, keep: usize) -> Vec<T> {
+    rows.chunks_exact(width)
+        .take(n)
+        .flat_map(|row| &row[..keep])
+        .copied()
+        .collect()
 }
 
 fn padded(n: usize, dim: usize) -> (usize, usize) {

@@ -262,14 +262,9 @@ impl Knn {
     /// The index a router stored: int8 keys, or the f32 `knn.keys` of routers written before
     /// them (quantised on loading).
     fn load_index(tensors: &HashMap<String, Tensor>, input_dim: usize) -> Result<KeyIndex> {
-        let get = |name: &str| {
-            tensors
-                .get(name)
-                .ok_or_else(|| Error::InvalidInput(format!("tensor `{name}` is missing")))
-        };
         let (keys, quantized) = match tensors.get(KEYS_I8) {
             Some(keys) => (keys, true),
-            None => (get(F32_KEYS)?, false),
+            None => (named(tensors, F32_KEYS)?, false),
         };
         let (n, dim) = keys.dims2()?;
         if dim != input_dim {
@@ -292,7 +287,9 @@ impl Knn {
             .into_iter()
             .map(u8::cast_signed)
             .collect();
-        let scales = get(KEY_SCALES)?.flatten_all()?.to_vec1::<f32>()?;
+        let scales = named(tensors, KEY_SCALES)?
+            .flatten_all()?
+            .to_vec1::<f32>()?;
         KeyIndex::from_quantized(&q, &scales, n, dim)
     }
 
@@ -312,6 +309,13 @@ impl Knn {
         }
         Ok(Tensor::from_vec(out, (batch, self.n_models), x.device())?)
     }
+}
+
+/// The tensor `name` of `head.safetensors`; a missing one is an error naming it.
+fn named<'a>(tensors: &'a HashMap<String, Tensor>, name: &str) -> Result<&'a Tensor> {
+    tensors
+        .get(name)
+        .ok_or_else(|| Error::InvalidInput(format!("tensor `{name}` is missing")))
 }
 
 /// The kNN head's int8 keys and their scales in `head.safetensors` ([`Knn::tensors`]).
@@ -460,11 +464,7 @@ impl Head {
                 let index = Knn::load_index(&tensors, input_dim)?;
                 let n = index.len();
                 let flat = |name: &str, len: usize| -> Result<Vec<f32>> {
-                    let v = tensors
-                        .get(name)
-                        .ok_or_else(|| Error::InvalidInput(format!("tensor `{name}` is missing")))?
-                        .flatten_all()?
-                        .to_vec1::<f32>()?;
+                    let v = named(&tensors, name)?.flatten_all()?.to_vec1::<f32>()?;
                     if v.len() != len {
                         return Err(Error::InvalidInput(format!(
                             "tensor `{name}` has {} values, expected {len}",
