@@ -172,14 +172,17 @@ impl RouterReport {
 
     /// A bootstrapped headline number on the full test set; "never reached" is `−∞`.
     pub fn headline_value(&self, key: &str) -> f64 {
-        match key {
-            "savings_at_parity" => self.savings_at_parity,
-            "savings_within_0.05" => self.savings_within.get("0.05").copied().flatten(),
-            "quality_at_best_cost" => self.quality_at_best_cost,
-            "aiq" => self.aiq,
-            _ => None,
-        }
-        .unwrap_or(f64::NEG_INFINITY)
+        let values = sweep::bootstrapped_values(
+            self.savings_at_parity,
+            &self.savings_within,
+            self.quality_at_best_cost,
+            self.aiq,
+        );
+        sweep::BOOTSTRAPPED
+            .iter()
+            .position(|&k| k == key)
+            .and_then(|at| values[at])
+            .unwrap_or(f64::NEG_INFINITY)
     }
 
     /// This router minus `other` on every bootstrapped headline number; empty when their

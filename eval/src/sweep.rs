@@ -400,6 +400,22 @@ pub const BOOTSTRAPPED: [&str; 4] = [
     "aiq",
 ];
 
+/// The [`BOOTSTRAPPED`] numbers, in that order, from a headline's fields (a resample's, or
+/// a report's on the full test set); `None` where a target is never reached.
+pub fn bootstrapped_values(
+    savings_at_parity: Option<f64>,
+    savings_within: &BTreeMap<String, Option<f64>>,
+    quality_at_best_cost: Option<f64>,
+    aiq: Option<f64>,
+) -> [Option<f64>; 4] {
+    [
+        savings_at_parity,
+        savings_within.get("0.05").copied().flatten(),
+        quality_at_best_cost,
+        aiq,
+    ]
+}
+
 /// 95 % percentile interval of (unsorted, non-empty) samples; an end at ±∞ stays infinite.
 fn percentile_interval(mut v: Vec<f64>) -> [f64; 2] {
     v.sort_by(f64::total_cmp);
@@ -426,12 +442,12 @@ pub fn bootstrap(
             weights[(rng.next_u64() % n as u64) as usize] += 1.0;
         }
         let h = pre.headline(&weights);
-        let values = [
+        let values = bootstrapped_values(
             h.savings_at_parity,
-            h.savings_within.get("0.05").copied().flatten(),
+            &h.savings_within,
             h.quality_at_best_cost,
             h.aiq,
-        ];
+        );
         for (key, value) in BOOTSTRAPPED.iter().zip(values) {
             samples
                 .entry((*key).to_owned())
@@ -491,6 +507,21 @@ pub fn paired_difference(a: &Draws, b: &Draws, key: &str) -> Option<Paired> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn bootstrapped_values_follow_the_keys() {
+        let within = BTreeMap::from([
+            ("0.01".to_owned(), Some(0.1)),
+            ("0.05".to_owned(), Some(0.5)),
+            ("0.10".to_owned(), None),
+        ]);
+        let values = bootstrapped_values(Some(0.3), &within, None, Some(0.9));
+        let by_key: BTreeMap<_, _> = BOOTSTRAPPED.into_iter().zip(values).collect();
+        assert_eq!(by_key["savings_at_parity"], Some(0.3));
+        assert_eq!(by_key["savings_within_0.05"], Some(0.5));
+        assert_eq!(by_key["quality_at_best_cost"], None);
+        assert_eq!(by_key["aiq"], Some(0.9));
+    }
 
     /// Three prompts, two models (cheap 0, dear 1): the oracle takes the cheap model where
     /// both are right (a tie) and the dear one only where it alone is right.
