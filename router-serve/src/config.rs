@@ -148,6 +148,11 @@ pub struct RoutingConfig {
     /// The widest band a request may ask for.
     #[serde(default = "default_max_request_band")]
     pub max_request_band: f64,
+    /// Share (0–1) of routed requests sent to a model drawn uniformly from the band instead
+    /// of the policy's choice, so that the logs keep labels for every model in the band; the
+    /// decision log records each choice's probability (`propensity`). 0 (default): never.
+    #[serde(default)]
+    pub explore: f64,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -417,6 +422,12 @@ impl ServeConfig {
                 "must be within 0–1".into(),
             ));
         }
+        if !(0.0..=1.0).contains(&r.explore) {
+            return Err(invalid(
+                "routing.explore",
+                format!("must be a share within 0–1, got {}", r.explore),
+            ));
+        }
         if self.batching.max_batch == 0 {
             return Err(invalid("batching.max_batch", "must be positive".into()));
         }
@@ -677,6 +688,9 @@ mod tests {
             ),
             ("[server]\nmax_body_bytes = 0", "server.max_body_bytes"),
             ("[routing]\npolicy = \"cheap\"", "cheapest"),
+            ("[routing]\nexplore = 1.5", "routing.explore"),
+            ("[routing]\nexplore = -0.1", "routing.explore"),
+            ("[routing]\nexplore = nan", "routing.explore"),
         ] {
             let err = ServeConfig::parse(text, "t").unwrap_err().to_string();
             assert!(err.contains(key), "{text}: {err}");

@@ -71,7 +71,7 @@ pub struct DecisionRecord {
     pub requested_model: String,
     pub mode: Option<String>,
     pub band: Option<f64>,
-    /// `band`, `passthrough`, `fallback`, `router_error`.
+    /// `band`, `explore`, `passthrough`, `fallback`, `router_error`.
     pub reason: String,
     pub user: Option<String>,
     /// The API key's name, its team and tier, the rule that matched, `x-router-tags`.
@@ -88,6 +88,9 @@ pub struct DecisionRecord {
     pub best_predicted: Option<String>,
     pub in_band: Vec<String>,
     pub chosen: Option<String>,
+    /// The probability that the decision chose `chosen` (below 1 only with `routing.explore`);
+    /// absent without a decision.
+    pub propensity: Option<f64>,
     /// The model that answered, if any did.
     pub model: Option<String>,
     pub attempts: Vec<Attempt>,
@@ -127,6 +130,7 @@ impl DecisionRecord {
             best_predicted: None,
             in_band: Vec::new(),
             chosen: None,
+            propensity: None,
             model: None,
             attempts: Vec::new(),
             stream: false,
@@ -152,6 +156,9 @@ pub struct FeedbackRecord {
     pub cost_usd: Option<f64>,
     pub input_tokens: Option<u64>,
     pub output_tokens: Option<u64>,
+    /// The decision's probability of choosing `model`, when the chosen model answered (not a
+    /// fallback and not a passthrough).
+    pub propensity: Option<f64>,
     pub comment: Option<String>,
 }
 
@@ -163,6 +170,7 @@ pub struct Answered {
     pub model: String,
     pub cost_usd: Option<f64>,
     pub usage: Option<Usage>,
+    pub propensity: Option<f64>,
 }
 
 enum Line {
@@ -277,6 +285,9 @@ impl DecisionLog {
                         model: model.clone(),
                         cost_usd: record.cost_usd,
                         usage: record.usage,
+                        propensity: record
+                            .propensity
+                            .filter(|_| record.chosen.as_ref() == Some(model)),
                     },
                 );
             }

@@ -4,6 +4,7 @@
 //! does the whole path synchronously (the `route` CLI).
 
 use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
 
 use router_core::artifact::Router;
@@ -40,12 +41,17 @@ pub struct RouteDecision {
     pub input_tokens: usize,
     /// Every model, in the artifact's order.
     pub candidates: Vec<Candidate>,
-    /// Models inside the band, in the policy's order of preference (the chosen one first).
+    /// Models inside the band, in the policy's order of preference (the policy's choice first;
+    /// an explored choice may be any of them).
     pub in_band: Vec<String>,
     /// The order models are tried in if the chosen one fails: the rest of the band, then the
     /// other routable models by predicted quality.
     pub fallback_order: Vec<String>,
+    /// `band`, or `explore` when `routing.explore` drew the model at random from the band.
     pub reason: &'static str,
+    /// The probability that this decision chose `chosen` (1 without exploration): what a
+    /// retraining can weight the answer's label by (inverse propensity).
+    pub propensity: f64,
     pub decision_ms: f64,
     #[serde(skip)]
     pub chosen_index: usize,
@@ -102,10 +108,97 @@ pub fn explain(
         in_band,
         fallback_order,
         reason: "band",
+        propensity: 1.0,
         decision_ms: 0.0,
         chosen_index: decision.chosen,
         best_index: decision.best,
     })
+}
+
+/// Exploration: with probability `share`, a routed request goes to a model drawn uniformly
+/// from its band instead of the policy's choice, so that the decision logs (and the labels
+/// sent back for them) keep covering every model the router deems good enough for a prompt,
+/// not only the ones it already prefers. The band is the request's promise, so a draw never
+/// leaves it; a band of one model is never explored.
+#[derive(Debug)]
+pub struct Explorer {
+    share: f64,
+    state: AtomicU64,
+}
+
+/// SplitMix64's increment and finaliser.
+const GOLDEN_GAMMA: u64 = 0x9E37_79B9_7F4A_7C15;
+
+fn mix(mut z: u64) -> u64 {
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    z ^ (z >> 31)
+}
+
+impl Explorer {
+    /// Explores `share` (0–1) of the decisions, drawing from a SplitMix64 stream seeded by
+    /// `seed`.
+    pub fn new(share: f64, seed: u64) -> Self {
+        Self {
+            share,
+            state: AtomicU64::new(seed),
+        }
+    }
+
+    fn next(&self) -> u64 {
+        mix(self
+            .state
+            .fetch_add(GOLDEN_GAMMA, Ordering::Relaxed)
+            .wrapping_add(GOLDEN_GAMMA))
+    }
+
+    /// Applies exploration to `decision`: its choice, reason, fallback order and propensity.
+    pub fn apply(&self, decision: &mut RouteDecision) {
+        let n = decision.in_band.len();
+        if self.share <= 0.0 || n < 2 {
+            return;
+        }
+        // 53 random bits for the coin, the rest of a second draw for the model.
+        let coin = (self.next() >> 11) as f64 / (1u64 << 53) as f64;
+        let pick = (self.next() % n as u64) as usize;
+        let (chosen, propensity) = explore_choice(n, self.share, coin, pick);
+        decision.propensity = propensity;
+        if coin >= self.share {
+            return;
+        }
+        decision.reason = "explore";
+        let model = decision.in_band[chosen].clone();
+        decision.chosen_index = decision
+            .candidates
+            .iter()
+            .position(|c| c.model == model)
+            .unwrap_or(decision.chosen_index);
+        // The rest of the band in the policy's order (its own choice first), then the rest.
+        let outside = decision
+            .fallback_order
+            .iter()
+            .filter(|m| !decision.in_band.contains(m));
+        decision.fallback_order = decision
+            .in_band
+            .iter()
+            .filter(|m| **m != model)
+            .chain(outside)
+            .cloned()
+            .collect();
+        decision.chosen = model;
+    }
+}
+
+/// The position in a band of `n` models (the policy's choice at 0) that a decision takes when
+/// it explores `share` of the time, for a `coin` uniform in [0, 1) and a uniform `pick` < n,
+/// and the probability of that outcome.
+fn explore_choice(n: usize, share: f64, coin: f64, pick: usize) -> (usize, f64) {
+    let uniform = share / n as f64;
+    if coin < share {
+        (pick, uniform + if pick == 0 { 1.0 - share } else { 0.0 })
+    } else {
+        (0, 1.0 - share + uniform)
+    }
 }
 
 impl Route {
@@ -146,5 +239,110 @@ impl Route {
         )?;
         decision.decision_ms = start.elapsed().as_secs_f64() * 1e3;
         Ok(decision)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A decision over three models, all in the band in the policy's order b, c, a, and one
+    /// model (d) outside it.
+    fn decision() -> RouteDecision {
+        let candidate = |model: &str, in_band: bool| Candidate {
+            model: model.to_owned(),
+            predicted_quality: 0.5,
+            expected_cost_usd: 0.001,
+            routable: true,
+            in_band,
+        };
+        RouteDecision {
+            chosen: "b".into(),
+            best_predicted: "a".into(),
+            band: 0.1,
+            policy: Policy::Value,
+            input_tokens: 10,
+            candidates: vec![
+                candidate("a", true),
+                candidate("b", true),
+                candidate("c", true),
+                candidate("d", false),
+            ],
+            in_band: vec!["b".into(), "c".into(), "a".into()],
+            fallback_order: vec!["c".into(), "a".into(), "d".into()],
+            reason: "band",
+            propensity: 1.0,
+            decision_ms: 0.0,
+            chosen_index: 1,
+            best_index: 0,
+        }
+    }
+
+    #[test]
+    fn an_explored_choice_has_the_probability_it_was_drawn_with() {
+        // 30 % explored over 3 models: the policy's choice 0.7 + 0.1, the others 0.1 each.
+        let close = |a: f64, b: f64| (a - b).abs() < 1e-12;
+        let (at, p) = explore_choice(3, 0.3, 0.5, 2);
+        assert_eq!(at, 0);
+        assert!(close(p, 0.8), "{p}");
+        let (at, p) = explore_choice(3, 0.3, 0.1, 2);
+        assert_eq!(at, 2);
+        assert!(close(p, 0.1), "{p}");
+        let (at, p) = explore_choice(3, 0.3, 0.1, 0);
+        assert_eq!(at, 0);
+        assert!(close(p, 0.8), "{p}");
+        // Always exploring: uniform.
+        assert!(close(explore_choice(4, 1.0, 0.99, 0).1, 0.25));
+    }
+
+    #[test]
+    fn exploring_draws_from_the_band_at_the_configured_share() {
+        let explorer = Explorer::new(0.3, 7);
+        let draws = 20_000;
+        let mut counts = std::collections::HashMap::new();
+        let mut explored = 0;
+        for _ in 0..draws {
+            let mut d = decision();
+            explorer.apply(&mut d);
+            let expected = if d.chosen == "b" { 0.8 } else { 0.1 };
+            assert!((d.propensity - expected).abs() < 1e-12, "{d:?}");
+            assert_ne!(d.chosen, "d", "never outside the band");
+            assert_eq!(d.candidates[d.chosen_index].model, d.chosen);
+            if d.reason == "explore" {
+                explored += 1;
+                // The rest of the band in the policy's order, then the rest.
+                let mut order = vec!["b", "c", "a"];
+                order.retain(|m| *m != d.chosen);
+                order.push("d");
+                assert_eq!(d.fallback_order, order);
+            } else {
+                assert_eq!(d.chosen, "b");
+                assert_eq!(d.fallback_order, ["c", "a", "d"]);
+            }
+            *counts.entry(d.chosen).or_insert(0usize) += 1;
+        }
+        let share = |n: usize| n as f64 / draws as f64;
+        assert!((share(explored) - 0.3).abs() < 0.02, "{explored}");
+        for (model, expected) in [("b", 0.8), ("c", 0.1), ("a", 0.1)] {
+            assert!((share(counts[model]) - expected).abs() < 0.02, "{counts:?}");
+        }
+    }
+
+    #[test]
+    fn no_share_or_a_band_of_one_is_never_explored() {
+        let mut d = decision();
+        Explorer::new(0.0, 1).apply(&mut d);
+        assert_eq!(
+            (d.chosen.as_str(), d.reason, d.propensity),
+            ("b", "band", 1.0)
+        );
+        let mut d = decision();
+        d.in_band.truncate(1);
+        d.fallback_order = vec!["c".into(), "a".into(), "d".into()];
+        Explorer::new(1.0, 1).apply(&mut d);
+        assert_eq!(
+            (d.chosen.as_str(), d.reason, d.propensity),
+            ("b", "band", 1.0)
+        );
     }
 }

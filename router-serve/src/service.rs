@@ -36,7 +36,7 @@ const INLINE_TOKENIZE_BYTES: usize = 16 * 1024;
 pub struct Plan {
     pub mode: Option<String>,
     pub band: Option<f64>,
-    /// `band`, `passthrough` or `router_error`.
+    /// `band`, `explore`, `passthrough` or `router_error`.
     pub reason: &'static str,
     pub decision: Option<RouteDecision>,
     pub targets: Vec<Target>,
@@ -229,6 +229,7 @@ pub async fn plan(engine: &Engine, req: &ChatRequest, policy: &Policy) -> Result
     match predicted {
         Ok(mut decision) => {
             decision.decision_ms = decision_ms;
+            engine.explorer.apply(&mut decision);
             let targets = std::iter::once(&decision.chosen)
                 .chain(&decision.fallback_order)
                 .filter_map(|m| target(engine, m))
@@ -236,7 +237,7 @@ pub async fn plan(engine: &Engine, req: &ChatRequest, policy: &Policy) -> Result
             Ok(Plan {
                 mode: Some(mode),
                 band: Some(band),
-                reason: "band",
+                reason: decision.reason,
                 decision: Some(decision),
                 targets,
                 input_tokens,
@@ -407,6 +408,7 @@ pub(crate) fn base_record(
         best_predicted: decision.map(|d| d.best_predicted.clone()),
         in_band: decision.map(|d| d.in_band.clone()).unwrap_or_default(),
         chosen: plan.targets.first().map(|t| t.model.clone()),
+        propensity: decision.map(|d| d.propensity),
         stream: req.stream,
         best_expected_cost_usd: decision.map(|d| d.candidates[d.best_index].expected_cost_usd),
         ..DecisionRecord::new(id, endpoint)
@@ -629,6 +631,7 @@ pub fn feedback(state: &AppState, body: &Bytes) -> Result<Value, ApiError> {
         cost_usd: answered.cost_usd,
         input_tokens: answered.usage.map(|u| u.input_tokens),
         output_tokens: answered.usage.map(|u| u.output_tokens),
+        propensity: answered.propensity,
         comment: req.comment,
     });
     Ok(json!({

@@ -20,6 +20,7 @@ use crate::cache::DecisionCache;
 use crate::config::{ConfigError, ServeConfig};
 use crate::log::DecisionLog;
 use crate::metrics::Metrics;
+use crate::route::Explorer;
 
 /// Why an engine could not be built.
 #[derive(Debug, thiserror::Error)]
@@ -60,6 +61,8 @@ pub struct Engine {
     pub routable: Vec<bool>,
     /// Served when the router fails.
     pub fail_open_model: String,
+    /// Draws `routing.explore`'s share of decisions from the band.
+    pub explorer: Explorer,
     /// Modification times of the files this engine was built from.
     pub watched: Vec<(PathBuf, Option<SystemTime>)>,
 }
@@ -157,6 +160,7 @@ impl Engine {
         .map_err(LoadError::Thread)?;
         let watched = watched_files(&config);
         let cache = DecisionCache::new(config.batching.decision_cache);
+        let explorer = Explorer::new(config.routing.explore, uuid::Uuid::new_v4().as_u64_pair().0);
         Ok(Self {
             config,
             router,
@@ -167,6 +171,7 @@ impl Engine {
             clients,
             routable,
             fail_open_model,
+            explorer,
             watched,
         })
     }

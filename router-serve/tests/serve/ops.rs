@@ -82,6 +82,63 @@ async fn feedback_becomes_a_training_set_router_train_reads() {
     t.server.shutdown().await;
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn exploration_spreads_answers_over_the_band_and_logs_their_propensity() {
+    // Always exploring, in the widest band: every model is a candidate, each drawn uniformly.
+    let t = TestServer::with("", "[routing]\nexplore = 1.0").await;
+    let mut body = chat_body("router", false);
+    body["router"] = json!({"band": 1.0});
+    let mut models = std::collections::BTreeSet::new();
+    let mut ids = Vec::new();
+    for _ in 0..24 {
+        let r = t.post("/v1/chat/completions", body.clone()).await;
+        assert_eq!(r.status(), 200);
+        assert_eq!(r.headers()["x-router-reason"], "explore");
+        models.insert(r.headers()["x-router-model"].to_str().unwrap().to_owned());
+        ids.push(
+            r.headers()["x-router-request-id"]
+                .to_str()
+                .unwrap()
+                .to_owned(),
+        );
+    }
+    // 24 uniform draws from 9 models: all on one is (1/9)^23.
+    assert!(models.len() >= 2, "{models:?}");
+    let lines = t.decisions(24).await;
+    assert_eq!(lines.len(), 24);
+    for line in &lines {
+        let n = line["in_band"].as_array().unwrap().len();
+        assert!(n >= 2, "{line}");
+        assert_eq!(line["reason"], "explore");
+        assert_eq!(line["propensity"].as_f64().unwrap(), 1.0 / n as f64);
+        assert_eq!(line["chosen"], line["model"]);
+    }
+    // The label sent back carries the propensity; a passthrough's has none.
+    let ok = t
+        .post("/v1/feedback", json!({"request_id": ids[0], "score": 1.0}))
+        .await;
+    assert_eq!(ok.status(), 200);
+    let r = t
+        .post("/v1/chat/completions", chat_body("codegemma-7b", false))
+        .await;
+    let passthrough = r.headers()["x-router-request-id"].to_str().unwrap();
+    let ok = t
+        .post(
+            "/v1/feedback",
+            json!({"request_id": passthrough, "score": 0.0}),
+        )
+        .await;
+    assert_eq!(ok.status(), 200);
+    let rows = read_jsonl(&t.logs.path().join("feedback.jsonl"), 2).await;
+    let first = lines.iter().find(|l| l["request_id"] == ids[0]).unwrap();
+    assert_eq!(rows[0]["propensity"], first["propensity"]);
+    assert!(rows[1]["propensity"].is_null(), "{}", rows[1]);
+    // Exploring is counted under its own reason.
+    let text = metrics(&format!("http://{}", t.server.addr())).await;
+    assert!(text.contains("reason=\"explore\""), "{text}");
+    t.server.shutdown().await;
+}
+
 fn copy_router(to: &Path, name: &str) {
     std::fs::create_dir_all(to).unwrap();
     std::fs::copy(
