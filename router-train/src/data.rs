@@ -1,7 +1,8 @@
 //! Eval logs → a prompt × model score table.
 //!
 //! Long format, one row per (prompt, model): `prompt`, `model`, `score` required; `prompt_id`,
-//! `task`, `cost_usd`, `input_tokens`, `output_tokens`, `output_chars`, `weight` optional.
+//! `task`, `cost_usd`, `input_tokens`, `output_tokens`, `output_chars`, `weight`,
+//! `propensity` optional.
 //! Parquet, CSV and JSONL (by extension), several files or globs at once, read with polars.
 //! Scores are normalised to 0–1; duplicate (prompt, model) rows are averaged (weighted) and
 //! counted; a missing cell stays missing (masked), never 0.
@@ -65,6 +66,11 @@ pub struct Table {
     /// Mean logged output tokens of each cell (`output_tokens`, else `output_chars / 4`);
     /// NaN where the logs have none.
     pub cell_output_tokens: Vec<f64>,
+    /// Mean `1/propensity` of each cell's rows that logged a `propensity` (the probability
+    /// that the router chose the model, from router-serve's feedback); NaN where none did.
+    pub cell_inverse_propensity: Vec<f64>,
+    /// Rows that logged a `propensity`.
+    pub n_propensity_rows: usize,
     pub usage: Vec<ModelUsage>,
     pub score: ScoreSpec,
     pub n_rows: usize,
@@ -81,6 +87,33 @@ impl Table {
     pub fn cell(&self, prompt: usize, model: usize) -> Option<f32> {
         let i = prompt * self.models.len() + model;
         (self.mask[i] > 0.0).then_some(self.scores[i])
+    }
+
+    /// The mask with each evaluated cell weighted by inverse propensity: its mean
+    /// `1/propensity` (1 for a cell whose rows logged none), divided by the mean of that over
+    /// the model's evaluated cells, so each model's cells weigh as much in all as they count
+    /// (self-normalised). `None` when no row logged a propensity.
+    pub fn propensity_weighted_mask(&self) -> Option<Vec<f32>> {
+        if self.n_propensity_rows == 0 {
+            return None;
+        }
+        let m = self.n_models();
+        let weight = |i: usize| {
+            let w = self.cell_inverse_propensity[i];
+            if w.is_nan() { 1.0 } else { w }
+        };
+        let mut mask = self.mask.clone();
+        for model in 0..m {
+            let cells: Vec<usize> = (model..mask.len())
+                .step_by(m)
+                .filter(|&i| mask[i] > 0.0)
+                .collect();
+            let mean = cells.iter().map(|&i| weight(i)).sum::<f64>() / cells.len().max(1) as f64;
+            for i in cells {
+                mask[i] = (weight(i) / mean) as f32;
+            }
+        }
+        Some(mask)
     }
 
     /// sha256 over the sorted (normalised prompt, model, score) cells.
@@ -258,6 +291,7 @@ struct Row {
     input_tokens: Option<f64>,
     output_tokens: Option<f64>,
     output_chars: Option<f64>,
+    propensity: Option<f64>,
     file: usize,
     row: usize,
 }
@@ -288,6 +322,7 @@ fn read_rows(
         "output_tokens",
         "output_chars",
         "weight",
+        "propensity",
     ];
     let mut extra: HashMap<&str, NumericCells> = HashMap::new();
     for name in optional {
@@ -332,10 +367,21 @@ fn read_rows(
                     Some(Err(text)) => Err(invalid(name, format!("`{text}` is not a number"))),
                 }
             };
+            let propensity = match get("propensity")? {
+                Some(p) if p > 0.0 && p <= 1.0 => Some(p),
+                Some(p) => {
+                    return Err(invalid(
+                        "propensity",
+                        format!("{p} is not a probability in (0, 1]"),
+                    ));
+                }
+                None => None,
+            };
             Ok(Row {
                 prompt,
                 model,
                 score,
+                propensity,
                 weight: get("weight")?.unwrap_or(1.0),
                 task: tasks.as_ref().and_then(|t| t[i].clone()),
                 cost_usd: get("cost_usd")?,
@@ -467,6 +513,8 @@ pub fn load(files: &[PathBuf], opts: &LoadOptions) -> Result<Table> {
     // (sum, n) of logged cost and output tokens per cell.
     let mut cost_acc: Vec<(f64, u32)> = Vec::new();
     let mut tokens_acc: Vec<(f64, u32)> = Vec::new();
+    let mut inverse_propensity_acc: Vec<(f64, u32)> = Vec::new();
+    let mut n_propensity_rows = 0;
     let mut usage = vec![ModelUsage::default(); m];
     let mut n_duplicates = 0;
     let span = score.raw_max - score.raw_min;
@@ -488,6 +536,7 @@ pub fn load(files: &[PathBuf], opts: &LoadOptions) -> Result<Table> {
                 counts.extend(std::iter::repeat_n(0, m));
                 cost_acc.extend(std::iter::repeat_n((0.0, 0), m));
                 tokens_acc.extend(std::iter::repeat_n((0.0, 0), m));
+                inverse_propensity_acc.extend(std::iter::repeat_n((0.0, 0), m));
                 p
             }
         };
@@ -503,6 +552,11 @@ pub fn load(files: &[PathBuf], opts: &LoadOptions) -> Result<Table> {
         if let Some(cost) = r.cost_usd {
             cost_acc[cell].0 += cost;
             cost_acc[cell].1 += 1;
+        }
+        if let Some(p) = r.propensity {
+            inverse_propensity_acc[cell].0 += 1.0 / p;
+            inverse_propensity_acc[cell].1 += 1;
+            n_propensity_rows += 1;
         }
         if let Some(tokens) = r
             .output_tokens
@@ -540,6 +594,8 @@ pub fn load(files: &[PathBuf], opts: &LoadOptions) -> Result<Table> {
         counts,
         cell_cost_usd: cost_acc.iter().map(mean_or_nan).collect(),
         cell_output_tokens: tokens_acc.iter().map(mean_or_nan).collect(),
+        cell_inverse_propensity: inverse_propensity_acc.iter().map(mean_or_nan).collect(),
+        n_propensity_rows,
         usage,
         score,
         n_rows: rows.len(),

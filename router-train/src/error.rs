@@ -36,6 +36,10 @@ pub enum TrainError {
     SingleModel(String),
     #[error("the data has no usable rows{0}")]
     NoRows(String),
+    #[error(
+        "--propensity-weights: no row has a `propensity` (router-serve's feedback rows carry one when routing.explore is set)"
+    )]
+    NoPropensity,
     #[error("invalid --score-range `{0}`: expected LO,HI with LO < HI")]
     ScoreRange(String),
     #[error("score {value} in {path} row {row} is outside --score-range {lo},{hi}")]

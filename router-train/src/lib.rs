@@ -84,6 +84,10 @@ pub struct FitConfig {
     pub prune_dominated: bool,
     /// Pooled (default), shared or per-model Platt scaling.
     pub calibration: Calibration,
+    /// Weight each label by the inverse of its logged `propensity` (self-normalised per
+    /// model; see [`data::Table::propensity_weighted_mask`]): for logs written with router-serve's
+    /// `routing.explore`, where the router's own choices decided which cells were labelled.
+    pub propensity_weights: bool,
 }
 
 impl FitConfig {
@@ -121,6 +125,7 @@ impl FitConfig {
             progress: false,
             prune_dominated: false,
             calibration: Calibration::default(),
+            propensity_weights: false,
         }
     }
 
@@ -259,7 +264,12 @@ pub fn run_fit(config: &FitConfig) -> Result<FitReport> {
 
     // Load and check the inputs before anything slow runs.
     let files = data::expand_inputs(&config.data)?;
-    let table = data::load(&files, &config.load)?;
+    let mut table = data::load(&files, &config.load)?;
+    if config.propensity_weights {
+        table.mask = table
+            .propensity_weighted_mask()
+            .ok_or(TrainError::NoPropensity)?;
+    }
     let prices = prices::load_prices(&config.prices)?;
     let mut model_prices = Vec::with_capacity(table.n_models());
     for model in &table.models {
@@ -397,6 +407,12 @@ pub fn run_fit(config: &FitConfig) -> Result<FitReport> {
         .map_or(0, |d| d.as_secs());
     let mut hyperparameters = fitted.hyperparameters.clone();
     hyperparameters.insert("encode_batch_size".into(), config.encode_batch_size as f64);
+    if config.propensity_weights {
+        hyperparameters.insert(
+            "propensity_weighted_rows".into(),
+            table.n_propensity_rows as f64,
+        );
+    }
     // 0 shared, 1 pooled, 2 per model.
     hyperparameters.insert(
         "calibration".into(),

@@ -173,6 +173,11 @@ struct FitArgs {
     /// price for any prompt length.
     #[arg(long, env = "ROUTER_TRAIN_PRUNE_DOMINATED")]
     prune_dominated: bool,
+    /// Weight each label by 1/propensity (the `propensity` column router-serve's feedback rows
+    /// carry when `routing.explore` is set), self-normalised per model, so that the router's
+    /// own past choices do not bias what it learns.
+    #[arg(long)]
+    propensity_weights: bool,
     /// Hide the progress bar.
     #[arg(long)]
     quiet: bool,
@@ -229,6 +234,7 @@ impl FitArgs {
             "the test fraction (--test-fraction, or 1/K of --test-fold) + --validation-fraction must leave prompts for training"
         );
         config.split_seed = self.split_seed;
+        config.propensity_weights = self.propensity_weights;
         if self.no_cache {
             config.cache_dir = None;
         } else if let Some(dir) = self.cache_dir {

@@ -481,6 +481,143 @@ fn missing_cells_are_masked_and_duplicates_averaged() -> anyhow::Result<()> {
 }
 
 #[test]
+fn propensities_weight_each_cell_by_their_inverse_per_model() -> anyhow::Result<()> {
+    let tmp = tempfile::tempdir()?;
+    // Model a: "hi" chosen with probability ½, "ho" always (weights 2 and 1, mean 1.5).
+    // Model b: "hi" logged without a propensity (1), "ho" with ¼ twice (4; mean 2.5).
+    let path = write(
+        tmp.path(),
+        "logs.jsonl",
+        concat!(
+            r#"{"prompt": "hi", "model": "a", "score": 1, "propensity": 0.5}"#,
+            "\n",
+            r#"{"prompt": "ho", "model": "a", "score": 0, "propensity": 1.0}"#,
+            "\n",
+            r#"{"prompt": "hi", "model": "b", "score": 0, "propensity": null}"#,
+            "\n",
+            r#"{"prompt": "ho", "model": "b", "score": 1, "propensity": 0.25}"#,
+            "\n",
+            r#"{"prompt": "ho", "model": "b", "score": 1, "propensity": 0.25}"#,
+            "\n",
+        ),
+    )?;
+    let table = load(&[path], &LoadOptions::default())?;
+    assert_eq!(table.n_propensity_rows, 4);
+    let hi = table.prompts.iter().position(|p| p.text == "hi").unwrap();
+    let mask = table.propensity_weighted_mask().unwrap();
+    let weight = |prompt: usize, model: usize| mask[prompt * 2 + model];
+    let ho = 1 - hi;
+    for (got, want) in [
+        (weight(hi, 0), 2.0 / 1.5),
+        (weight(ho, 0), 1.0 / 1.5),
+        (weight(hi, 1), 1.0 / 2.5),
+        (weight(ho, 1), 4.0 / 2.5),
+    ] {
+        assert!((got - want).abs() < 1e-6, "{mask:?}");
+    }
+    // The plain mask is untouched, and logs without the column have nothing to weight.
+    assert!(table.mask.iter().all(|&m| m == 1.0));
+    let path = write(
+        tmp.path(),
+        "plain.csv",
+        "prompt,model,score\nhi,a,1\nhi,b,0\n",
+    )?;
+    assert!(
+        load(&[path], &LoadOptions::default())?
+            .propensity_weighted_mask()
+            .is_none()
+    );
+    Ok(())
+}
+
+#[test]
+fn bad_propensities_name_the_row_and_weights_need_the_column() -> anyhow::Result<()> {
+    for bad in ["0", "1.5", "-0.2", "often"] {
+        let e = message(fit_csv(
+            &format!("prompt,model,score,propensity\nhi,a,1,0.5\nhi,b,0,{bad}\n"),
+            false,
+        ));
+        assert!(
+            e.contains("row 2") && e.contains("propensity") && e.contains(bad),
+            "{bad}: {e}"
+        );
+    }
+    let tmp = tempfile::tempdir()?;
+    let data = write(
+        tmp.path(),
+        "logs.csv",
+        "prompt,model,score\nhi,a,1\nhi,b,0\n",
+    )?;
+    let prices = write(tmp.path(), "models.csv", PRICES)?;
+    let mut config = FitConfig::new(
+        vec![data.display().to_string()],
+        prices,
+        tmp.path().join("out"),
+    );
+    config.cache_dir = None;
+    config.propensity_weights = true;
+    let e = message(run_fit(&config));
+    assert!(
+        e.contains("--propensity-weights") && e.contains("`propensity`"),
+        "{e}"
+    );
+    assert!(!tmp.path().join("out").exists());
+    Ok(())
+}
+
+#[test]
+fn propensity_weights_lift_the_labels_the_router_rarely_chose() -> anyhow::Result<()> {
+    let tmp = tempfile::tempdir()?;
+    let (_, prices) = llmrouter();
+    let csv = slice_csv(tmp.path(), 120)?;
+    // Logged as if good answers had been drawn with probability ¼ and the others always: the
+    // weighted labels must rate every model higher than the plain ones do.
+    let mut df = read_frame(&csv)?;
+    let scores = df.column("score")?.cast(&DataType::Float64)?;
+    let propensity: Vec<f64> = scores
+        .f64()?
+        .iter()
+        .map(|s| if s.unwrap_or(0.0) >= 0.5 { 0.25 } else { 1.0 })
+        .collect();
+    let rows = propensity.len();
+    df.with_column(Column::new("propensity".into(), propensity))?;
+    let logged = tmp.path().join("logged.csv");
+    CsvWriter::new(std::fs::File::create(&logged)?).finish(&mut df)?;
+    let fit = |name: &str, weighted: bool| {
+        let out = tmp.path().join(name);
+        let mut config = quick_config(&logged, &prices, &out, &tmp.path().join("cache"));
+        config.head = HeadChoice::Knn {
+            k: Some(10),
+            alpha: Some(1.0),
+            max_keys: HeadParams::DEFAULT.knn_max_keys,
+        };
+        config.propensity_weights = weighted;
+        let report = run_fit(&config)?;
+        let tensors = candle_core::safetensors::load(
+            out.join("head.safetensors"),
+            &candle_core::Device::Cpu,
+        )?;
+        let prior = tensors["knn.prior"].to_vec1::<f32>()?;
+        anyhow::Ok((report, prior))
+    };
+    let (plain, plain_prior) = fit("plain", false)?;
+    let (weighted, weighted_prior) = fit("weighted", true)?;
+    let hp = |r: &router_train::FitReport| r.manifest.training.hyperparameters.clone();
+    assert_eq!(hp(&weighted)["propensity_weighted_rows"], rows as f64);
+    assert!(!hp(&plain).contains_key("propensity_weighted_rows"));
+    let mut compared = 0;
+    for (w, u) in weighted_prior.iter().zip(&plain_prior) {
+        if *u > 0.01 && *u < 0.99 {
+            assert!(w > u, "{weighted_prior:?} vs {plain_prior:?}");
+            compared += 1;
+        }
+    }
+    assert!(compared >= 3, "{plain_prior:?}");
+    predicts_what_it_validated(&tmp.path().join("weighted"), &weighted)?;
+    Ok(())
+}
+
+#[test]
 fn graded_scores_are_detected_and_normalised() -> anyhow::Result<()> {
     let tmp = tempfile::tempdir()?;
     let path = write(

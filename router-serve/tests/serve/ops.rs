@@ -118,8 +118,15 @@ async fn exploration_spreads_answers_over_the_band_and_logs_their_propensity() {
         .post("/v1/feedback", json!({"request_id": ids[0], "score": 1.0}))
         .await;
     assert_eq!(ok.status(), 200);
+    // Another model, by name (router-train needs two models to read the rows).
+    let first = lines.iter().find(|l| l["request_id"] == ids[0]).unwrap();
+    let other = if first["model"] == "codegemma-7b" {
+        "gemma-2-9b-it"
+    } else {
+        "codegemma-7b"
+    };
     let r = t
-        .post("/v1/chat/completions", chat_body("codegemma-7b", false))
+        .post("/v1/chat/completions", chat_body(other, false))
         .await;
     let passthrough = r.headers()["x-router-request-id"].to_str().unwrap();
     let ok = t
@@ -130,9 +137,16 @@ async fn exploration_spreads_answers_over_the_band_and_logs_their_propensity() {
         .await;
     assert_eq!(ok.status(), 200);
     let rows = read_jsonl(&t.logs.path().join("feedback.jsonl"), 2).await;
-    let first = lines.iter().find(|l| l["request_id"] == ids[0]).unwrap();
     assert_eq!(rows[0]["propensity"], first["propensity"]);
     assert!(rows[1]["propensity"].is_null(), "{}", rows[1]);
+    // router-train reads the propensity for --propensity-weights.
+    let table = router_train::data::load(
+        &[t.logs.path().join("feedback.jsonl")],
+        &router_train::data::LoadOptions::default(),
+    )
+    .unwrap();
+    assert_eq!(table.n_propensity_rows, 1);
+    assert!(table.propensity_weighted_mask().is_some());
     // Exploring is counted under its own reason.
     let text = metrics(&format!("http://{}", t.server.addr())).await;
     assert!(text.contains("reason=\"explore\""), "{text}");
