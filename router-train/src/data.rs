@@ -90,17 +90,17 @@ impl Table {
     }
 
     /// The mask with each evaluated cell weighted by inverse propensity: its mean
-    /// `1/propensity` (1 for a cell whose rows logged none), divided by the mean of that over
-    /// the model's evaluated cells, so each model's cells weigh as much in all as they count
-    /// (self-normalised). `None` when no row logged a propensity.
-    pub fn propensity_weighted_mask(&self) -> Option<Vec<f32>> {
+    /// `1/propensity` (1 for a cell whose rows logged none) capped at `cap`, divided by the mean
+    /// of that over the model's evaluated cells, so each model's cells weigh as much in all as
+    /// they count (self-normalised). `None` when no row logged a propensity.
+    pub fn propensity_weighted_mask(&self, cap: f64) -> Option<Vec<f32>> {
         if self.n_propensity_rows == 0 {
             return None;
         }
         let m = self.n_models();
         let weight = |i: usize| {
             let w = self.cell_inverse_propensity[i];
-            if w.is_nan() { 1.0 } else { w }
+            if w.is_nan() { 1.0 } else { w.min(cap) }
         };
         let mut mask = self.mask.clone();
         for model in 0..m {
@@ -203,12 +203,16 @@ pub fn read_frame(path: &Path) -> Result<DataFrame> {
             .try_into_reader_with_file_path(Some(path.to_owned()))
             .and_then(SerReader::finish)
             .map_err(read_err)?,
+        // The schema is inferred from every row, as for CSV: an optional column that first
+        // appears late in a file (feedback logs appended to seed labels) is still read.
         "json" => JsonReader::new(open()?)
             .with_json_format(JsonFormat::Json)
+            .infer_schema_len(None)
             .finish()
             .map_err(read_err)?,
         _ => JsonReader::new(open()?)
             .with_json_format(JsonFormat::JsonLines)
+            .infer_schema_len(None)
             .finish()
             .map_err(read_err)?,
     };

@@ -54,6 +54,9 @@ use crate::data::{LoadOptions, Table};
 use crate::fit::{NetParams, SplitData};
 use crate::prices::Price;
 
+/// `--propensity-cap`'s default.
+pub const DEFAULT_PROPENSITY_CAP: f64 = 10.0;
+
 /// Everything `fit` needs, validated by the CLI.
 #[derive(Debug, Clone)]
 pub struct FitConfig {
@@ -88,6 +91,9 @@ pub struct FitConfig {
     /// model; see [`data::Table::propensity_weighted_mask`]): for logs written with router-serve's
     /// `routing.explore`, where the router's own choices decided which cells were labelled.
     pub propensity_weights: bool,
+    /// The largest weight one label gets from its propensity, before normalising (clipped
+    /// inverse propensity weighting: a rarely explored label would otherwise drown the rest).
+    pub propensity_cap: f64,
 }
 
 impl FitConfig {
@@ -126,6 +132,7 @@ impl FitConfig {
             prune_dominated: false,
             calibration: Calibration::default(),
             propensity_weights: false,
+            propensity_cap: DEFAULT_PROPENSITY_CAP,
         }
     }
 
@@ -267,7 +274,7 @@ pub fn run_fit(config: &FitConfig) -> Result<FitReport> {
     let mut table = data::load(&files, &config.load)?;
     if config.propensity_weights {
         table.mask = table
-            .propensity_weighted_mask()
+            .propensity_weighted_mask(config.propensity_cap)
             .ok_or(TrainError::NoPropensity)?;
     }
     let prices = prices::load_prices(&config.prices)?;
@@ -412,6 +419,7 @@ pub fn run_fit(config: &FitConfig) -> Result<FitReport> {
             "propensity_weighted_rows".into(),
             table.n_propensity_rows as f64,
         );
+        hyperparameters.insert("propensity_cap".into(), config.propensity_cap);
     }
     // 0 shared, 1 pooled, 2 per model.
     hyperparameters.insert(

@@ -178,6 +178,10 @@ struct FitArgs {
     /// own past choices do not bias what it learns.
     #[arg(long)]
     propensity_weights: bool,
+    /// With --propensity-weights: the largest weight one label gets (1/propensity clipped
+    /// here, before normalising).
+    #[arg(long, default_value_t = router_train::DEFAULT_PROPENSITY_CAP)]
+    propensity_cap: f64,
     /// Hide the progress bar.
     #[arg(long)]
     quiet: bool,
@@ -235,6 +239,12 @@ impl FitArgs {
         );
         config.split_seed = self.split_seed;
         config.propensity_weights = self.propensity_weights;
+        anyhow::ensure!(
+            self.propensity_cap >= 1.0,
+            "--propensity-cap must be at least 1 (a weight of 1/propensity ≥ 1), got {}",
+            self.propensity_cap
+        );
+        config.propensity_cap = self.propensity_cap;
         if self.no_cache {
             config.cache_dir = None;
         } else if let Some(dir) = self.cache_dir {

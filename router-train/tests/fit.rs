@@ -504,7 +504,7 @@ fn propensities_weight_each_cell_by_their_inverse_per_model() -> anyhow::Result<
     let table = load(&[path], &LoadOptions::default())?;
     assert_eq!(table.n_propensity_rows, 4);
     let hi = table.prompts.iter().position(|p| p.text == "hi").unwrap();
-    let mask = table.propensity_weighted_mask().unwrap();
+    let mask = table.propensity_weighted_mask(f64::INFINITY).unwrap();
     let weight = |prompt: usize, model: usize| mask[prompt * 2 + model];
     let ho = 1 - hi;
     for (got, want) in [
@@ -515,6 +515,10 @@ fn propensities_weight_each_cell_by_their_inverse_per_model() -> anyhow::Result<
     ] {
         assert!((got - want).abs() < 1e-6, "{mask:?}");
     }
+    // Capped at 3: b's ¼ weighs 3, the mean is 2.
+    let capped = table.propensity_weighted_mask(3.0).unwrap();
+    assert!((capped[hi * 2 + 1] - 0.5).abs() < 1e-6, "{capped:?}");
+    assert!((capped[ho * 2 + 1] - 1.5).abs() < 1e-6, "{capped:?}");
     // The plain mask is untouched, and logs without the column have nothing to weight.
     assert!(table.mask.iter().all(|&m| m == 1.0));
     let path = write(
@@ -524,9 +528,39 @@ fn propensities_weight_each_cell_by_their_inverse_per_model() -> anyhow::Result<
     )?;
     assert!(
         load(&[path], &LoadOptions::default())?
-            .propensity_weighted_mask()
+            .propensity_weighted_mask(f64::INFINITY)
             .is_none()
     );
+    Ok(())
+}
+
+#[test]
+fn a_jsonl_column_that_first_appears_late_is_still_read() -> anyhow::Result<()> {
+    // 150 seed rows without optional columns (beyond a 100-row schema sample), then logged
+    // rows with a cost and a propensity.
+    let tmp = tempfile::tempdir()?;
+    let mut text = String::new();
+    for i in 0..75 {
+        for model in ["a", "b"] {
+            text.push_str(&format!(
+                "{{\"prompt\": \"seed {i}\", \"model\": \"{model}\", \"score\": 1}}\n"
+            ));
+        }
+    }
+    text.push_str(
+        r#"{"prompt": "logged", "model": "a", "score": 0, "cost_usd": 0.002, "propensity": 0.5}"#,
+    );
+    text.push('\n');
+    let path = write(tmp.path(), "logs.jsonl", &text)?;
+    let table = load(&[path], &LoadOptions::default())?;
+    assert_eq!(table.n_rows, 151);
+    assert_eq!(table.n_propensity_rows, 1);
+    let logged = table
+        .prompts
+        .iter()
+        .position(|p| p.text == "logged")
+        .unwrap();
+    assert_eq!(table.cell_cost_usd[logged * 2], 0.002);
     Ok(())
 }
 
@@ -807,6 +841,28 @@ fn an_unknown_head_is_a_cli_error_before_anything_is_read() -> anyhow::Result<()
     let stderr = String::from_utf8_lossy(&run.stderr);
     assert!(
         stderr.contains("--head mlp+svm: unknown head `svm`"),
+        "{stderr}"
+    );
+    assert!(!out.exists());
+    let run = std::process::Command::new(env!("CARGO_BIN_EXE_router-train"))
+        .arg("fit")
+        .arg("--data")
+        .arg(&labels)
+        .arg("--prices")
+        .arg(&prices)
+        .arg("--out")
+        .arg(&out)
+        .args([
+            "--propensity-weights",
+            "--propensity-cap",
+            "0.5",
+            "--no-cache",
+        ])
+        .output()?;
+    assert!(!run.status.success());
+    let stderr = String::from_utf8_lossy(&run.stderr);
+    assert!(
+        stderr.contains("--propensity-cap must be at least 1"),
         "{stderr}"
     );
     assert!(!out.exists());

@@ -146,7 +146,7 @@ async fn exploration_spreads_answers_over_the_band_and_logs_their_propensity() {
     )
     .unwrap();
     assert_eq!(table.n_propensity_rows, 1);
-    assert!(table.propensity_weighted_mask().is_some());
+    assert!(table.propensity_weighted_mask(10.0).is_some());
     // Exploring is counted under its own reason.
     let text = metrics(&format!("http://{}", t.server.addr())).await;
     assert!(text.contains("reason=\"explore\""), "{text}");
