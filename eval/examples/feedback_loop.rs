@@ -48,6 +48,10 @@ struct Args {
     /// Shares explored (`routing.explore`), comma-separated.
     #[arg(long, value_delimiter = ',', default_value = "0,0.1,0.3")]
     explore: Vec<f64>,
+    /// `routing.explore_band`: draw from every model within this band of the best (unset: the
+    /// request's band).
+    #[arg(long)]
+    explore_band: Option<f64>,
     /// Seed of the exploration draws (the first share's; the next ones add 1, 2, …).
     #[arg(long, default_value_t = 1000)]
     explore_seed: u64,
@@ -231,7 +235,7 @@ fn main() -> anyhow::Result<()> {
             &quality,
             &tokens,
             args.band,
-            &Explorer::new(share, args.explore_seed + i as u64),
+            &Explorer::new(share, args.explore_band, args.explore_seed + i as u64),
         )?;
         let _ = writeln!(
             deployed,

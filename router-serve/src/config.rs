@@ -153,6 +153,11 @@ pub struct RoutingConfig {
     /// decision log records each choice's probability (`propensity`). 0 (default): never.
     #[serde(default)]
     pub explore: f64,
+    /// With `explore`: draw from every routable model within this band of the best prediction
+    /// instead of the request's band (when wider). Unset (default): the request's band, its
+    /// quality promise kept.
+    #[serde(default)]
+    pub explore_band: Option<f64>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -428,6 +433,14 @@ impl ServeConfig {
                 format!("must be a share within 0–1, got {}", r.explore),
             ));
         }
+        if let Some(band) = r.explore_band
+            && !(0.0..=1.0).contains(&band)
+        {
+            return Err(invalid(
+                "routing.explore_band",
+                format!("must be within 0–1, got {band}"),
+            ));
+        }
         if self.batching.max_batch == 0 {
             return Err(invalid("batching.max_batch", "must be positive".into()));
         }
@@ -691,6 +704,7 @@ mod tests {
             ("[routing]\nexplore = 1.5", "routing.explore"),
             ("[routing]\nexplore = -0.1", "routing.explore"),
             ("[routing]\nexplore = nan", "routing.explore"),
+            ("[routing]\nexplore_band = 2.0", "routing.explore_band"),
         ] {
             let err = ServeConfig::parse(text, "t").unwrap_err().to_string();
             assert!(err.contains(key), "{text}: {err}");

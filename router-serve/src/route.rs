@@ -118,11 +118,13 @@ pub fn explain(
 /// Exploration: with probability `share`, a routed request goes to a model drawn uniformly
 /// from its band instead of the policy's choice, so that the decision logs (and the labels
 /// sent back for them) keep covering every model the router deems good enough for a prompt,
-/// not only the ones it already prefers. The band is the request's promise, so a draw never
-/// leaves it; a band of one model is never explored.
+/// not only the ones it already prefers. The band is the request's promise, so by default a
+/// draw never leaves it and a band of one model is never explored; an operator may widen the
+/// draws to every routable model within `band` of the best instead (`routing.explore_band`).
 #[derive(Debug)]
 pub struct Explorer {
     share: f64,
+    band: Option<f64>,
     state: AtomicU64,
 }
 
@@ -136,13 +138,37 @@ fn mix(mut z: u64) -> u64 {
 }
 
 impl Explorer {
-    /// Explores `share` (0–1) of the decisions, drawing from a SplitMix64 stream seeded by
-    /// `seed`.
-    pub fn new(share: f64, seed: u64) -> Self {
+    /// Explores `share` (0–1) of the decisions, drawing from the request's band or, when
+    /// `band` is wider, from every routable model within `band` of the best prediction, with a
+    /// SplitMix64 stream seeded by `seed`.
+    pub fn new(share: f64, band: Option<f64>, seed: u64) -> Self {
         Self {
             share,
+            band,
             state: AtomicU64::new(seed),
         }
+    }
+
+    /// The models a draw picks from: the request's band in the policy's order, then, with a
+    /// wider exploration band, the other routable models within it by predicted quality.
+    fn pool(&self, decision: &RouteDecision) -> Vec<String> {
+        let mut pool = decision.in_band.clone();
+        let Some(band) = self.band.filter(|&b| b > decision.band) else {
+            return pool;
+        };
+        let best = decision.candidates[decision.best_index].predicted_quality;
+        let mut wider: Vec<&Candidate> = decision
+            .candidates
+            .iter()
+            .filter(|c| {
+                c.routable
+                    && !c.in_band
+                    && f64::from(c.predicted_quality) >= f64::from(best) - band - 1e-9
+            })
+            .collect();
+        wider.sort_by(|a, b| b.predicted_quality.total_cmp(&a.predicted_quality));
+        pool.extend(wider.into_iter().map(|c| c.model.clone()));
+        pool
     }
 
     fn next(&self) -> u64 {
@@ -154,8 +180,12 @@ impl Explorer {
 
     /// Applies exploration to `decision`: its choice, reason, fallback order and propensity.
     pub fn apply(&self, decision: &mut RouteDecision) {
-        let n = decision.in_band.len();
-        if self.share <= 0.0 || n < 2 {
+        if self.share <= 0.0 {
+            return;
+        }
+        let pool = self.pool(decision);
+        let n = pool.len();
+        if n < 2 {
             return;
         }
         // 53 random bits for the coin, the rest of a second draw for the model.
@@ -167,7 +197,7 @@ impl Explorer {
             return;
         }
         decision.reason = "explore";
-        let model = decision.in_band[chosen].clone();
+        let model = pool[chosen].clone();
         decision.chosen_index = decision
             .candidates
             .iter()
@@ -181,8 +211,8 @@ impl Explorer {
         decision.fallback_order = decision
             .in_band
             .iter()
-            .filter(|m| **m != model)
             .chain(outside)
+            .filter(|m| **m != model)
             .cloned()
             .collect();
         decision.chosen = model;
@@ -297,7 +327,7 @@ mod tests {
 
     #[test]
     fn exploring_draws_from_the_band_at_the_configured_share() {
-        let explorer = Explorer::new(0.3, 7);
+        let explorer = Explorer::new(0.3, None, 7);
         let draws = 20_000;
         let mut counts = std::collections::HashMap::new();
         let mut explored = 0;
@@ -329,9 +359,50 @@ mod tests {
     }
 
     #[test]
+    fn a_wider_exploration_band_draws_beyond_the_request_band() {
+        // d is routable and 0.2 below the best: outside the request's 0.1, inside 0.25.
+        let pool_size = |band: f64| if band >= 0.2 { 4.0 } else { 3.0 };
+        let wider = |band: f64| {
+            let mut d = decision();
+            d.candidates[3].predicted_quality = 0.3;
+            let explorer = Explorer::new(1.0, Some(band), 3);
+            let mut seen = std::collections::BTreeSet::new();
+            for _ in 0..400 {
+                let mut each = d.clone();
+                explorer.apply(&mut each);
+                seen.insert(each.chosen.clone());
+                assert_eq!(
+                    each.in_band, d.in_band,
+                    "the request's band is reported as it was"
+                );
+                if each.chosen == "d" {
+                    assert_eq!(each.fallback_order, ["b", "c", "a"]);
+                }
+                assert!(
+                    (each.propensity - 1.0 / pool_size(band)).abs() < 1e-12,
+                    "{each:?}"
+                );
+            }
+            seen
+        };
+        assert_eq!(wider(0.25).len(), 4);
+        assert!(!wider(0.15).contains("d"));
+        // Not routable: never drawn.
+        let mut d = decision();
+        d.candidates[3].predicted_quality = 0.5;
+        d.candidates[3].routable = false;
+        let explorer = Explorer::new(1.0, Some(1.0), 5);
+        for _ in 0..200 {
+            let mut each = d.clone();
+            explorer.apply(&mut each);
+            assert_ne!(each.chosen, "d");
+        }
+    }
+
+    #[test]
     fn no_share_or_a_band_of_one_is_never_explored() {
         let mut d = decision();
-        Explorer::new(0.0, 1).apply(&mut d);
+        Explorer::new(0.0, None, 1).apply(&mut d);
         assert_eq!(
             (d.chosen.as_str(), d.reason, d.propensity),
             ("b", "band", 1.0)
@@ -339,7 +410,7 @@ mod tests {
         let mut d = decision();
         d.in_band.truncate(1);
         d.fallback_order = vec!["c".into(), "a".into(), "d".into()];
-        Explorer::new(1.0, 1).apply(&mut d);
+        Explorer::new(1.0, None, 1).apply(&mut d);
         assert_eq!(
             (d.chosen.as_str(), d.reason, d.propensity),
             ("b", "band", 1.0)

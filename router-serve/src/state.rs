@@ -160,7 +160,11 @@ impl Engine {
         .map_err(LoadError::Thread)?;
         let watched = watched_files(&config);
         let cache = DecisionCache::new(config.batching.decision_cache);
-        let explorer = Explorer::new(config.routing.explore, uuid::Uuid::new_v4().as_u64_pair().0);
+        let explorer = Explorer::new(
+            config.routing.explore,
+            config.routing.explore_band,
+            uuid::Uuid::new_v4().as_u64_pair().0,
+        );
         Ok(Self {
             config,
             router,
