@@ -36,6 +36,7 @@ pub mod heads;
 pub mod lexical;
 pub mod models;
 pub mod policy;
+pub mod rng;
 pub mod split;
 
 pub use error::{Error, Result};

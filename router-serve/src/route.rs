@@ -11,6 +11,7 @@ use router_core::artifact::Router;
 use router_core::device::parse_device;
 use router_core::encoder::Encoder;
 use router_core::policy::{Policy, choose};
+use router_core::rng::{GAMMA, mix};
 use serde::Serialize;
 
 /// A router and its encoder, ready to decide.
@@ -47,7 +48,8 @@ pub struct RouteDecision {
     /// The order models are tried in if the chosen one fails: the rest of the band, then the
     /// other routable models by predicted quality.
     pub fallback_order: Vec<String>,
-    /// `band`, or `explore` when `routing.explore` drew the model at random from the band.
+    /// `band`, or `explore` when `routing.explore` drew the model at random (from the band, or
+    /// from `routing.explore_band`).
     pub reason: &'static str,
     /// The probability that this decision chose `chosen` (1 without exploration): what a
     /// retraining can weight the answer's label by (inverse propensity).
@@ -128,15 +130,6 @@ pub struct Explorer {
     state: AtomicU64,
 }
 
-/// SplitMix64's increment and finaliser.
-const GOLDEN_GAMMA: u64 = 0x9E37_79B9_7F4A_7C15;
-
-fn mix(mut z: u64) -> u64 {
-    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-    z ^ (z >> 31)
-}
-
 impl Explorer {
     /// Explores `share` (0–1) of the decisions, drawing from the request's band or, when
     /// `band` is wider, from every routable model within `band` of the best prediction, with a
@@ -171,11 +164,13 @@ impl Explorer {
         pool
     }
 
+    /// The next SplitMix64 output; the state advances atomically, so concurrent requests
+    /// never share a draw.
     fn next(&self) -> u64 {
         mix(self
             .state
-            .fetch_add(GOLDEN_GAMMA, Ordering::Relaxed)
-            .wrapping_add(GOLDEN_GAMMA))
+            .fetch_add(GAMMA, Ordering::Relaxed)
+            .wrapping_add(GAMMA))
     }
 
     /// Applies exploration to `decision`: its choice, reason, fallback order and propensity.

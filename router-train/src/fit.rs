@@ -85,35 +85,9 @@ impl SplitData {
     }
 }
 
-/// SplitMix64: a small seeded generator, so weights, shuffles and dropout are reproducible.
-#[derive(Debug, Clone)]
-pub struct SplitMix(u64);
-
-impl SplitMix {
-    pub fn new(seed: u64) -> Self {
-        Self(seed)
-    }
-
-    pub fn next_u64(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-
-    /// Uniform in `[0, 1)`.
-    pub fn next_f32(&mut self) -> f32 {
-        (self.next_u64() >> 40) as f32 / (1u64 << 24) as f32
-    }
-
-    pub fn shuffle<T>(&mut self, items: &mut [T]) {
-        for i in (1..items.len()).rev() {
-            let j = (self.next_u64() % (i as u64 + 1)) as usize;
-            items.swap(i, j);
-        }
-    }
-}
+/// The seeded generator of weights, shuffles, dropout and samples (re-exported from
+/// router-core, where serving and evaluation draw from it too).
+pub use router_core::rng::SplitMix;
 
 /// Masked binary cross-entropy with logits, averaged over evaluated cells.
 /// `softplus(z) − y·z` is the BCE of `σ(z)` against a soft target `y`.
