@@ -58,6 +58,10 @@ struct Args {
     /// `--propensity-cap` of the propensity-weighted refits.
     #[arg(long, default_value_t = router_train::DEFAULT_PROPENSITY_CAP)]
     propensity_cap: f64,
+    /// Rounds of the loop: the logged prompts are split in this many parts, each decided by
+    /// the router refitted on the logs of the parts before.
+    #[arg(long, default_value_t = 1)]
+    rounds: usize,
     /// Bootstrap resamples of the paired comparison.
     #[arg(long, default_value_t = 1000)]
     bootstrap: usize,
@@ -216,56 +220,77 @@ fn main() -> anyhow::Result<()> {
         32,
         false,
     )?;
-    let quality = r0.predict(&texts, &embeddings)?;
     let tokens = texts
         .iter()
         .map(|t| encoder.count_tokens(t))
         .collect::<router_core::Result<Vec<_>>>()?;
+    // Round k's router decides part k of the logged prompts (by hash), then is refitted on
+    // everything logged so far.
+    let rounds = args.rounds.max(1);
+    let part_of: Vec<usize> = rest
+        .iter()
+        .map(|&p| {
+            let u = unit_hash(&table.prompts[p].normalized, 11);
+            ((u * rounds as f64) as usize).min(rounds - 1)
+        })
+        .collect();
 
     let mut routers = vec![path("full"), path("r0")];
-    let no_exploration = path("r1-explore0");
+    let no_exploration = path(&format!("r{rounds}-explore0"));
     let mut deployed = String::from(
-        "| explore | explored | logged rows | unlabelled | logged quality | expected cost per request |\n|---|---|---|---|---|---|\n",
+        "| router | explored | logged rows | unlabelled | logged quality | expected cost per request |\n|---|---|---|---|---|---|\n",
     );
     for (i, &share) in args.explore.iter().enumerate() {
-        let logged = deploy(
-            &table,
-            &rest,
-            &r0,
-            &quality,
-            &tokens,
-            args.band,
-            &Explorer::new(share, args.explore_band, args.explore_seed + i as u64),
-        )?;
-        let _ = writeln!(
-            deployed,
-            "| {share} | {:.1} % | {} | {} | {:.4} | ${:.6} |",
-            100.0 * logged.explored as f64 / rest.len() as f64,
-            logged.rows.len(),
-            logged.unlabelled,
-            logged.quality,
-            logged.cost
-        );
-        let name = format!("logs-explore{share}");
-        let data = path(&format!("{name}.jsonl"));
-        let mut rows = seed_rows.clone();
-        rows.extend(logged.rows);
-        write_jsonl(&data, &rows)?;
-        fit(
-            &data,
-            &args.prices,
-            &path(&format!("r1-explore{share}")),
-            None,
-        )?;
-        routers.push(path(&format!("r1-explore{share}")));
-        if share > 0.0 {
-            fit(
-                &data,
-                &args.prices,
-                &path(&format!("r1-explore{share}-ipw")),
-                Some(args.propensity_cap),
-            )?;
-            routers.push(path(&format!("r1-explore{share}-ipw")));
+        let weights = if share > 0.0 {
+            vec![None, Some(args.propensity_cap)]
+        } else {
+            vec![None]
+        };
+        for cap in weights {
+            let name = format!("explore{share}{}", if cap.is_some() { "-ipw" } else { "" });
+            // The same draws for both refits of a share: their first round logs the same.
+            let explorer = Explorer::new(share, args.explore_band, args.explore_seed + i as u64);
+            let mut current = path("r0");
+            let mut rows = seed_rows.clone();
+            let (mut explored, mut logged_rows, mut unlabelled) = (0, 0, 0);
+            let (mut quality_sum, mut cost_sum) = (0.0, 0.0);
+            for round in 0..rounds {
+                let router = Router::load(&current)?;
+                let at: Vec<usize> = (0..rest.len()).filter(|&k| part_of[k] == round).collect();
+                let part_texts: Vec<&str> = at.iter().map(|&k| texts[k]).collect();
+                let part_embeddings: Vec<Vec<f32>> =
+                    at.iter().map(|&k| embeddings[k].clone()).collect();
+                let quality = router.predict(&part_texts, &part_embeddings)?;
+                let part_tokens: Vec<usize> = at.iter().map(|&k| tokens[k]).collect();
+                let part: Vec<usize> = at.iter().map(|&k| rest[k]).collect();
+                let logged = deploy(
+                    &table,
+                    &part,
+                    &router,
+                    &quality,
+                    &part_tokens,
+                    args.band,
+                    &explorer,
+                )?;
+                explored += logged.explored;
+                unlabelled += logged.unlabelled;
+                logged_rows += logged.rows.len();
+                quality_sum += logged.quality * logged.rows.len() as f64;
+                cost_sum += logged.cost * part.len() as f64;
+                rows.extend(logged.rows);
+                let data = path(&format!("logs-{name}-round{}.jsonl", round + 1));
+                write_jsonl(&data, &rows)?;
+                current = path(&format!("r{}-{name}", round + 1));
+                fit(&data, &args.prices, &current, cap)?;
+            }
+            let _ = writeln!(
+                deployed,
+                "| r{rounds}-{name} | {:.1} % | {logged_rows} | {unlabelled} | {:.4} | ${:.6} |",
+                100.0 * explored as f64 / rest.len() as f64,
+                quality_sum / logged_rows.max(1) as f64,
+                cost_sum / rest.len() as f64
+            );
+            routers.push(current);
         }
     }
 
@@ -298,7 +323,7 @@ fn main() -> anyhow::Result<()> {
         );
     }
     let summary = format!(
-        "Seed {} prompts with full labels, {} decided at band {} by the first router.\n\n{deployed}\n{table_md}",
+        "Seed {} prompts with full labels, {} decided at band {} over {rounds} round(s).\n\n{deployed}\n{table_md}",
         seed.len(),
         rest.len(),
         args.band
