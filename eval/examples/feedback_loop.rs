@@ -5,9 +5,10 @@
 //! 2. It decides every other training prompt as router-serve does (`route::explain` at the
 //!    band, then `route::Explorer` with the share explored). Only the chosen model's score is
 //!    logged, with its propensity: the feedback a deployment would collect.
-//! 3. Routers are retrained on the seed + those logs, and evaluated with every reference on the
-//!    dataset's test prompts (never seen by any of them), paired with a router trained on full
-//!    labels for every training prompt.
+//! 3. Routers are retrained on the seed + those logs (with `--rounds N`, the logged prompts are
+//!    decided in N parts, each by the router refitted on the logs before it), and evaluated on
+//!    the dataset's test prompts (never seen by any of them), paired with the loop without
+//!    exploration; a router trained on full labels for every training prompt is the ceiling.
 //!
 //! ```sh
 //! cargo run -p router-eval --example feedback_loop -- --data datasets/llmrouter/labels.parquet \
