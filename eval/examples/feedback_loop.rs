@@ -23,7 +23,7 @@ use anyhow::Context as _;
 use clap::Parser;
 use router_core::artifact::Router;
 use router_core::policy::Policy;
-use router_core::split::{Split, assign, unit_hash};
+use router_core::split::{Split, assign_fold, unit_hash};
 use router_eval::{EvalConfig, run_eval};
 use router_serve::route::{Explorer, explain};
 use router_train::data::{LoadOptions, Table, expand_inputs, load};
@@ -67,9 +67,6 @@ struct Args {
     #[arg(long, default_value_t = 1000)]
     bootstrap: usize,
 }
-
-/// router-train's default split (seed 42, 20 % test, 10 % validation).
-const SPLIT_SEED: u64 = 42;
 
 fn write_jsonl(path: &Path, rows: &[serde_json::Value]) -> anyhow::Result<()> {
     let mut file = std::io::BufWriter::new(std::fs::File::create(path)?);
@@ -183,9 +180,19 @@ fn main() -> anyhow::Result<()> {
     std::fs::create_dir_all(&args.out)?;
     let files = expand_inputs(std::slice::from_ref(&args.data))?;
     let table = load(&files, &LoadOptions::default())?;
+    // Every fit below uses router-train's defaults, so its test prompts are these: kept out of
+    // the seed and the logs, and evaluated on.
+    let defaults = FitConfig::new(Vec::new(), PathBuf::new(), PathBuf::new());
     let (mut seed, mut rest, mut training) = (Vec::new(), Vec::new(), Vec::new());
     for (p, prompt) in table.prompts.iter().enumerate() {
-        if assign(&prompt.normalized, SPLIT_SEED, 0.2, 0.1) == Split::Test {
+        let side = assign_fold(
+            &prompt.normalized,
+            defaults.split_seed,
+            defaults.test_fold,
+            defaults.test_fraction,
+            defaults.validation_fraction,
+        );
+        if side == Split::Test {
             continue;
         }
         training.push(p);
@@ -217,8 +224,8 @@ fn main() -> anyhow::Result<()> {
     let (embeddings, _) = router_train::embed_cache::embed_all(
         &encoder,
         &texts,
-        router_train::default_cache_dir().as_deref(),
-        32,
+        defaults.cache_dir.as_deref(),
+        defaults.encode_batch_size,
         false,
     )?;
     let tokens = texts

@@ -433,7 +433,7 @@ pub fn bootstrap(
     resamples: usize,
     seed: u64,
 ) -> (BTreeMap<String, [Option<f64>; 2]>, Draws) {
-    let mut rng = router_train::fit::SplitMix::new(seed);
+    let mut rng = router_core::rng::SplitMix::new(seed);
     let mut samples: BTreeMap<String, Vec<f64>> = BTreeMap::new();
     let mut weights = vec![0.0; n];
     for _ in 0..resamples {

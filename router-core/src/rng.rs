@@ -51,4 +51,14 @@ mod tests {
         assert_eq!(rng.next_u64(), 0x6E78_9E6A_A1B9_65F4);
         assert_eq!(rng.next_u64(), 0x06C4_5D18_8009_454F);
     }
+
+    #[test]
+    fn splitmix_is_reproducible() {
+        let (mut a, mut b) = (SplitMix::new(7), SplitMix::new(7));
+        let xs: Vec<u64> = (0..5).map(|_| a.next_u64()).collect();
+        let ys: Vec<u64> = (0..5).map(|_| b.next_u64()).collect();
+        assert_eq!(xs, ys);
+        let f = SplitMix::new(1).next_f32();
+        assert!((0.0..1.0).contains(&f));
+    }
 }

@@ -57,7 +57,8 @@ pub struct Table {
     pub models: Vec<String>,
     /// Normalised mean score; meaningful only where `mask` is 1.
     pub scores: Vec<f32>,
-    /// 1 where the (prompt, model) cell was evaluated.
+    /// 1 where the (prompt, model) cell was evaluated, 0 where not: the weight each cell has
+    /// in training (`--propensity-weights` replaces the 1s with [`Table::propensity_weighted_mask`]).
     pub mask: Vec<f32>,
     /// Rows that were averaged into each cell.
     pub counts: Vec<u32>,
@@ -446,6 +447,14 @@ fn detect_score(rows: &[Row]) -> ScoreSpec {
     }
 }
 
+/// Adds `value`, when there is one, to a `(sum, n)` running mean.
+fn add_to_mean(acc: &mut (f64, u32), value: Option<f64>) {
+    if let Some(v) = value {
+        acc.0 += v;
+        acc.1 += 1;
+    }
+}
+
 fn mean_or_nan(&(sum, n): &(f64, u32)) -> f64 {
     if n > 0 { sum / f64::from(n) } else { f64::NAN }
 }
@@ -514,7 +523,7 @@ pub fn load(files: &[PathBuf], opts: &LoadOptions) -> Result<Table> {
     let mut sums: Vec<f64> = Vec::new();
     let mut weights: Vec<f64> = Vec::new();
     let mut counts: Vec<u32> = Vec::new();
-    // (sum, n) of logged cost and output tokens per cell.
+    // (sum, n) of logged cost, output tokens and 1/propensity per cell.
     let mut cost_acc: Vec<(f64, u32)> = Vec::new();
     let mut tokens_acc: Vec<(f64, u32)> = Vec::new();
     let mut inverse_propensity_acc: Vec<(f64, u32)> = Vec::new();
@@ -553,22 +562,17 @@ pub fn load(files: &[PathBuf], opts: &LoadOptions) -> Result<Table> {
         sums[cell] += r.weight * normalized_score;
         weights[cell] += r.weight;
         counts[cell] += 1;
-        if let Some(cost) = r.cost_usd {
-            cost_acc[cell].0 += cost;
-            cost_acc[cell].1 += 1;
-        }
-        if let Some(p) = r.propensity {
-            inverse_propensity_acc[cell].0 += 1.0 / p;
-            inverse_propensity_acc[cell].1 += 1;
-            n_propensity_rows += 1;
-        }
-        if let Some(tokens) = r
-            .output_tokens
-            .or(r.output_chars.map(|c| c / CHARS_PER_TOKEN))
-        {
-            tokens_acc[cell].0 += tokens;
-            tokens_acc[cell].1 += 1;
-        }
+        add_to_mean(&mut cost_acc[cell], r.cost_usd);
+        add_to_mean(
+            &mut inverse_propensity_acc[cell],
+            r.propensity.map(|p| 1.0 / p),
+        );
+        n_propensity_rows += usize::from(r.propensity.is_some());
+        add_to_mean(
+            &mut tokens_acc[cell],
+            r.output_tokens
+                .or(r.output_chars.map(|c| c / CHARS_PER_TOKEN)),
+        );
         let u = &mut usage[mi];
         u.output_tokens.extend(r.output_tokens);
         u.output_chars.extend(r.output_chars);

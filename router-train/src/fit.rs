@@ -1520,14 +1520,4 @@ mod tests {
         assert_eq!(knn_rows(100, 30, 7), Some(rows.clone()));
         assert_ne!(knn_rows(100, 30, 8), Some(rows));
     }
-
-    #[test]
-    fn splitmix_is_reproducible() {
-        let (mut a, mut b) = (SplitMix::new(7), SplitMix::new(7));
-        let xs: Vec<u64> = (0..5).map(|_| a.next_u64()).collect();
-        let ys: Vec<u64> = (0..5).map(|_| b.next_u64()).collect();
-        assert_eq!(xs, ys);
-        let f = SplitMix::new(1).next_f32();
-        assert!((0.0..1.0).contains(&f));
-    }
 }
