@@ -45,25 +45,7 @@ async fn feedback_becomes_a_training_set_router_train_reads() {
     assert_eq!(bad.status(), 400);
 
     // A second model answers the same prompt (passed through) and is scored 0.
-    let other = if model == "codegemma-7b" {
-        "gemma-2-9b-it"
-    } else {
-        "codegemma-7b"
-    };
-    let r = t
-        .post("/v1/chat/completions", chat_body(other, false))
-        .await;
-    let other_id = r.headers()["x-router-request-id"]
-        .to_str()
-        .unwrap()
-        .to_owned();
-    let ok = t
-        .post(
-            "/v1/feedback",
-            json!({"request_id": other_id, "score": 0.0}),
-        )
-        .await;
-    assert_eq!(ok.status(), 200);
+    let other = passthrough_scored_zero(&t, &model).await;
 
     let path = t.logs.path().join("feedback.jsonl");
     let rows = read_jsonl(&path, 2).await;
@@ -120,22 +102,7 @@ async fn exploration_spreads_answers_over_the_band_and_logs_their_propensity() {
     assert_eq!(ok.status(), 200);
     // Another model, by name (router-train needs two models to read the rows).
     let first = lines.iter().find(|l| l["request_id"] == ids[0]).unwrap();
-    let other = if first["model"] == "codegemma-7b" {
-        "gemma-2-9b-it"
-    } else {
-        "codegemma-7b"
-    };
-    let r = t
-        .post("/v1/chat/completions", chat_body(other, false))
-        .await;
-    let passthrough = r.headers()["x-router-request-id"].to_str().unwrap();
-    let ok = t
-        .post(
-            "/v1/feedback",
-            json!({"request_id": passthrough, "score": 0.0}),
-        )
-        .await;
-    assert_eq!(ok.status(), 200);
+    passthrough_scored_zero(&t, first["model"].as_str().unwrap()).await;
     let rows = read_jsonl(&t.logs.path().join("feedback.jsonl"), 2).await;
     assert_eq!(rows[0]["propensity"], first["propensity"]);
     assert!(rows[1]["propensity"].is_null(), "{}", rows[1]);
@@ -151,6 +118,28 @@ async fn exploration_spreads_answers_over_the_band_and_logs_their_propensity() {
     let text = metrics(&format!("http://{}", t.server.addr())).await;
     assert!(text.contains("reason=\"explore\""), "{text}");
     t.server.shutdown().await;
+}
+
+/// A model other than `model` answers the test prompt by name (a passthrough), and that answer
+/// is scored 0 through `/v1/feedback`; returns the model.
+async fn passthrough_scored_zero(t: &TestServer, model: &str) -> &'static str {
+    let other = if model == "codegemma-7b" {
+        "gemma-2-9b-it"
+    } else {
+        "codegemma-7b"
+    };
+    let r = t
+        .post("/v1/chat/completions", chat_body(other, false))
+        .await;
+    let id = r.headers()["x-router-request-id"]
+        .to_str()
+        .unwrap()
+        .to_owned();
+    let ok = t
+        .post("/v1/feedback", json!({"request_id": id, "score": 0.0}))
+        .await;
+    assert_eq!(ok.status(), 200);
+    other
 }
 
 fn copy_router(to: &Path, name: &str) {
