@@ -1011,32 +1011,35 @@ pub fn fit_cross(
 
 /// Mean BCE of `σ(l_a − l_b)` against `½ + (y_a − y_b)/2` over every prompt's pairs of observed
 /// models whose scores differ: how well the logits order the models on each prompt, which is
-/// all that routing uses of them.
+/// all that routing uses of them. A pair weighs the product of its two cells' `mask` weights
+/// (1 each unless the labels are propensity-weighted), so the criterion that picks k, α and the
+/// ensemble's members reads the same weights as the losses that fit them.
 pub fn pairwise_loss(logits: &[f32], y: &[f32], mask: &[f32], models: usize) -> f64 {
-    let (mut total, mut count) = (0f64, 0usize);
+    let (mut total, mut weight) = (0f64, 0f64);
     for ((l, y), m) in logits
         .chunks_exact(models)
         .zip(y.chunks_exact(models))
         .zip(mask.chunks_exact(models))
     {
-        for term in prompt_pair_losses(l, y, m) {
-            total += term;
-            count += 1;
+        for (w, term) in prompt_pair_losses(l, y, m) {
+            total += w * term;
+            weight += w;
         }
     }
-    if count == 0 {
+    if weight == 0.0 {
         f64::NAN
     } else {
-        total / count as f64
+        total / weight
     }
 }
 
-/// One prompt's terms of [`pairwise_loss`]: one per pair of observed models whose scores differ.
+/// One prompt's terms of [`pairwise_loss`], each with its weight: one per pair of observed
+/// models whose scores differ.
 fn prompt_pair_losses<'a>(
     l: &'a [f32],
     y: &'a [f32],
     m: &'a [f32],
-) -> impl Iterator<Item = f64> + 'a {
+) -> impl Iterator<Item = (f64, f64)> + 'a {
     let models = l.len();
     (0..models)
         .flat_map(move |a| (a + 1..models).map(move |b| (a, b)))
@@ -1045,14 +1048,16 @@ fn prompt_pair_losses<'a>(
             let z = f64::from(l[a] - l[b]);
             let t = 0.5 + f64::from(y[a] - y[b]) / 2.0;
             // softplus(z) − t·z, stable for large |z|.
-            z.max(0.0) + (-z.abs()).exp().ln_1p() - t * z
+            let term = z.max(0.0) + (-z.abs()).exp().ln_1p() - t * z;
+            (f64::from(m[a]) * f64::from(m[b]), term)
         })
 }
 
 /// The standard error of `pairwise_loss(a) − pairwise_loss(b)` on `data`'s rows, with the
 /// prompts as the sampled units (a prompt's pairs move together): the ratio estimator's
-/// linearisation, `√Σ_p (d_p − n_p·D)² / N` for prompt `p`'s summed difference `d_p` over its
-/// `n_p` pairs, `N` pairs in all and the mean difference `D`. NaN without pairs.
+/// linearisation, `√Σ_p (d_p − n_p·D)² / N` for prompt `p`'s weighted difference `d_p` over its
+/// pairs of summed weight `n_p`, `N` the pairs' weight in all and the mean difference `D`. NaN
+/// without pairs.
 fn paired_standard_error(a: &[f32], b: &[f32], data: &SplitData) -> f64 {
     let models = data.models;
     let prompts: Vec<(f64, f64)> = a
@@ -1065,9 +1070,9 @@ fn paired_standard_error(a: &[f32], b: &[f32], data: &SplitData) -> f64 {
         )
         .map(|((a, b), (y, m))| {
             let (mut d, mut n) = (0.0, 0.0);
-            for (ta, tb) in prompt_pair_losses(a, y, m).zip(prompt_pair_losses(b, y, m)) {
-                d += ta - tb;
-                n += 1.0;
+            for ((w, ta), (_, tb)) in prompt_pair_losses(a, y, m).zip(prompt_pair_losses(b, y, m)) {
+                d += w * (ta - tb);
+                n += w;
             }
             (d, n)
         })
@@ -1491,6 +1496,11 @@ mod tests {
         assert!((pairwise_loss(&shifted, &y, &mask, 3) - got).abs() < 1e-9);
         // No differing pair at all: undefined, so the BCE decides.
         assert!(pairwise_loss(&[0.0, 1.0], &[1.0, 1.0], &[1.0, 1.0], 2).is_nan());
+        // Propensity-weighted cells: prompt 1's pair weighs 2 × 1.5 = 3, prompt 3's 0.5 × 1.
+        let weighted = [2.0, 1.5, 0.0, 1.0, 1.0, 1.0, 0.0, 0.5, 1.0];
+        let expected = (3.0 * (softplus(1.5) - 1.5) + 0.5 * softplus(0.0)) / 3.5;
+        let got = pairwise_loss(&logits, &y, &weighted, 3);
+        assert!((got - expected).abs() < 1e-9, "{got} vs {expected}");
         let a = KnnScore {
             bce: 0.5,
             pairwise: f64::NAN,
