@@ -76,6 +76,10 @@ pub const CROSS_FITTED: &str = "/cf";
 /// (router-train's `--layers`); `layers=` alone: the last layer.
 pub const WITH_LAYERS: &str = "/layers=";
 
+/// A head name ending in this and a number μ (`ensemble/pw=1`) trains the networks with the
+/// pairwise term weighted μ (router-train's `--pairwise-weight`).
+pub const PAIRWISE_WEIGHT: &str = "/pw=";
+
 /// A bench head: [`head_choice`] of the name and what its suffixes ask for.
 #[derive(Debug, Clone, PartialEq)]
 struct BenchHead {
@@ -86,11 +90,25 @@ struct BenchHead {
     folds: usize,
     /// `/layers=…`: the encoder layers pooled (`None`: router-train's default).
     layers: Option<Layers>,
+    /// `/pw=μ`: the networks' pairwise weight (0: none).
+    pairwise_weight: f64,
 }
 
-/// Parses `head[/layers=L.…][/lex][/cfK]`: the suffixes in that order, each at most once.
+/// Parses `head[/layers=L.…][/lex][/cfK][/pw=μ]`: the suffixes in that order, each at most
+/// once.
 fn bench_head(name: &str) -> Result<BenchHead> {
     let invalid = |why: &str| EvalError::Invalid(format!("`{name}`: {why}"));
+    let (name, pairwise_weight) = match name.rsplit_once(PAIRWISE_WEIGHT) {
+        Some((base, mu)) => match mu.parse::<f64>() {
+            Ok(mu) if mu.is_finite() && mu >= 0.0 => (base, mu),
+            _ => {
+                return Err(invalid(&format!(
+                    "the pairwise weight is a number ≥ 0 (`{PAIRWISE_WEIGHT}1`)"
+                )));
+            }
+        },
+        None => (name, 0.0),
+    };
     let (base, folds) = match name.rsplit_once(CROSS_FITTED) {
         Some((base, k)) if !k.is_empty() && k.bytes().all(|b| b.is_ascii_digit()) => {
             match k.parse::<usize>() {
@@ -123,6 +141,7 @@ fn bench_head(name: &str) -> Result<BenchHead> {
         lexical,
         folds,
         layers,
+        pairwise_weight,
     })
 }
 
@@ -327,6 +346,7 @@ fn bench_dataset(
         fit.head = spec.choice;
         fit.lexical = spec.lexical;
         fit.net.folds = spec.folds;
+        fit.net.pairwise_weight = spec.pairwise_weight;
         if let Some(layers) = spec.layers {
             fit.encoder_options.layers = layers;
         }
@@ -369,6 +389,7 @@ fn bench_dataset(
                 lexical: None,
                 folds: 0,
                 layers: Some(Layers::Last),
+                pairwise_weight: 0.0,
             };
             refs.routers
                 .push(train(&format!("reference-{suffix}"), spec)?);
@@ -558,6 +579,10 @@ mod tests {
             parsed("ensemble/layers=thirds").ok(),
             Some((false, 0, Some(Layers::Thirds)))
         );
+        let mu = |name: &str| bench_head(name).map(|h| (h.folds, h.pairwise_weight));
+        assert_eq!(mu("ensemble/pw=1").ok(), Some((0, 1.0)));
+        assert_eq!(mu("ensemble/cf5/pw=0.5").ok(), Some((5, 0.5)));
+        assert_eq!(mu("ensemble").ok(), Some((0, 0.0)));
         for bad in [
             "ensemble/cf1",
             "ensemble/cf0",
@@ -566,6 +591,10 @@ mod tests {
             "ensemble/cf5/lex",
             "ensemble/layers=2.x",
             "ensemble/lex/layers=2",
+            "ensemble/pw=",
+            "ensemble/pw=-1",
+            "ensemble/pw=x",
+            "ensemble/pw=1/cf5",
         ] {
             assert!(bench_head(bad).is_err(), "{bad}");
         }

@@ -99,7 +99,8 @@ struct BenchArgs {
     /// router-train's `--layers`),
     /// `/lex` with lexical features beside the embedding (`ensemble/lex`; see router-train's
     /// `--lexical-dim`), `/cfK` with K-fold cross-fitting (`ensemble/cf5`; see router-train's
-    /// `--folds`).
+    /// `--folds`), `/pw=μ` with the networks' pairwise weight μ (`ensemble/pw=1`; see
+    /// router-train's `--pairwise-weight`).
     #[arg(long, value_delimiter = ',', default_value = "mlp,mf,knn,ensemble")]
     heads: Vec<String>,
     /// Output folder: routers/, one report folder per dataset, summary.md.

@@ -23,6 +23,9 @@ pub struct NetParams {
     pub seed: u64,
     /// Cross-validation folds (see [`fit_cross`]); below 2, one train/validation split.
     pub folds: usize,
+    /// μ in the networks' training loss `BCE + μ · pairwise BCE` (see [`pairwise_bce`]); 0:
+    /// the BCE alone.
+    pub pairwise_weight: f64,
 }
 
 /// A split's inputs: embeddings `(n, dim)`, targets and mask `(n, models)`, row-major.
@@ -99,6 +102,27 @@ pub fn masked_bce(logits: &Tensor, y: &Tensor, mask: &Tensor) -> Result<Tensor> 
     Ok(total.div(&count)?)
 }
 
+/// The pairwise loss as a tensor, for training: the mean BCE of `σ(l_a − l_b)` against
+/// `½ + (y_a − y_b)/2` over each prompt's ordered pairs of observed models whose targets
+/// differ, a pair weighing the product of its cells' `mask` weights (as [`pairwise_loss`]).
+pub fn pairwise_bce(logits: &Tensor, y: &Tensor, mask: &Tensor) -> Result<Tensor> {
+    let pairs =
+        |t: &Tensor| -> Result<Tensor> { Ok(t.unsqueeze(2)?.broadcast_sub(&t.unsqueeze(1)?)?) };
+    let z = pairs(logits)?;
+    let dy = pairs(y)?;
+    let target = ((&dy * 0.5)? + 0.5)?;
+    let differ = dy.ne(0f32)?.to_dtype(DType::F32)?;
+    let weight = mask
+        .unsqueeze(2)?
+        .broadcast_mul(&mask.unsqueeze(1)?)?
+        .mul(&differ)?;
+    let softplus = (z.relu()? + (z.abs()?.neg()?.exp()? + 1.0)?.log()?)?;
+    let per_pair = (softplus - target.mul(&z)?)?;
+    let total = per_pair.mul(&weight)?.sum_all()?;
+    let count = weight.sum_all()?.clamp(1e-12, f64::MAX)?;
+    Ok(total.div(&count)?)
+}
+
 /// Softmax cross-entropy of `logits` `(n, classes)` against one-hot `y`, over the rows whose
 /// `mask` is 1 (a row's mask is all ones or all zeros).
 pub fn masked_softmax_ce(logits: &Tensor, y: &Tensor, mask: &Tensor) -> Result<Tensor> {
@@ -170,7 +194,7 @@ fn fit_task(
     let mut hp = train_net(
         &varmap,
         forward,
-        masked_softmax_ce,
+        &masked_softmax_ce,
         &one_hot(train),
         &one_hot(val),
         params,
@@ -431,7 +455,7 @@ pub fn fit_head(
             seeded_init(&varmap, &prior, "linear.bias", &mut rng)?;
             let forward =
                 |x: &Tensor, _: Option<&mut SplitMix>| -> Result<Tensor> { Ok(linear.forward(x)?) };
-            let hp = train_net(&varmap, forward, masked_bce, train, val, params, &mut rng)?;
+            let hp = train_scorer(&varmap, forward, train, val, params, &mut rng)?;
             net_fitted(HeadSpec::Linear {}, &varmap, train, hp)
         }
         HeadChoice::Mlp { hidden, dropout } => {
@@ -460,7 +484,7 @@ pub fn fit_head(
                 };
                 Ok(mlp.forward_t(x, mask.as_ref())?)
             };
-            let mut hp = train_net(&varmap, forward, masked_bce, train, val, params, &mut rng)?;
+            let mut hp = train_scorer(&varmap, forward, train, val, params, &mut rng)?;
             hp.insert("hidden".into(), hidden as f64);
             hp.insert("dropout".into(), f64::from(dropout));
             net_fitted(HeadSpec::Mlp { hidden, dropout }, &varmap, train, hp)
@@ -473,7 +497,7 @@ pub fn fit_head(
             seeded_init(&varmap, &prior, "mf.bias", &mut rng)?;
             let forward =
                 |x: &Tensor, _: Option<&mut SplitMix>| -> Result<Tensor> { Ok(mf.forward(x)?) };
-            let mut hp = train_net(&varmap, forward, masked_bce, train, val, params, &mut rng)?;
+            let mut hp = train_scorer(&varmap, forward, train, val, params, &mut rng)?;
             hp.insert("dim".into(), dim as f64);
             net_fitted(HeadSpec::Mf { dim }, &varmap, train, hp)
         }
@@ -690,7 +714,38 @@ fn net_fitted(
 }
 
 /// A training loss of `(logits, targets, mask)`.
-type Loss = fn(&Tensor, &Tensor, &Tensor) -> Result<Tensor>;
+type Loss<'a> = &'a dyn Fn(&Tensor, &Tensor, &Tensor) -> Result<Tensor>;
+
+/// The networks' training loss: the masked BCE, plus `μ ·` [`pairwise_bce`] when
+/// `params.pairwise_weight` (μ) > 0.
+fn net_loss(params: &NetParams) -> impl Fn(&Tensor, &Tensor, &Tensor) -> Result<Tensor> {
+    let mu = params.pairwise_weight;
+    move |logits, y, mask| {
+        let bce = masked_bce(logits, y, mask)?;
+        if mu > 0.0 {
+            Ok((bce + (pairwise_bce(logits, y, mask)? * mu)?)?)
+        } else {
+            Ok(bce)
+        }
+    }
+}
+
+/// [`train_net`] for the heads that score models (linear, MLP, MF): the loss of
+/// [`net_loss`], and μ recorded as `pairwise_weight` when it is used.
+fn train_scorer(
+    varmap: &VarMap,
+    forward: impl Fn(&Tensor, Option<&mut SplitMix>) -> Result<Tensor>,
+    train: &SplitData,
+    val: &SplitData,
+    params: &NetParams,
+    rng: &mut SplitMix,
+) -> Result<BTreeMap<String, f64>> {
+    let mut hp = train_net(varmap, forward, &net_loss(params), train, val, params, rng)?;
+    if params.pairwise_weight > 0.0 {
+        hp.insert("pairwise_weight".into(), params.pairwise_weight);
+    }
+    Ok(hp)
+}
 
 fn train_net(
     varmap: &VarMap,
@@ -1413,6 +1468,44 @@ mod tests {
             let err = HeadChoice::parse(bad, &params).err().unwrap_or_default();
             assert!(err.contains("unknown head"), "{bad}: {err}");
         }
+    }
+
+    #[test]
+    fn the_training_pairwise_term_is_the_pairwise_loss() -> Result<()> {
+        // Over ordered pairs it counts each pair twice, with the same term both ways, so it
+        // equals the criterion's mean over unordered pairs, weights included.
+        let y = [1.0, 0.0, 1.0, 0.5, 0.5, 0.5, 0.0, 0.75, 0.25];
+        let mask = [2.0, 1.5, 0.0, 1.0, 1.0, 1.0, 0.0, 0.5, 1.0];
+        let logits = [2.0, 0.5, -9.0, 0.0, 3.0, -3.0, 5.0, 1.0, -0.5];
+        let t = |v: &[f32]| Tensor::from_slice(v, (3, 3), &Device::Cpu);
+        let got = pairwise_bce(&t(&logits)?, &t(&y)?, &t(&mask)?)?.to_scalar::<f32>()?;
+        let expected = pairwise_loss(&logits, &y, &mask, 3);
+        assert!(
+            (f64::from(got) - expected).abs() < 1e-6,
+            "{got} vs {expected}"
+        );
+        // μ = 0 is the BCE alone; μ = 1 adds the pairwise term.
+        let zero = NetParams {
+            learning_rate: 1e-3,
+            weight_decay: 0.0,
+            batch_size: 1,
+            max_epochs: 1,
+            patience: 1,
+            seed: 0,
+            folds: 0,
+            pairwise_weight: 0.0,
+        };
+        let one = NetParams {
+            pairwise_weight: 1.0,
+            ..zero.clone()
+        };
+        let bce = masked_bce(&t(&logits)?, &t(&y)?, &t(&mask)?)?.to_scalar::<f32>()?;
+        let loss = |p: &NetParams| -> Result<f32> {
+            Ok(net_loss(p)(&t(&logits)?, &t(&y)?, &t(&mask)?)?.to_scalar::<f32>()?)
+        };
+        assert_eq!(loss(&zero)?, bce);
+        assert!((loss(&one)? - (bce + got)).abs() < 1e-6);
+        Ok(())
     }
 
     #[test]

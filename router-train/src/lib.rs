@@ -127,6 +127,7 @@ impl FitConfig {
                 patience: 15,
                 seed: 0,
                 folds: 0,
+                pairwise_weight: 0.0,
             },
             progress: false,
             prune_dominated: false,

@@ -164,6 +164,10 @@ struct FitArgs {
     /// on the train split, early-stop and calibrate on the validation split.
     #[arg(long, default_value_t = 0)]
     folds: usize,
+    /// μ in the networks' loss `BCE + μ · pairwise BCE`: the pairwise term scores each
+    /// prompt's order of the models (what routing reads) instead of each cell alone. 0: BCE.
+    #[arg(long, default_value_t = 0.0)]
+    pairwise_weight: f64,
     /// Platt calibration on the validation split: pooled (per-model scalings shrunk toward one
     /// shared scaling), shared (one for all models: keeps their order on every prompt) or
     /// per-model.
@@ -251,6 +255,11 @@ impl FitArgs {
             config.cache_dir = Some(dir);
         }
         config.encode_batch_size = self.encode_batch;
+        anyhow::ensure!(
+            self.pairwise_weight.is_finite() && self.pairwise_weight >= 0.0,
+            "--pairwise-weight must be a number ≥ 0, got {}",
+            self.pairwise_weight
+        );
         config.net = NetParams {
             learning_rate: self.learning_rate,
             weight_decay: self.weight_decay,
@@ -259,6 +268,7 @@ impl FitArgs {
             patience: self.patience,
             seed: self.seed,
             folds: self.folds,
+            pairwise_weight: self.pairwise_weight,
         };
         config.progress = !self.quiet;
         config.prune_dominated = self.prune_dominated;

@@ -823,48 +823,41 @@ fn the_task_head_needs_two_tasks() -> anyhow::Result<()> {
 }
 
 #[test]
-fn an_unknown_head_is_a_cli_error_before_anything_is_read() -> anyhow::Result<()> {
+fn bad_flags_are_cli_errors_before_anything_is_read() -> anyhow::Result<()> {
     let tmp = tempfile::tempdir()?;
     let (labels, prices) = llmrouter();
     let out = tmp.path().join("out");
-    let run = std::process::Command::new(env!("CARGO_BIN_EXE_router-train"))
-        .arg("fit")
-        .arg("--data")
-        .arg(&labels)
-        .arg("--prices")
-        .arg(&prices)
-        .arg("--out")
-        .arg(&out)
-        .args(["--head", "mlp+svm", "--no-cache"])
-        .output()?;
-    assert!(!run.status.success());
-    let stderr = String::from_utf8_lossy(&run.stderr);
-    assert!(
-        stderr.contains("--head mlp+svm: unknown head `svm`"),
-        "{stderr}"
-    );
-    assert!(!out.exists());
-    let run = std::process::Command::new(env!("CARGO_BIN_EXE_router-train"))
-        .arg("fit")
-        .arg("--data")
-        .arg(&labels)
-        .arg("--prices")
-        .arg(&prices)
-        .arg("--out")
-        .arg(&out)
-        .args([
-            "--propensity-weights",
-            "--propensity-cap",
-            "0.5",
-            "--no-cache",
-        ])
-        .output()?;
-    assert!(!run.status.success());
-    let stderr = String::from_utf8_lossy(&run.stderr);
-    assert!(
-        stderr.contains("--propensity-cap must be at least 1"),
-        "{stderr}"
-    );
-    assert!(!out.exists());
+    let cases: [(&[&str], &str); 4] = [
+        (&["--head", "mlp+svm"], "--head mlp+svm: unknown head `svm`"),
+        (
+            &["--propensity-weights", "--propensity-cap", "0.5"],
+            "--propensity-cap must be at least 1",
+        ),
+        (
+            &["--pairwise-weight=-1"],
+            "--pairwise-weight must be a number ≥ 0, got -1",
+        ),
+        (
+            &["--pairwise-weight=NaN"],
+            "--pairwise-weight must be a number ≥ 0, got NaN",
+        ),
+    ];
+    for (flags, message) in cases {
+        let run = std::process::Command::new(env!("CARGO_BIN_EXE_router-train"))
+            .arg("fit")
+            .arg("--data")
+            .arg(&labels)
+            .arg("--prices")
+            .arg(&prices)
+            .arg("--out")
+            .arg(&out)
+            .args(flags)
+            .arg("--no-cache")
+            .output()?;
+        assert!(!run.status.success(), "{flags:?}");
+        let stderr = String::from_utf8_lossy(&run.stderr);
+        assert!(stderr.contains(message), "{flags:?}: {stderr}");
+        assert!(!out.exists(), "{flags:?}");
+    }
     Ok(())
 }
