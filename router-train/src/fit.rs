@@ -105,23 +105,42 @@ pub fn masked_bce(logits: &Tensor, y: &Tensor, mask: &Tensor) -> Result<Tensor> 
 /// The pairwise loss as a tensor, for training: the mean BCE of `σ(l_a − l_b)` against
 /// `½ + (y_a − y_b)/2` over each prompt's ordered pairs of observed models whose targets
 /// differ, a pair weighing the product of its cells' `mask` weights (as [`pairwise_loss`]).
+/// Rows are taken [`PAIR_ROWS`] at a time: a prompt's pairs are `models²` values, so the whole
+/// validation split at once could take gigabytes.
 pub fn pairwise_bce(logits: &Tensor, y: &Tensor, mask: &Tensor) -> Result<Tensor> {
     let pairs =
         |t: &Tensor| -> Result<Tensor> { Ok(t.unsqueeze(2)?.broadcast_sub(&t.unsqueeze(1)?)?) };
-    let z = pairs(logits)?;
-    let dy = pairs(y)?;
-    let target = ((&dy * 0.5)? + 0.5)?;
-    let differ = dy.ne(0f32)?.to_dtype(DType::F32)?;
-    let weight = mask
-        .unsqueeze(2)?
-        .broadcast_mul(&mask.unsqueeze(1)?)?
-        .mul(&differ)?;
-    let softplus = (z.relu()? + (z.abs()?.neg()?.exp()? + 1.0)?.log()?)?;
-    let per_pair = (softplus - target.mul(&z)?)?;
-    let total = per_pair.mul(&weight)?.sum_all()?;
-    let count = weight.sum_all()?.clamp(1e-12, f64::MAX)?;
-    Ok(total.div(&count)?)
+    let n = logits.dim(0)?;
+    let (mut total, mut count): (Option<Tensor>, f64) = (None, 0.0);
+    for start in (0..n).step_by(PAIR_ROWS) {
+        let rows = PAIR_ROWS.min(n - start);
+        let (logits, y, mask) = (
+            logits.narrow(0, start, rows)?,
+            y.narrow(0, start, rows)?,
+            mask.narrow(0, start, rows)?,
+        );
+        let z = pairs(&logits)?;
+        let dy = pairs(&y)?;
+        let target = ((&dy * 0.5)? + 0.5)?;
+        let differ = dy.ne(0f32)?.to_dtype(DType::F32)?;
+        let weight = mask
+            .unsqueeze(2)?
+            .broadcast_mul(&mask.unsqueeze(1)?)?
+            .mul(&differ)?;
+        let softplus = (z.relu()? + (z.abs()?.neg()?.exp()? + 1.0)?.log()?)?;
+        let chunk = (softplus - target.mul(&z)?)?.mul(&weight)?.sum_all()?;
+        count += f64::from(weight.sum_all()?.to_scalar::<f32>()?);
+        total = Some(match total {
+            Some(t) => (t + chunk)?,
+            None => chunk,
+        });
+    }
+    let total = total.unwrap_or(Tensor::new(0f32, logits.device())?);
+    Ok((total / count.max(1e-12))?)
 }
+
+/// Prompts per chunk of [`pairwise_bce`].
+const PAIR_ROWS: usize = 256;
 
 /// Softmax cross-entropy of `logits` `(n, classes)` against one-hot `y`, over the rows whose
 /// `mask` is 1 (a row's mask is all ones or all zeros).
@@ -1484,6 +1503,21 @@ mod tests {
             (f64::from(got) - expected).abs() < 1e-6,
             "{got} vs {expected}"
         );
+        // Beyond one chunk of rows, the chunks add up to the same mean.
+        let (n, m) = (2 * PAIR_ROWS + 7, 4);
+        let mut rng = SplitMix::new(7);
+        let mut draw =
+            |f: fn(f32) -> f32| -> Vec<f32> { (0..n * m).map(|_| f(rng.next_f32())).collect() };
+        let (big_l, big_y, big_m) = (
+            draw(|u| 6.0 * u - 3.0),
+            draw(|u| (4.0 * u).floor() / 3.0),
+            draw(|u| if u < 0.2 { 0.0 } else { 0.5 + u }),
+        );
+        let big = |v: &[f32]| Tensor::from_slice(v, (n, m), &Device::Cpu);
+        let chunked = pairwise_bce(&big(&big_l)?, &big(&big_y)?, &big(&big_m)?)?;
+        let chunked = f64::from(chunked.to_scalar::<f32>()?);
+        let expected = pairwise_loss(&big_l, &big_y, &big_m, m);
+        assert!((chunked - expected).abs() < 1e-5, "{chunked} vs {expected}");
         // μ = 0 is the BCE alone; μ = 1 adds the pairwise term.
         let zero = NetParams {
             learning_rate: 1e-3,
