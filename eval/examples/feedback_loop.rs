@@ -23,7 +23,7 @@ use anyhow::Context as _;
 use clap::Parser;
 use router_core::artifact::Router;
 use router_core::policy::Policy;
-use router_core::split::{Split, assign_fold, unit_hash};
+use router_core::split::{Split, unit_hash};
 use router_eval::{EvalConfig, run_eval};
 use router_serve::route::{Explorer, explain};
 use router_train::data::{LoadOptions, Table, expand_inputs, load};
@@ -185,13 +185,7 @@ fn main() -> anyhow::Result<()> {
     let defaults = FitConfig::new(Vec::new(), PathBuf::new(), PathBuf::new());
     let (mut seed, mut rest, mut training) = (Vec::new(), Vec::new(), Vec::new());
     for (p, prompt) in table.prompts.iter().enumerate() {
-        let side = assign_fold(
-            &prompt.normalized,
-            defaults.split_seed,
-            defaults.test_fold,
-            defaults.test_fraction,
-            defaults.validation_fraction,
-        );
+        let side = defaults.split_of(&prompt.normalized);
         if side == Split::Test {
             continue;
         }

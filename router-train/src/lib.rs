@@ -142,6 +142,17 @@ impl FitConfig {
         self.test_fold
             .map_or(self.test_fraction, |[_, k]| 1.0 / k as f64)
     }
+
+    /// The split of a prompt (by its whitespace-normalised text) under this configuration.
+    pub fn split_of(&self, normalized: &str) -> Split {
+        assign_fold(
+            normalized,
+            self.split_seed,
+            self.test_fold,
+            self.test_fraction,
+            self.validation_fraction,
+        )
+    }
 }
 
 /// `$ROUTER_CACHE_DIR`, else `$XDG_CACHE_HOME/llm-router/embeddings`, else
@@ -292,14 +303,9 @@ pub fn run_fit(config: &FitConfig) -> Result<FitReport> {
     }
     let mut rows: BTreeMap<Split, Vec<usize>> = BTreeMap::new();
     for (p, prompt) in table.prompts.iter().enumerate() {
-        let side = assign_fold(
-            &prompt.normalized,
-            config.split_seed,
-            config.test_fold,
-            config.test_fraction,
-            config.validation_fraction,
-        );
-        rows.entry(side).or_default().push(p);
+        rows.entry(config.split_of(&prompt.normalized))
+            .or_default()
+            .push(p);
     }
     let train_rows = rows.remove(&Split::Train).unwrap_or_default();
     let val_rows = rows.remove(&Split::Validation).unwrap_or_default();
