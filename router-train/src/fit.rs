@@ -92,11 +92,15 @@ impl SplitData {
 /// router-core, where serving and evaluation draw from it too).
 pub use router_core::rng::SplitMix;
 
+/// `ln(1 + eˣ)` elementwise, as `relu(x) + ln(1 + e^−|x|)`: no overflow for large `|x|`.
+fn softplus(x: &Tensor) -> Result<Tensor> {
+    Ok((x.relu()? + (x.abs()?.neg()?.exp()? + 1.0)?.log()?)?)
+}
+
 /// Masked binary cross-entropy with logits, averaged over evaluated cells.
 /// `softplus(z) − y·z` is the BCE of `σ(z)` against a soft target `y`.
 pub fn masked_bce(logits: &Tensor, y: &Tensor, mask: &Tensor) -> Result<Tensor> {
-    let softplus = (logits.relu()? + (logits.abs()?.neg()?.exp()? + 1.0)?.log()?)?;
-    let per_cell = (softplus - y.mul(logits)?)?;
+    let per_cell = (softplus(logits)? - y.mul(logits)?)?;
     let total = per_cell.mul(mask)?.sum_all()?;
     let count = mask.sum_all()?.clamp(1.0, f64::MAX)?;
     Ok(total.div(&count)?)
@@ -127,8 +131,7 @@ pub fn pairwise_bce(logits: &Tensor, y: &Tensor, mask: &Tensor) -> Result<Tensor
             .unsqueeze(2)?
             .broadcast_mul(&mask.unsqueeze(1)?)?
             .mul(&differ)?;
-        let softplus = (z.relu()? + (z.abs()?.neg()?.exp()? + 1.0)?.log()?)?;
-        let chunk = (softplus - target.mul(&z)?)?.mul(&weight)?.sum_all()?;
+        let chunk = (softplus(&z)? - target.mul(&z)?)?.mul(&weight)?.sum_all()?;
         count += f64::from(weight.sum_all()?.to_scalar::<f32>()?);
         total = Some(match total {
             Some(t) => (t + chunk)?,
