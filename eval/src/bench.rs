@@ -8,6 +8,7 @@ use std::path::{Path, PathBuf};
 use router_core::encoder::{Layers, Precision};
 use router_core::lexical::LexicalSpec;
 use router_core::policy::Policy;
+use router_train::fit::parse_pairwise_weight;
 use router_train::{FitConfig, HeadChoice, HeadParams, run_fit};
 
 use crate::report::{PairedDifference, RouterReport, pct};
@@ -99,13 +100,9 @@ struct BenchHead {
 fn bench_head(name: &str) -> Result<BenchHead> {
     let invalid = |why: &str| EvalError::Invalid(format!("`{name}`: {why}"));
     let (name, pairwise_weight) = match name.rsplit_once(PAIRWISE_WEIGHT) {
-        Some((base, mu)) => match mu.parse::<f64>() {
-            Ok(mu) if mu.is_finite() && mu >= 0.0 => (base, mu),
-            _ => {
-                return Err(invalid(&format!(
-                    "the pairwise weight is a number ≥ 0 (`{PAIRWISE_WEIGHT}1`)"
-                )));
-            }
+        Some((base, mu)) => match parse_pairwise_weight(mu) {
+            Ok(mu) => (base, mu),
+            Err(why) => return Err(invalid(&format!("{why} (`{PAIRWISE_WEIGHT}1`)"))),
         },
         None => (name, 0.0),
     };

@@ -47,6 +47,24 @@ pub struct EncoderSpec {
     pub int8_scheme: Option<u32>,
 }
 
+impl EncoderSpec {
+    /// What `encoder` embeds with, as a router artifact records it.
+    pub fn of(encoder: &Encoder) -> Self {
+        Self {
+            id: encoder.model_id().to_owned(),
+            revision: encoder.revision().to_owned(),
+            weights_sha256: encoder.weights_sha256().to_owned(),
+            dim: encoder.dim(),
+            max_seq_length: encoder.max_seq_length(),
+            truncation: encoder.truncation(),
+            pooling: encoder.pooling(),
+            layers: encoder.layers().to_vec(),
+            precision: encoder.precision(),
+            int8_scheme: encoder.int8_scheme(),
+        }
+    }
+}
+
 /// What the scores in the training data meant, and how they were normalised to 0–1.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]

@@ -314,18 +314,8 @@ fn a_router_fed_other_embeddings_is_named() {
     use router_core::artifact::{EncoderSpec, precision_mismatch};
     use router_core::encoder::int8::SCHEME;
     let encoder = common::int8_encoder();
-    let mut spec = EncoderSpec {
-        id: encoder.model_id().to_owned(),
-        revision: encoder.revision().to_owned(),
-        weights_sha256: encoder.weights_sha256().to_owned(),
-        dim: encoder.dim(),
-        max_seq_length: encoder.max_seq_length(),
-        truncation: encoder.truncation(),
-        pooling: encoder.pooling(),
-        layers: Vec::new(),
-        precision: Precision::Int8,
-        int8_scheme: Some(SCHEME),
-    };
+    let mut spec = EncoderSpec::of(&encoder);
+    assert_eq!(spec.int8_scheme, Some(SCHEME));
     assert_eq!(precision_mismatch(&spec, &encoder), None);
     // Written before the scheme was recorded: nothing to compare.
     spec.int8_scheme = None;

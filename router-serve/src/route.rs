@@ -186,11 +186,11 @@ impl Explorer {
         // 53 random bits for the coin, the rest of a second draw for the model.
         let coin = (self.next() >> 11) as f64 / (1u64 << 53) as f64;
         let pick = (self.next() % n as u64) as usize;
-        let (chosen, propensity) = explore_choice(n, self.share, coin, pick);
+        let (explored, propensity) = explore_choice(n, self.share, coin, pick);
         decision.propensity = propensity;
-        if coin >= self.share {
+        let Some(chosen) = explored else {
             return;
-        }
+        };
         decision.reason = "explore";
         let model = pool[chosen].clone();
         decision.chosen_index = decision
@@ -214,15 +214,19 @@ impl Explorer {
     }
 }
 
-/// The position in a band of `n` models (the policy's choice at 0) that a decision takes when
-/// it explores `share` of the time, for a `coin` uniform in [0, 1) and a uniform `pick` < n,
-/// and the probability of that outcome.
-fn explore_choice(n: usize, share: f64, coin: f64, pick: usize) -> (usize, f64) {
+/// Whether a decision that explores `share` of the time over a band of `n` models (the
+/// policy's choice at 0) explores, for a `coin` uniform in [0, 1): `Some(pick)`, the position
+/// drawn uniformly (`pick` < n, the policy's own choice included), or `None`, the policy's
+/// choice stands; and the probability that the model it ends with was chosen.
+fn explore_choice(n: usize, share: f64, coin: f64, pick: usize) -> (Option<usize>, f64) {
     let uniform = share / n as f64;
     if coin < share {
-        (pick, uniform + if pick == 0 { 1.0 - share } else { 0.0 })
+        (
+            Some(pick),
+            uniform + if pick == 0 { 1.0 - share } else { 0.0 },
+        )
     } else {
-        (0, 1.0 - share + uniform)
+        (None, 1.0 - share + uniform)
     }
 }
 
@@ -308,13 +312,13 @@ mod tests {
         // 30 % explored over 3 models: the policy's choice 0.7 + 0.1, the others 0.1 each.
         let close = |a: f64, b: f64| (a - b).abs() < 1e-12;
         let (at, p) = explore_choice(3, 0.3, 0.5, 2);
-        assert_eq!(at, 0);
+        assert_eq!(at, None);
         assert!(close(p, 0.8), "{p}");
         let (at, p) = explore_choice(3, 0.3, 0.1, 2);
-        assert_eq!(at, 2);
+        assert_eq!(at, Some(2));
         assert!(close(p, 0.1), "{p}");
         let (at, p) = explore_choice(3, 0.3, 0.1, 0);
-        assert_eq!(at, 0);
+        assert_eq!(at, Some(0));
         assert!(close(p, 0.8), "{p}");
         // Always exploring: uniform.
         assert!(close(explore_choice(4, 1.0, 0.99, 0).1, 0.25));

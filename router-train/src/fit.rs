@@ -28,6 +28,14 @@ pub struct NetParams {
     pub pairwise_weight: f64,
 }
 
+/// Parses a [`NetParams::pairwise_weight`]: a finite number ≥ 0.
+pub fn parse_pairwise_weight(text: &str) -> std::result::Result<f64, String> {
+    match text.trim().parse::<f64>() {
+        Ok(mu) if mu.is_finite() && mu >= 0.0 => Ok(mu),
+        _ => Err(format!("the pairwise weight is a number ≥ 0, got `{text}`")),
+    }
+}
+
 /// A split's inputs: embeddings `(n, dim)`, targets and mask `(n, models)`, row-major.
 pub struct SplitData {
     pub x: Vec<f32>,

@@ -9,7 +9,7 @@ use router_core::encoder::{
 };
 use router_core::lexical::LexicalSpec;
 use router_train::data::{LoadOptions, parse_score_range};
-use router_train::fit::NetParams;
+use router_train::fit::{NetParams, parse_pairwise_weight};
 use router_train::{Calibration, FitConfig, HeadChoice, HeadParams, run_fit};
 
 #[derive(Parser)]
@@ -166,7 +166,7 @@ struct FitArgs {
     folds: usize,
     /// μ in the networks' loss `BCE + μ · pairwise BCE`: the pairwise term scores each
     /// prompt's order of the models (what routing reads) instead of each cell alone. 0: BCE.
-    #[arg(long, default_value_t = 0.0)]
+    #[arg(long, default_value_t = 0.0, value_parser = parse_pairwise_weight)]
     pairwise_weight: f64,
     /// Platt calibration on the validation split: pooled (per-model scalings shrunk toward one
     /// shared scaling), shared (one for all models: keeps their order on every prompt) or
@@ -255,11 +255,6 @@ impl FitArgs {
             config.cache_dir = Some(dir);
         }
         config.encode_batch_size = self.encode_batch;
-        anyhow::ensure!(
-            self.pairwise_weight.is_finite() && self.pairwise_weight >= 0.0,
-            "--pairwise-weight must be a number ≥ 0, got {}",
-            self.pairwise_weight
-        );
         config.net = NetParams {
             learning_rate: self.learning_rate,
             weight_decay: self.weight_decay,
