@@ -28,7 +28,7 @@ use std::path::{Path, PathBuf};
 use router_core::artifact::{EncoderSpec, Router};
 use router_core::device::parse_device;
 use router_core::policy::Policy;
-use router_core::split::{Split, assign_fold};
+use router_core::split::Split;
 use router_train::data::{self, LoadOptions, Table};
 use router_train::embed_cache;
 
@@ -302,7 +302,7 @@ pub fn run_eval(config: &EvalConfig) -> Result<Report> {
         .map(|p| Router::load(p))
         .collect::<router_core::Result<Vec<_>>>()?;
     let first = &routers[0];
-    let split_of = |r: &Router| {
+    let split_params = |r: &Router| {
         let t = &r.manifest.training;
         (
             t.split_seed,
@@ -311,7 +311,11 @@ pub fn run_eval(config: &EvalConfig) -> Result<Report> {
             t.validation_fraction,
         )
     };
-    if !config.all_prompts && routers.iter().any(|r| split_of(r) != split_of(first)) {
+    if !config.all_prompts
+        && routers
+            .iter()
+            .any(|r| split_params(r) != split_params(first))
+    {
         return Err(EvalError::Invalid(
             "the routers were trained with different splits: compare them with --all-prompts on unseen data".to_owned(),
         ));
@@ -337,17 +341,10 @@ pub fn run_eval(config: &EvalConfig) -> Result<Report> {
         .transpose()?
         .map(|p| p.into_iter().collect::<BTreeMap<_, _>>());
 
-    let (seed, test_fraction, test_fold, val_fraction) = split_of(first);
     let mut test = Vec::new();
     let mut train = Vec::new();
     for (p, prompt) in table.prompts.iter().enumerate() {
-        match assign_fold(
-            &prompt.normalized,
-            seed,
-            test_fold,
-            test_fraction,
-            val_fraction,
-        ) {
+        match first.manifest.training.split_of(&prompt.normalized) {
             _ if config.all_prompts => test.push(p),
             Split::Test => test.push(p),
             Split::Train => train.push(p),

@@ -18,6 +18,7 @@ use crate::heads::calibration::Platt;
 use crate::heads::{Head, HeadSpec};
 use crate::lexical::{IDF_TENSOR, Lexical, LexicalSpec};
 use crate::models::ModelInfo;
+use crate::split::{Split, assign_fold};
 
 pub const FORMAT_VERSION: u32 = 1;
 pub const MANIFEST_FILE: &str = "router.json";
@@ -110,6 +111,19 @@ pub struct TrainingInfo {
     pub hyperparameters: BTreeMap<String, f64>,
     pub validation: Vec<ModelMetrics>,
     pub seconds: BTreeMap<String, f64>,
+}
+
+impl TrainingInfo {
+    /// The side of the split a prompt (by its whitespace-normalised text) was on in training.
+    pub fn split_of(&self, normalized: &str) -> Split {
+        assign_fold(
+            normalized,
+            self.split_seed,
+            self.test_fold,
+            self.test_fraction,
+            self.validation_fraction,
+        )
+    }
 }
 
 /// `router.json`.

@@ -123,7 +123,7 @@ pub fn pairwise_bce(logits: &Tensor, y: &Tensor, mask: &Tensor) -> Result<Tensor
     let pairs =
         |t: &Tensor| -> Result<Tensor> { Ok(t.unsqueeze(2)?.broadcast_sub(&t.unsqueeze(1)?)?) };
     let n = logits.dim(0)?;
-    let (mut total, mut count): (Option<Tensor>, f64) = (None, 0.0);
+    let (mut total, mut count) = (Tensor::new(0f32, logits.device())?, 0.0);
     for start in (0..n).step_by(PAIR_ROWS) {
         let rows = PAIR_ROWS.min(n - start);
         let (logits, y, mask) = (
@@ -141,12 +141,8 @@ pub fn pairwise_bce(logits: &Tensor, y: &Tensor, mask: &Tensor) -> Result<Tensor
             .mul(&differ)?;
         let chunk = (softplus(&z)? - target.mul(&z)?)?.mul(&weight)?.sum_all()?;
         count += f64::from(weight.sum_all()?.to_scalar::<f32>()?);
-        total = Some(match total {
-            Some(t) => (t + chunk)?,
-            None => chunk,
-        });
+        total = (total + chunk)?;
     }
-    let total = total.unwrap_or(Tensor::new(0f32, logits.device())?);
     Ok((total / count.max(1e-12))?)
 }
 

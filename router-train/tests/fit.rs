@@ -835,11 +835,11 @@ fn bad_flags_are_cli_errors_before_anything_is_read() -> anyhow::Result<()> {
         ),
         (
             &["--pairwise-weight=-1"],
-            "the pairwise weight is a number ≥ 0, got `-1`",
+            "invalid value '-1' for '--pairwise-weight <PAIRWISE_WEIGHT>': the pairwise weight is a number ≥ 0, got `-1`",
         ),
         (
             &["--pairwise-weight=NaN"],
-            "the pairwise weight is a number ≥ 0, got `NaN`",
+            "invalid value 'NaN' for '--pairwise-weight <PAIRWISE_WEIGHT>': the pairwise weight is a number ≥ 0, got `NaN`",
         ),
     ];
     for (flags, message) in cases {
