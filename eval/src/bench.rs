@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 
-use router_core::encoder::{Layers, Precision};
+use router_core::encoder::{EncoderSource, Layers, Precision};
 use router_core::lexical::LexicalSpec;
 use router_core::policy::Policy;
 use router_train::fit::parse_pairwise_weight;
@@ -27,6 +27,9 @@ pub struct BenchConfig {
     /// The encoder's precision for training (and so for the evaluation, which embeds as the
     /// router says).
     pub precision: Precision,
+    /// The encoder every head is trained on unless its name says otherwise (`/enc=`). The
+    /// references always read the issue's all-MiniLM-L6-v2 ([`EncoderSource::default`]).
+    pub encoder: EncoderSource,
     /// Also re-measure the issue's reference routers on each dataset's split (see
     /// [`reference_heads`]) and compare the default head with them, paired.
     pub references: bool,
@@ -81,6 +84,11 @@ pub const WITH_LAYERS: &str = "/layers=";
 /// pairwise term weighted μ (router-train's `--pairwise-weight`).
 pub const PAIRWISE_WEIGHT: &str = "/pw=";
 
+/// A head name followed by this and an encoder (`ensemble/enc=BAAI/bge-small-en-v1.5`: a hub
+/// id, optionally `@revision`, or a local directory; router-train's `--encoder`) trains the
+/// head on that encoder's embeddings, so that two encoders are compared in one run, paired.
+pub const WITH_ENCODER: &str = "/enc=";
+
 /// A bench head: [`head_choice`] of the name and what its suffixes ask for.
 #[derive(Debug, Clone, PartialEq)]
 struct BenchHead {
@@ -93,10 +101,12 @@ struct BenchHead {
     layers: Option<Layers>,
     /// `/pw=μ`: the networks' pairwise weight (0: none).
     pairwise_weight: f64,
+    /// `/enc=…`: the encoder (`None`: the bench's).
+    encoder: Option<EncoderSource>,
 }
 
-/// Parses `head[/layers=L.…][/lex][/cfK][/pw=μ]`: the suffixes in that order, each at most
-/// once.
+/// Parses `head[/enc=E][/layers=L.…][/lex][/cfK][/pw=μ]`: the suffixes in that order, each at
+/// most once. The encoder comes first because a hub id holds a `/` itself.
 fn bench_head(name: &str) -> Result<BenchHead> {
     let invalid = |why: &str| EvalError::Invalid(format!("`{name}`: {why}"));
     let (name, pairwise_weight) = match name.rsplit_once(PAIRWISE_WEIGHT) {
@@ -133,12 +143,22 @@ fn bench_head(name: &str) -> Result<BenchHead> {
         }
         None => (base, None),
     };
+    let (base, encoder) = match base.split_once(WITH_ENCODER) {
+        Some((_, "")) => {
+            return Err(invalid(
+                "`/enc=` needs an encoder: a hub id or a directory (`/enc=BAAI/bge-small-en-v1.5`)",
+            ));
+        }
+        Some((base, spec)) => (base, Some(EncoderSource::parse(spec))),
+        None => (base, None),
+    };
     Ok(BenchHead {
         choice: head_choice(base)?,
         lexical,
         folds,
         layers,
         pairwise_weight,
+        encoder,
     })
 }
 
@@ -341,6 +361,7 @@ fn bench_dataset(
             out.clone(),
         );
         fit.head = spec.choice;
+        fit.encoder = spec.encoder.unwrap_or_else(|| config.encoder.clone());
         fit.lexical = spec.lexical;
         fit.net.folds = spec.folds;
         fit.net.pairwise_weight = spec.pairwise_weight;
@@ -379,14 +400,15 @@ fn bench_dataset(
         refs.routers = Vec::new();
         let mut labels = Vec::new();
         for (label, suffix, choice) in reference_heads() {
-            // The references read the sentence embedding alone (the last layer, no lexical
-            // features), as the issue defines them.
+            // The references read all-MiniLM-L6-v2's sentence embedding alone (the last
+            // layer, no lexical features), as the issue defines them.
             let spec = BenchHead {
                 choice,
                 lexical: None,
                 folds: 0,
                 layers: Some(Layers::Last),
                 pairwise_weight: 0.0,
+                encoder: Some(EncoderSource::default()),
             };
             refs.routers
                 .push(train(&format!("reference-{suffix}"), spec)?);
@@ -580,6 +602,27 @@ mod tests {
         assert_eq!(mu("ensemble/pw=1").ok(), Some((0, 1.0)));
         assert_eq!(mu("ensemble/cf5/pw=0.5").ok(), Some((5, 0.5)));
         assert_eq!(mu("ensemble").ok(), Some((0, 0.0)));
+        let enc = |name: &str| bench_head(name).map(|h| (h.encoder, h.layers, h.folds));
+        assert_eq!(enc("ensemble").ok(), Some((None, None, 0)));
+        assert_eq!(
+            enc("ensemble/enc=BAAI/bge-small-en-v1.5@v2/layers=last/cf5").ok(),
+            Some((
+                Some(EncoderSource::Hub {
+                    repo: "BAAI/bge-small-en-v1.5".to_owned(),
+                    revision: "v2".to_owned(),
+                }),
+                Some(Layers::Last),
+                5
+            ))
+        );
+        assert_eq!(
+            enc("mlp+knn/enc=/opt/encoders/minilm").ok(),
+            Some((
+                Some(EncoderSource::Dir(PathBuf::from("/opt/encoders/minilm"))),
+                None,
+                0
+            ))
+        );
         for bad in [
             "ensemble/cf1",
             "ensemble/cf0",
@@ -592,6 +635,9 @@ mod tests {
             "ensemble/pw=-1",
             "ensemble/pw=x",
             "ensemble/pw=1/cf5",
+            "ensemble/enc=",
+            "ensemble/enc=/layers=2",
+            "ensemble/layers=2/enc=BAAI/bge-small-en-v1.5",
         ] {
             assert!(bench_head(bad).is_err(), "{bad}");
         }

@@ -4,6 +4,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Args, Parser, Subcommand};
+use router_core::encoder::EncoderSource;
 use router_core::policy::Policy;
 use router_eval::bench::{BenchConfig, run_bench};
 use router_eval::{EvalConfig, run_eval};
@@ -94,7 +95,9 @@ struct BenchArgs {
     /// Heads to train: linear, task, mlp, mf, knn, ensemble (mlp+mf+knn+task~), or plain heads
     /// joined by + into an ensemble, where `head?` is kept only if it lowers the validation
     /// pairwise loss, and `head~` too, with a weight tuned on validation where that clearly
-    /// lowers the loss further. Suffixes, in this order: `/layers=2.4.6` trains that head on
+    /// lowers the loss further. Suffixes, in this order: `/enc=E` trains that head on another
+    /// encoder (a hub id or a directory, `ensemble/enc=BAAI/bge-small-en-v1.5`; see --encoder),
+    /// `/layers=2.4.6` on
     /// those encoder layers pooled (also `last` or `thirds`; `/layers=`: the last layer; see
     /// router-train's `--layers`),
     /// `/lex` with lexical features beside the embedding (`ensemble/lex`; see router-train's
@@ -114,6 +117,11 @@ struct BenchArgs {
     /// compare the two.
     #[arg(long, env = "ROUTER_PRECISION", default_value = "int8")]
     precision: router_core::encoder::Precision,
+    /// The encoder every head is trained on (a hub id, optionally `@revision`, or a local
+    /// directory), unless its name says `/enc=`. The references always read
+    /// all-MiniLM-L6-v2, as the issue defines them.
+    #[arg(long, env = "ROUTER_ENCODER", default_value = router_core::encoder::DEFAULT_ENCODER)]
+    encoder: String,
     /// Skip re-measuring the issue's reference routers (RouterBench kNN with k = 20, per-model
     /// logistic regression, told the task label) and the paired comparison with them.
     #[arg(long)]
@@ -160,6 +168,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 heads: args.heads,
                 also_policies: args.also_policies,
                 precision: args.precision,
+                encoder: EncoderSource::parse(&args.encoder),
                 references: !args.no_references,
                 test_folds: args.test_folds,
                 out: args.out,
