@@ -97,9 +97,8 @@ struct BenchArgs {
     /// pairwise loss, and `head~` too, with a weight tuned on validation where that clearly
     /// lowers the loss further. Suffixes, in this order: `/enc=E` trains that head on another
     /// encoder (a hub id or a directory, `ensemble/enc=BAAI/bge-small-en-v1.5`; see --encoder),
-    /// `/layers=2.4.6` on
-    /// those encoder layers pooled (also `last` or `thirds`; `/layers=`: the last layer; see
-    /// router-train's `--layers`),
+    /// `/layers=2.4.6` on those encoder layers pooled (also `last` or `thirds`; `/layers=`: the
+    /// last layer; see router-train's `--layers`),
     /// `/lex` with lexical features beside the embedding (`ensemble/lex`; see router-train's
     /// `--lexical-dim`), `/cfK` with K-fold cross-fitting (`ensemble/cf5`; see router-train's
     /// `--folds`), `/pw=μ` with the networks' pairwise weight μ (`ensemble/pw=1`; see
