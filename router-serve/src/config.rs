@@ -10,7 +10,8 @@ use std::path::{Path, PathBuf};
 use router_core::policy::Policy;
 use serde::Deserialize;
 
-use crate::tenants::{AuthConfig, BudgetConfig, KeyConfig, RuleConfig, Tenants, TierConfig};
+use crate::tenancy::config::{AuthConfig, BudgetConfig, KeyConfig, Tenants, TierConfig};
+use crate::tenancy::rules::RuleConfig;
 
 /// The configuration `router-serve` runs with when given no `--config`: the default router in
 /// `models/`, its models served by NVIDIA's OpenAI-compatible API (the prices the router was
@@ -371,11 +372,18 @@ impl ServeConfig {
     }
 
     fn validate(&self, origin: &str) -> Result<(), ConfigError> {
-        let invalid = |key: &str, message: String| ConfigError::Invalid {
-            path: origin.to_owned(),
-            key: key.to_owned(),
-            message,
-        };
+        self.check_settings()
+            .and_then(|()| self.check_upstreams())
+            .map_err(|(key, message)| ConfigError::Invalid {
+                path: origin.to_owned(),
+                key,
+                message,
+            })
+    }
+
+    /// The `[server]`, `[routing]`, `[batching]` and `[log]` values; an error is (key, message).
+    fn check_settings(&self) -> Result<(), (String, String)> {
+        let invalid = |key: &str, message: String| (key.to_owned(), message);
         let s = &self.server;
         if s.max_body_bytes == 0 {
             return Err(invalid("server.max_body_bytes", "must be positive".into()));
@@ -450,6 +458,13 @@ impl ServeConfig {
         if self.log.rotate_bytes < 1024 {
             return Err(invalid("log.rotate_bytes", "must be at least 1024".into()));
         }
+        Ok(())
+    }
+
+    /// The `[[upstreams]]`: unique names, http(s) URLs, positive timeouts, each model served
+    /// once; an error is (key, message).
+    fn check_upstreams(&self) -> Result<(), (String, String)> {
+        let invalid = |key: &str, message: String| (key.to_owned(), message);
         let mut names = std::collections::BTreeSet::new();
         let mut served: BTreeMap<String, String> = BTreeMap::new();
         for (i, u) in self.upstreams.iter().enumerate() {

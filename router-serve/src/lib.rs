@@ -3,9 +3,12 @@
 //! router predicts is within the mode's quality band of the best, is forwarded to that model's
 //! upstream (streaming too), falls back on failure and is recorded in the decision log.
 //!
-//! The request path reads off the modules: [`http::routes`] → [`http::handlers`] →
-//! [`service`] (plan, forward, respond, record) → [`route`] (embed → predict → choose, on the
-//! [`batcher`] thread) → [`upstream`] / [`stream`] → [`log`].
+//! The request path reads off the folders: [`http`] (the table of paths, thin handlers, the
+//! one error → HTTP table) → [`endpoints`] (`chat`: admit → plan → reserve → forward → respond
+//! → settle → record) → [`tenancy`] (who, what they may do and spend) → [`routing`] (embed →
+//! predict → apply the band) → [`upstream`] (forward, retry, fall back, relay streams) →
+//! [`store`] (the ledger) and [`observe`] (decision log, metrics). [`api`] holds the OpenAI
+//! shapes, [`util`] the few helpers every layer shares. `docs/serving.md` has the table.
 //!
 //! ```no_run
 //! use router_serve::{Server, config::ServeConfig, state::CliOverrides};
@@ -18,25 +21,17 @@
 //! # }
 //! ```
 
-pub mod access;
-pub mod admin;
-pub mod batcher;
-pub mod budget;
-pub mod cache;
-pub mod chat;
+pub mod api;
 pub mod config;
-pub mod error;
+pub mod endpoints;
 pub mod http;
-pub mod ledger;
-pub mod log;
-pub mod metrics;
-pub mod openai;
-pub mod route;
-pub mod service;
+pub mod observe;
+pub mod routing;
 pub mod state;
-pub mod stream;
-pub mod tenants;
+pub mod store;
+pub mod tenancy;
 pub mod upstream;
+pub mod util;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -46,12 +41,12 @@ use std::time::Duration;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
-use crate::access::Money;
 use crate::config::{ConfigError, ServeConfig};
-use crate::ledger::LedgerError;
-use crate::log::{DecisionLog, LogError};
-use crate::metrics::Metrics;
+use crate::observe::log::{DecisionLog, LogError};
+use crate::observe::metrics::Metrics;
 use crate::state::{AppState, CliOverrides, Engine, LoadError};
+use crate::store::Money;
+use crate::store::ledger::LedgerError;
 
 /// Why the server could not start.
 #[derive(Debug, thiserror::Error)]

@@ -8,7 +8,7 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 use router_core::policy::Policy;
 use router_serve::Server;
-use router_serve::route::Route;
+use router_serve::routing::decision::Route;
 use router_serve::state::{CliOverrides, read_config};
 
 #[derive(Parser)]

@@ -14,13 +14,13 @@ use router_core::device::parse_device;
 use router_core::encoder::Encoder;
 use tokio_util::task::TaskTracker;
 
-use crate::access::Money;
-use crate::batcher::{Batcher, Prediction};
-use crate::cache::DecisionCache;
 use crate::config::{ConfigError, ServeConfig};
-use crate::log::DecisionLog;
-use crate::metrics::Metrics;
-use crate::route::Explorer;
+use crate::observe::log::DecisionLog;
+use crate::observe::metrics::Metrics;
+use crate::routing::batcher::{Batcher, Prediction};
+use crate::routing::cache::DecisionCache;
+use crate::routing::explore::Explorer;
+use crate::store::Money;
 
 /// Why an engine could not be built.
 #[derive(Debug, thiserror::Error)]
@@ -97,58 +97,9 @@ impl Engine {
         };
         let router = Arc::new(router);
 
-        let any_credentials = config.upstreams.iter().any(|u| u.has_credentials());
-        let artifact_routable = router.routable();
-        let routable: Vec<bool> = router
-            .manifest
-            .models
-            .iter()
-            .zip(&artifact_routable)
-            .map(|(m, &ok)| {
-                ok && config
-                    .upstream_for(&m.name)
-                    .is_some_and(|(u, _)| u.has_credentials() || !any_credentials)
-            })
-            .collect();
-        if !routable.iter().any(|&r| r) {
-            return Err(LoadError::Invalid(format!(
-                "no model of router {} has an upstream: add the models ({}) to an [[upstreams]] table",
-                dir.display(),
-                router.model_names().join(", ")
-            )));
-        }
-        let fail_open_model = match &config.server.fail_open_model {
-            Some(name) => {
-                if config.upstream_for(name).is_none() {
-                    return Err(LoadError::Invalid(format!(
-                        "server.fail_open_model `{name}` is served by no upstream"
-                    )));
-                }
-                name.clone()
-            }
-            None => router
-                .manifest
-                .models
-                .iter()
-                .zip(&routable)
-                .filter(|(_, r)| **r)
-                .max_by(|(a, _), (b, _)| a.train_mean_score.total_cmp(&b.train_mean_score))
-                .map(|(m, _)| m.name.clone())
-                .unwrap_or_default(),
-        };
-
-        let mut clients = HashMap::new();
-        for u in &config.upstreams {
-            let client = reqwest::Client::builder()
-                .connect_timeout(Duration::from_millis(u.connect_timeout_ms))
-                .pool_idle_timeout(Duration::from_secs(90))
-                .build()
-                .map_err(|source| LoadError::Client {
-                    name: u.name.clone(),
-                    source,
-                })?;
-            clients.insert(u.name.clone(), client);
-        }
+        let routable = routable_models(&config, &router)?;
+        let fail_open_model = fail_open_model(&config, &router, &routable)?;
+        let clients = upstream_clients(&config)?;
         let batcher = Batcher::spawn(
             encoder.clone(),
             router.clone(),
@@ -217,6 +168,78 @@ impl Engine {
             .iter()
             .any(|(path, time)| modified(path) != *time)
     }
+}
+
+/// Per artifact model: routable (not dominated) and served by an upstream that can be called
+/// (with credentials, unless no upstream has any).
+fn routable_models(config: &ServeConfig, router: &Router) -> Result<Vec<bool>, LoadError> {
+    let any_credentials = config.upstreams.iter().any(|u| u.has_credentials());
+    let artifact_routable = router.routable();
+    let routable: Vec<bool> = router
+        .manifest
+        .models
+        .iter()
+        .zip(&artifact_routable)
+        .map(|(m, &ok)| {
+            ok && config
+                .upstream_for(&m.name)
+                .is_some_and(|(u, _)| u.has_credentials() || !any_credentials)
+        })
+        .collect();
+    if !routable.iter().any(|&r| r) {
+        return Err(LoadError::Invalid(format!(
+            "no model of router {} has an upstream: add the models ({}) to an [[upstreams]] table",
+            config.server.router.display(),
+            router.model_names().join(", ")
+        )));
+    }
+    Ok(routable)
+}
+
+/// `server.fail_open_model`, checked, else the routable model with the best training score.
+fn fail_open_model(
+    config: &ServeConfig,
+    router: &Router,
+    routable: &[bool],
+) -> Result<String, LoadError> {
+    let name = match &config.server.fail_open_model {
+        Some(name) => {
+            if config.upstream_for(name).is_none() {
+                return Err(LoadError::Invalid(format!(
+                    "server.fail_open_model `{name}` is served by no upstream"
+                )));
+            }
+            name.clone()
+        }
+        None => router
+            .manifest
+            .models
+            .iter()
+            .zip(routable)
+            .filter(|(_, r)| **r)
+            .max_by(|(a, _), (b, _)| a.train_mean_score.total_cmp(&b.train_mean_score))
+            .map(|(m, _)| m.name.clone())
+            .unwrap_or_default(),
+    };
+
+    Ok(name)
+}
+
+/// One HTTP client per upstream.
+fn upstream_clients(config: &ServeConfig) -> Result<HashMap<String, reqwest::Client>, LoadError> {
+    let mut clients = HashMap::new();
+    for u in &config.upstreams {
+        let client = reqwest::Client::builder()
+            .connect_timeout(Duration::from_millis(u.connect_timeout_ms))
+            .pool_idle_timeout(Duration::from_secs(90))
+            .build()
+            .map_err(|source| LoadError::Client {
+                name: u.name.clone(),
+                source,
+            })?;
+        clients.insert(u.name.clone(), client);
+    }
+    Ok(clients)
 }
 
 fn watched_files(config: &ServeConfig) -> Vec<(PathBuf, Option<SystemTime>)> {

@@ -11,9 +11,9 @@ use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
 
-use crate::admin;
-use crate::error::ApiError;
-use crate::service;
+use crate::endpoints;
+use crate::endpoints::admin;
+use crate::http::error::ApiError;
 use crate::state::AppState;
 
 /// Reads the whole body, refusing more than `server.max_body_bytes` (413).
@@ -43,7 +43,7 @@ pub async fn chat_completions(
     body: Body,
 ) -> Response {
     match read_body(&state, &headers, body).await {
-        Ok(bytes) => crate::chat::chat_completions(state, headers, bytes).await,
+        Ok(bytes) => endpoints::chat::chat_completions(state, headers, bytes).await,
         Err(e) => e.into_response(),
     }
 }
@@ -54,7 +54,7 @@ pub async fn route(
     body: Body,
 ) -> Result<Response, ApiError> {
     let bytes = read_body(&state, &headers, body).await?;
-    service::route(state, headers, bytes).await
+    endpoints::route::route(state, headers, bytes).await
 }
 
 pub async fn feedback(
@@ -63,18 +63,18 @@ pub async fn feedback(
     body: Body,
 ) -> Result<Response, ApiError> {
     let bytes = read_body(&state, &headers, body).await?;
-    Ok(Json(service::feedback(&state, &bytes)?).into_response())
+    Ok(Json(endpoints::feedback::feedback(&state, &bytes)?).into_response())
 }
 
 pub async fn models(
     State(state): State<Arc<AppState>>,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
-    Ok(Json(service::models(&state, &headers)?).into_response())
+    Ok(Json(endpoints::info::models(&state, &headers)?).into_response())
 }
 
 pub async fn health(State(state): State<Arc<AppState>>) -> Response {
-    Json(service::health(&state)).into_response()
+    Json(endpoints::info::health(&state)).into_response()
 }
 
 pub async fn metrics(State(state): State<Arc<AppState>>) -> Response {
@@ -161,7 +161,8 @@ fn authorize_admin(
                 .and_then(|v| v.to_str().ok())
                 .and_then(|v| v.strip_prefix("Bearer "))
                 .unwrap_or("");
-            if crate::tenants::constant_time_eq(given.as_bytes(), key.expose().as_bytes()) {
+            if crate::tenancy::identity::constant_time_eq(given.as_bytes(), key.expose().as_bytes())
+            {
                 Ok(())
             } else {
                 Err(ApiError::Unauthorized(

@@ -7,6 +7,8 @@
 
 mod api;
 mod common;
+mod docs;
+mod layout;
 mod openai_sdk;
 mod ops;
 mod readme;

@@ -1,4 +1,5 @@
-//! The README's curl examples and its example config, run for real.
+//! The documentation's curl examples (docs/serving.md) and its example config
+//! (docs/configuration.md), run for real.
 
 use std::process::Command;
 
@@ -6,13 +7,13 @@ use router_serve::config::ServeConfig;
 
 use crate::common::TestServer;
 
-fn readme() -> String {
-    std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../README.md")).unwrap()
+fn doc(name: &str) -> String {
+    std::fs::read_to_string(format!("{}/../docs/{name}", env!("CARGO_MANIFEST_DIR"))).unwrap()
 }
 
 /// The commands of the first ```sh block after `marker`, continuation lines joined.
 fn commands_after(text: &str, marker: &str) -> Vec<String> {
-    let start = text.find(marker).expect("marker in README");
+    let start = text.find(marker).expect("marker in the doc");
     let block = text[start..].split("```sh\n").nth(1).unwrap();
     let block = block.split("```").next().unwrap();
     let mut commands = Vec::new();
@@ -37,7 +38,7 @@ fn commands_after(text: &str, marker: &str) -> Vec<String> {
 async fn the_readme_curl_examples_work() {
     let t = TestServer::start().await;
     let base = format!("http://{}", t.server.addr());
-    let commands = commands_after(&readme(), "<!-- curl-examples");
+    let commands = commands_after(&doc("serving.md"), "<!-- curl-examples");
     assert!(commands.len() >= 8, "{commands:?}");
     let mut request_id: Option<String> = None;
     for command in commands {
@@ -76,11 +77,11 @@ async fn the_readme_curl_examples_work() {
 
 #[test]
 fn the_readme_example_config_is_valid() {
-    let text = readme();
+    let text = doc("configuration.md");
     let start = text.find("An example with a local vLLM").unwrap();
     let block = text[start..].split("```toml\n").nth(1).unwrap();
     let block = block.split("```").next().unwrap();
-    let config = ServeConfig::parse(block, "README").unwrap();
+    let config = ServeConfig::parse(block, "docs/configuration.md").unwrap();
     assert_eq!(config.upstreams.len(), 2);
     assert_eq!(
         config.upstream_for("llama-3.1-8b-instruct").unwrap().1,

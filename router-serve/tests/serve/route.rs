@@ -3,7 +3,7 @@
 use std::path::Path;
 
 use router_core::policy::Policy;
-use router_serve::route::Route;
+use router_serve::routing::decision::Route;
 
 fn default_router() -> std::path::PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../models/llmrouter")

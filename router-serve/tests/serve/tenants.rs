@@ -16,7 +16,7 @@ const FREE_MODELS: [&str; 3] = [
 ];
 
 fn sha(key: &str) -> String {
-    router_serve::tenants::key_digest(key)
+    router_serve::tenancy::identity::key_digest(key)
 }
 
 /// Tables appended to the test config: keys, tiers, a rule, `budgets` as given, a ledger.
@@ -637,5 +637,8 @@ async fn settled_spend_survives_kill_9_and_budgets_are_restored() {
         "{ads} vs {spent}"
     );
     bin.signal("TERM");
-    assert!(bin.child.wait().unwrap().success());
+    let status = bin.child.wait().unwrap();
+    let logs = bin.stderr.join().unwrap();
+    let tail: String = logs.lines().rev().take(20).collect::<Vec<_>>().join("\n");
+    assert!(status.success(), "{status}; last log lines, newest first:\n{tail}");
 }

@@ -11,9 +11,9 @@ use bytes::Bytes;
 use serde_json::{Map, Value};
 
 use crate::config::{AuthStyle, UpstreamConfig};
-use crate::error::ApiError;
-use crate::log::{Attempt, Usage};
-use crate::metrics::Metrics;
+use crate::http::error::ApiError;
+use crate::observe::log::Attempt;
+use crate::observe::metrics::Metrics;
 use crate::state::Engine;
 
 /// A model to try and where it lives.
@@ -126,6 +126,60 @@ fn payload_for(body: &Map<String, Value>, upstream_model: &str, stream: bool) ->
     Bytes::from(serde_json::to_vec(&Value::Object(payload)).unwrap_or_default())
 }
 
+/// Records one attempt: its outcome in the metrics and in the request's attempts.
+struct Recorder<'a> {
+    target: &'a Target,
+    start: Instant,
+    attempts: &'a mut Vec<Attempt>,
+    metrics: &'a Metrics,
+}
+
+impl Recorder<'_> {
+    fn record(&mut self, status: Option<u16>, outcome: &str, error: Option<String>) {
+        let ms = self.start.elapsed().as_secs_f64() * 1e3;
+        let model = self.target.model.as_str();
+        if outcome != "ok" {
+            self.metrics
+                .upstream_failures
+                .with_label_values(&[model, outcome])
+                .inc();
+        }
+        self.metrics
+            .upstream_seconds
+            .with_label_values(&[model])
+            .observe(ms / 1e3);
+        self.attempts.push(Attempt {
+            model: self.target.model.clone(),
+            upstream: self.target.upstream.name.clone(),
+            status,
+            outcome: outcome.to_owned(),
+            error,
+            ms,
+        });
+    }
+}
+
+/// The request to `target`'s upstream, with its key.
+fn request(client: &reqwest::Client, target: &Target, payload: &Bytes) -> reqwest::RequestBuilder {
+    let upstream = &target.upstream;
+    let url = format!(
+        "{}/chat/completions",
+        upstream.base_url.trim_end_matches('/')
+    );
+    let request = client
+        .post(url)
+        .query(&upstream.query)
+        .header(reqwest::header::CONTENT_TYPE, "application/json")
+        .body(payload.clone());
+    match (&upstream.api_key, upstream.auth) {
+        (Some(key), AuthStyle::Bearer) => request.bearer_auth(key.expose()),
+        (Some(key), AuthStyle::ApiKey) => request.header("api-key", key.expose()),
+        (None, _) => request,
+    }
+}
+
+/// One try of `target`: send, wait for the headers, then take the answer or classify the
+/// failure.
 async fn attempt(
     client: &reqwest::Client,
     target: &Target,
@@ -135,53 +189,20 @@ async fn attempt(
     attempts: &mut Vec<Attempt>,
     metrics: &Metrics,
 ) -> AttemptResult {
-    let upstream = &target.upstream;
     let start = Instant::now();
-    let deadline = start + Duration::from_millis(upstream.total_timeout_ms);
-    let first_byte = Duration::from_millis(upstream.first_byte_timeout_ms);
-    let url = format!(
-        "{}/chat/completions",
-        upstream.base_url.trim_end_matches('/')
-    );
-    let mut request = client
-        .post(url)
-        .query(&upstream.query)
-        .header(reqwest::header::CONTENT_TYPE, "application/json")
-        .body(payload.clone());
-    if let Some(key) = &upstream.api_key {
-        request = match upstream.auth {
-            AuthStyle::Bearer => request.bearer_auth(key.expose()),
-            AuthStyle::ApiKey => request.header("api-key", key.expose()),
-        };
-    }
-    let mut record = |status: Option<u16>, outcome: &str, error: Option<String>| {
-        let ms = start.elapsed().as_secs_f64() * 1e3;
-        if outcome != "ok" {
-            metrics
-                .upstream_failures
-                .with_label_values(&[target.model.as_str(), outcome])
-                .inc();
-        }
-        metrics
-            .upstream_seconds
-            .with_label_values(&[target.model.as_str()])
-            .observe(ms / 1e3);
-        attempts.push(Attempt {
-            model: target.model.clone(),
-            upstream: upstream.name.clone(),
-            status,
-            outcome: outcome.to_owned(),
-            error,
-            ms,
-        });
+    let deadline = start + Duration::from_millis(target.upstream.total_timeout_ms);
+    let first_byte = Duration::from_millis(target.upstream.first_byte_timeout_ms);
+    let mut recorder = Recorder {
+        target,
+        start,
+        attempts,
+        metrics,
     };
-    let response = match tokio::time::timeout(first_byte, request.send()).await {
+    let sent = tokio::time::timeout(first_byte, request(client, target, payload).send()).await;
+    let response = match sent {
         Err(_) => {
-            record(
-                None,
-                "timeout",
-                Some(format!("no response within {} ms", first_byte.as_millis())),
-            );
+            let error = format!("no response within {} ms", first_byte.as_millis());
+            recorder.record(None, "timeout", Some(error));
             return AttemptResult::Retry(None);
         }
         Ok(Err(e)) => {
@@ -192,44 +213,53 @@ async fn attempt(
             } else {
                 "request"
             };
-            record(None, outcome, Some(error_chain(&e)));
+            recorder.record(None, outcome, Some(error_chain(&e)));
             return AttemptResult::Retry(None);
         }
         Ok(Ok(response)) => response,
     };
     let status =
         StatusCode::from_u16(response.status().as_u16()).unwrap_or(StatusCode::BAD_GATEWAY);
-    if status.is_success() {
-        if stream {
-            record(Some(status.as_u16()), "ok", None);
-            return AttemptResult::Done(Forwarded::Stream {
-                target: index,
-                response,
-                deadline,
-            });
-        }
-        return match tokio::time::timeout_at(deadline.into(), response.bytes()).await {
-            Ok(Ok(body)) => {
-                record(Some(status.as_u16()), "ok", None);
-                AttemptResult::Done(Forwarded::Complete {
-                    target: index,
-                    body,
-                })
-            }
-            Ok(Err(e)) => {
-                record(Some(status.as_u16()), "body", Some(error_chain(&e)));
-                AttemptResult::Retry(None)
-            }
-            Err(_) => {
-                record(
-                    Some(status.as_u16()),
-                    "timeout",
-                    Some("body not complete within total_timeout_ms".into()),
-                );
-                AttemptResult::Retry(None)
-            }
-        };
+    if !status.is_success() {
+        return refused(response, status, index, deadline, &mut recorder).await;
     }
+    if stream {
+        recorder.record(Some(status.as_u16()), "ok", None);
+        return AttemptResult::Done(Forwarded::Stream {
+            target: index,
+            response,
+            deadline,
+        });
+    }
+    match tokio::time::timeout_at(deadline.into(), response.bytes()).await {
+        Ok(Ok(body)) => {
+            recorder.record(Some(status.as_u16()), "ok", None);
+            AttemptResult::Done(Forwarded::Complete {
+                target: index,
+                body,
+            })
+        }
+        Ok(Err(e)) => {
+            recorder.record(Some(status.as_u16()), "body", Some(error_chain(&e)));
+            AttemptResult::Retry(None)
+        }
+        Err(_) => {
+            let error = "body not complete within total_timeout_ms".to_owned();
+            recorder.record(Some(status.as_u16()), "timeout", Some(error));
+            AttemptResult::Retry(None)
+        }
+    }
+}
+
+/// An upstream's error status: 408, 429 and 5xx are retried (after `retry-after`), 401, 403
+/// and 404 send the request to the next model, other 4xx are the request's fault.
+async fn refused(
+    response: reqwest::Response,
+    status: StatusCode,
+    index: usize,
+    deadline: Instant,
+    recorder: &mut Recorder<'_>,
+) -> AttemptResult {
     let retry_after = response
         .headers()
         .get(reqwest::header::RETRY_AFTER)
@@ -243,15 +273,15 @@ async fn attempt(
     let message = upstream_message(&body);
     match status.as_u16() {
         408 | 429 | 500..=599 => {
-            record(Some(status.as_u16()), "status", Some(message));
+            recorder.record(Some(status.as_u16()), "status", Some(message));
             AttemptResult::Retry(retry_after)
         }
         401 | 403 | 404 => {
-            record(Some(status.as_u16()), "status", Some(message));
+            recorder.record(Some(status.as_u16()), "status", Some(message));
             AttemptResult::Next
         }
         _ => {
-            record(Some(status.as_u16()), "rejected", Some(message));
+            recorder.record(Some(status.as_u16()), "rejected", Some(message));
             AttemptResult::Done(Forwarded::Rejected {
                 target: index,
                 status,
@@ -346,20 +376,6 @@ fn error_chain(e: &dyn std::error::Error) -> String {
         source = s.source();
     }
     text
-}
-
-/// Token usage from an OpenAI `usage` object.
-pub fn usage_of(value: &Value) -> Option<Usage> {
-    let usage = value.get("usage")?;
-    let input = usage.get("prompt_tokens").and_then(Value::as_u64);
-    let output = usage.get("completion_tokens").and_then(Value::as_u64);
-    if input.is_none() && output.is_none() {
-        return None;
-    }
-    Some(Usage {
-        input_tokens: input.unwrap_or(0),
-        output_tokens: output.unwrap_or(0),
-    })
 }
 
 #[cfg(test)]

@@ -3,14 +3,14 @@
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
-use crate::budget::now_unix;
-use crate::error::ApiError;
-use crate::ledger::{GroupBy, SpendGroup, StoredKey};
+use crate::http::error::ApiError;
 use crate::state::AppState;
-use crate::tenants::{Identity, key_digest};
+use crate::store::ledger::{GroupBy, SpendGroup, StoredKey};
+use crate::tenancy::identity::{Identity, key_digest};
+use crate::util::now_unix;
 
 /// The dashboard page (self-contained: no external scripts, styles or fonts).
-pub const DASHBOARD_HTML: &str = include_str!("../assets/dashboard.html");
+pub const DASHBOARD_HTML: &str = include_str!("../../assets/dashboard.html");
 
 /// `/v1/spend` query.
 #[derive(Debug, Deserialize)]
@@ -109,7 +109,7 @@ pub struct NewKey {
     pub team: String,
     #[serde(default)]
     pub user: String,
-    #[serde(default = "crate::tenants::default_tier")]
+    #[serde(default = "crate::tenancy::identity::default_tier")]
     pub tier: String,
     #[serde(default)]
     pub rpm: Option<u32>,

@@ -12,7 +12,7 @@ use router_core::artifact::Router;
 use router_core::encoder::{Encoder, TokenizedText};
 use tokio::sync::oneshot;
 
-use crate::metrics::Metrics;
+use crate::observe::metrics::Metrics;
 
 /// Predicted quality of every model (model order), or why the encoder failed.
 pub type Prediction = Result<Vec<f32>, String>;

@@ -9,9 +9,9 @@ use bytes::Bytes;
 use serde_json::Value;
 use tokio::sync::mpsc;
 
-use crate::error::sse_error_event;
-use crate::log::Usage;
-use crate::upstream::usage_of;
+use crate::api::response::usage_of;
+use crate::http::error::sse_error_event;
+use crate::observe::log::Usage;
 
 /// How to relay one stream.
 pub struct StreamSpec {

@@ -7,7 +7,7 @@ use axum::http::HeaderMap;
 use serde_json::{Map, Value};
 
 use crate::config::EmbedText;
-use crate::error::ApiError;
+use crate::http::error::ApiError;
 
 /// Body field for per-request routing controls; removed before forwarding.
 pub const ROUTER_FIELD: &str = "router";

@@ -1,54 +1,15 @@
 //! Admission: who is calling (API key → identity), what their tier, the first matching rule
-//! and their budgets allow. [`Money`] holds what outlives a reload: budget accounts, rate-limit
-//! buckets, the ledger and the keys created through the admin API.
-
-use std::sync::{Arc, RwLock};
+//! and their budgets allow.
 
 use axum::http::{HeaderMap, header};
 
-use crate::budget::{Budgets, RateLimiter, Status, periods};
-use crate::error::ApiError;
-use crate::ledger::{Ledger, LedgerError};
-use crate::openai::ChatRequest;
+use crate::api::chat::ChatRequest;
+use crate::http::error::ApiError;
 use crate::state::Engine;
-use crate::tenants::{AuthConfig, Identity, KeyTable, RuleInput};
-
-/// Budgets, rate limits, the ledger and API-created keys.
-pub struct Money {
-    pub budgets: Budgets,
-    pub limiter: RateLimiter,
-    pub ledger: Option<Arc<Ledger>>,
-    pub created_keys: RwLock<KeyTable>,
-}
-
-impl Money {
-    /// Opens the ledger named in `auth` (if any), restores this month's spend into the budget
-    /// accounts and loads the keys created through the admin API.
-    pub fn open(auth: &AuthConfig) -> Result<Self, LedgerError> {
-        let budgets = Budgets::default();
-        let mut created = KeyTable::default();
-        let ledger = match &auth.ledger {
-            Some(path) => {
-                let ledger = Ledger::open(path)?;
-                let (_, month) = periods(crate::budget::now_unix());
-                for (identity, day, cost) in ledger.month_spend(&month)? {
-                    budgets.restore(&identity, &day, cost);
-                }
-                for key in ledger.keys()? {
-                    created.insert(key.digest, key.identity);
-                }
-                Some(Arc::new(ledger))
-            }
-            None => None,
-        };
-        Ok(Self {
-            budgets,
-            limiter: RateLimiter::default(),
-            ledger,
-            created_keys: RwLock::new(created),
-        })
-    }
-}
+use crate::store::Money;
+use crate::tenancy::budget::Status;
+use crate::tenancy::identity::Identity;
+use crate::tenancy::rules::RuleInput;
 
 /// The bearer token of a request, if any.
 fn bearer(headers: &HeaderMap) -> Option<&str> {

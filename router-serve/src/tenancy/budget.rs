@@ -1,4 +1,4 @@
-//! Budgets and rate limits.
+//! Budgets: where money is counted against limits.
 //!
 //! A request first *reserves* its worst-case cost (input tokens × input price + max output
 //! tokens × output price, at the dearest model it may be sent to) against every budget that
@@ -9,25 +9,12 @@
 
 use std::collections::HashMap;
 use std::sync::Mutex;
-use std::time::{Duration, Instant};
 
-use router_core::artifact::rfc3339_utc;
 use serde::Serialize;
 
-use crate::tenants::{BudgetConfig, Identity, Period, Scope};
-
-/// Day (`YYYY-MM-DD`) and month (`YYYY-MM`) of a Unix time, UTC.
-pub fn periods(unix_secs: u64) -> (String, String) {
-    let stamp = rfc3339_utc(unix_secs);
-    (stamp[..10].to_owned(), stamp[..7].to_owned())
-}
-
-pub fn now_unix() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or_default()
-}
+use crate::tenancy::config::{BudgetConfig, Period, Scope};
+use crate::tenancy::identity::Identity;
+use crate::util::periods;
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 struct AccountId {
@@ -308,84 +295,6 @@ pub enum Status {
     Hard(BudgetHit),
 }
 
-/// Per-key request and token rate limits (token buckets refilled continuously over a minute).
-#[derive(Default)]
-pub struct RateLimiter {
-    buckets: Mutex<HashMap<String, Bucket>>,
-}
-
-struct Bucket {
-    requests: f64,
-    tokens: f64,
-    last: Instant,
-}
-
-/// The `x-ratelimit-*` numbers.
-#[derive(Debug, Clone, Default)]
-pub struct RateInfo {
-    pub limit_requests: Option<u32>,
-    pub remaining_requests: Option<u32>,
-    pub limit_tokens: Option<u64>,
-    pub remaining_tokens: Option<u64>,
-    /// Until a refused request could pass.
-    pub retry_after: Option<Duration>,
-}
-
-impl RateLimiter {
-    /// Admits one request of `tokens` tokens for `id`, or says how long to wait.
-    pub fn admit(&self, id: &Identity, tokens: u64, now: Instant) -> Result<RateInfo, RateInfo> {
-        if (id.rpm.is_none() && id.tpm.is_none()) || id.key.is_empty() {
-            return Ok(RateInfo::default());
-        }
-        let Ok(mut buckets) = self.buckets.lock() else {
-            return Ok(RateInfo::default());
-        };
-        let rpm = id.rpm.map(f64::from);
-        let tpm = id.tpm.map(|t| t as f64);
-        let bucket = buckets.entry(id.key.clone()).or_insert(Bucket {
-            requests: rpm.unwrap_or(0.0),
-            tokens: tpm.unwrap_or(0.0),
-            last: now,
-        });
-        let elapsed = now.saturating_duration_since(bucket.last).as_secs_f64();
-        bucket.last = now;
-        if let Some(r) = rpm {
-            bucket.requests = (bucket.requests + elapsed * r / 60.0).min(r);
-        }
-        if let Some(t) = tpm {
-            bucket.tokens = (bucket.tokens + elapsed * t / 60.0).min(t);
-        }
-        let need_tokens = tokens as f64;
-        let wait_requests = rpm
-            .filter(|_| bucket.requests < 1.0)
-            .map(|r| (1.0 - bucket.requests) * 60.0 / r);
-        let wait_tokens = tpm
-            .filter(|_| bucket.tokens < need_tokens)
-            .map(|t| (need_tokens.min(t) - bucket.tokens).max(0.0) * 60.0 / t);
-        let info = |b: &Bucket, retry: Option<f64>| RateInfo {
-            limit_requests: id.rpm,
-            remaining_requests: rpm.map(|_| b.requests.floor().max(0.0) as u32),
-            limit_tokens: id.tpm,
-            remaining_tokens: tpm.map(|_| b.tokens.floor().max(0.0) as u64),
-            retry_after: retry.map(|s| Duration::from_secs_f64(s.max(0.001))),
-        };
-        let wait = match (wait_requests, wait_tokens) {
-            (Some(a), Some(b)) => Some(a.max(b)),
-            (a, b) => a.or(b),
-        };
-        if wait.is_some() {
-            return Err(info(bucket, wait));
-        }
-        if rpm.is_some() {
-            bucket.requests -= 1.0;
-        }
-        if tpm.is_some() {
-            bucket.tokens -= need_tokens;
-        }
-        Ok(info(bucket, None))
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -412,16 +321,6 @@ mod tests {
             soft_models: None,
         }
     }
-
-    #[test]
-    fn periods_are_utc_days_and_months() {
-        // 2026-11-25T10:00:00Z
-        assert_eq!(
-            periods(1_795_600_800),
-            ("2026-11-25".into(), "2026-11".into())
-        );
-    }
-
     #[test]
     fn reservations_stop_at_the_hard_limit_and_settle_to_the_real_cost() {
         let b = Budgets::default();
@@ -455,24 +354,5 @@ mod tests {
         let now = 1_795_600_800;
         b.restore(&t, "2026-11-25", 1.0);
         assert!(matches!(b.status(&configs, &t, now), Status::Hard(_)));
-    }
-
-    #[test]
-    fn the_request_rate_is_limited_per_key() {
-        let limiter = RateLimiter::default();
-        let t = id("k", "search");
-        let start = Instant::now();
-        assert!(limiter.admit(&t, 10, start).is_ok());
-        let second = limiter.admit(&t, 10, start).unwrap();
-        assert_eq!(second.remaining_requests, Some(0));
-        let refused = limiter.admit(&t, 10, start).unwrap_err();
-        // 2 per minute: one more after 30 s.
-        let wait = refused.retry_after.unwrap().as_secs_f64();
-        assert!((wait - 30.0).abs() < 0.01, "{wait}");
-        assert!(
-            limiter
-                .admit(&t, 10, start + Duration::from_secs(31))
-                .is_ok()
-        );
     }
 }

@@ -9,7 +9,7 @@ use std::sync::Mutex;
 use rusqlite::{Connection, params};
 use serde::Serialize;
 
-use crate::tenants::Identity;
+use crate::tenancy::identity::Identity;
 
 /// Errors of the ledger.
 #[derive(Debug, thiserror::Error)]
@@ -301,7 +301,7 @@ impl Ledger {
                     id.tier,
                     id.rpm,
                     id.tpm.map(|t| t as i64),
-                    crate::budget::now_unix() as i64
+                    crate::util::now_unix() as i64
                 ],
             )
             .map(|_| ())

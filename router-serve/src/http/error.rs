@@ -48,14 +48,14 @@ pub enum ApiError {
     #[error("{message}")]
     RateLimited {
         message: String,
-        info: crate::budget::RateInfo,
+        info: crate::tenancy::rate_limit::RateInfo,
     },
     #[error("{0}")]
     InsufficientQuota(String),
     #[error("{0}")]
     Forbidden(String),
     #[error("the spend ledger failed: {0}")]
-    Ledger(#[from] crate::ledger::LedgerError),
+    Ledger(#[from] crate::store::ledger::LedgerError),
 }
 
 #[derive(Serialize)]
@@ -119,19 +119,7 @@ impl ApiError {
                 None,
                 Some("not_configured"),
             ),
-            Self::UpstreamFailed { status, .. } => {
-                let code = match *status {
-                    StatusCode::TOO_MANY_REQUESTS => "rate_limit_exceeded",
-                    StatusCode::GATEWAY_TIMEOUT => "upstream_timeout",
-                    _ => "upstream_error",
-                };
-                let kind = if *status == StatusCode::TOO_MANY_REQUESTS {
-                    "requests"
-                } else {
-                    "server_error"
-                };
-                (*status, kind, None, Some(code))
-            }
+            Self::UpstreamFailed { status, .. } => upstream_parts(*status),
             Self::Router(_) => (
                 StatusCode::INTERNAL_SERVER_ERROR,
                 "server_error",
@@ -189,6 +177,29 @@ impl ApiError {
     }
 }
 
+/// Status, type, param and code of an upstream failure: 429 stays a rate limit, a timeout is
+/// `upstream_timeout`, the rest `upstream_error`.
+fn upstream_parts(
+    status: StatusCode,
+) -> (
+    StatusCode,
+    &'static str,
+    Option<&'static str>,
+    Option<&'static str>,
+) {
+    let code = match status {
+        StatusCode::TOO_MANY_REQUESTS => "rate_limit_exceeded",
+        StatusCode::GATEWAY_TIMEOUT => "upstream_timeout",
+        _ => "upstream_error",
+    };
+    let kind = if status == StatusCode::TOO_MANY_REQUESTS {
+        "requests"
+    } else {
+        "server_error"
+    };
+    (status, kind, None, Some(code))
+}
+
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let (status, kind, param, code) = self.parts();
@@ -226,7 +237,10 @@ impl IntoResponse for ApiError {
 }
 
 /// `x-ratelimit-*` headers (OpenAI's names).
-pub fn rate_headers(headers: &mut axum::http::HeaderMap, info: &crate::budget::RateInfo) {
+pub fn rate_headers(
+    headers: &mut axum::http::HeaderMap,
+    info: &crate::tenancy::rate_limit::RateInfo,
+) {
     let mut set = |name: &'static str, value: Option<String>| {
         if let Some(v) = value.and_then(|v| HeaderValue::from_str(&v).ok()) {
             headers.insert(name, v);

@@ -16,11 +16,10 @@ use std::sync::mpsc::{Receiver, Sender, channel};
 use std::thread::JoinHandle;
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use router_core::artifact::rfc3339_utc;
 use serde::Serialize;
-use sha2::{Digest, Sha256};
 
 use crate::config::LogConfig;
+use crate::util::now_rfc3339;
 
 pub const DECISIONS_FILE: &str = "decisions.jsonl";
 pub const FEEDBACK_FILE: &str = "feedback.jsonl";
@@ -405,22 +404,10 @@ fn write_line(file: &mut File, text: &str) -> std::io::Result<()> {
     file.write_all(&buf)
 }
 
-/// Hex SHA-256 of `text`.
-pub fn sha256_hex(text: &str) -> String {
-    Sha256::digest(text.as_bytes())
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
-}
-
-/// The current time in RFC 3339 (UTC, seconds).
-pub fn now_rfc3339() -> String {
-    rfc3339_utc(crate::budget::now_unix())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::util::sha256_hex;
 
     fn record(id: &str) -> DecisionRecord {
         DecisionRecord {

@@ -1,0 +1,38 @@
+//! The OpenAI chat-completion response as the router reads and rewrites it: its `usage`, and
+//! `model` renamed to the router's name for the model that answered.
+
+use bytes::Bytes;
+use serde_json::Value;
+
+use crate::observe::log::Usage;
+
+/// The upstream's JSON with `model` set to the router's name, and its usage.
+pub fn rewrite_complete(body: Bytes, model: &str) -> (Bytes, Option<Usage>) {
+    match serde_json::from_slice::<Value>(&body) {
+        Ok(mut value) => {
+            let usage = usage_of(&value);
+            if let Value::Object(o) = &mut value {
+                o.insert("model".into(), Value::String(model.to_owned()));
+            }
+            match serde_json::to_vec(&value) {
+                Ok(bytes) => (Bytes::from(bytes), usage),
+                Err(_) => (body, usage),
+            }
+        }
+        Err(_) => (body, None),
+    }
+}
+
+/// Token usage from an OpenAI `usage` object.
+pub fn usage_of(value: &Value) -> Option<Usage> {
+    let usage = value.get("usage")?;
+    let input = usage.get("prompt_tokens").and_then(Value::as_u64);
+    let output = usage.get("completion_tokens").and_then(Value::as_u64);
+    if input.is_none() && output.is_none() {
+        return None;
+    }
+    Some(Usage {
+        input_tokens: input.unwrap_or(0),
+        output_tokens: output.unwrap_or(0),
+    })
+}

@@ -1,0 +1,267 @@
+//! `POST /v1/chat/completions`, top to bottom: admit (key, tier, rules, budgets, rate limit) →
+//! plan (route or pass through) → reserve the worst-case cost → forward → respond → settle the
+//! real cost (budgets, ledger) → record. Responding, settling and recording live in
+//! [`respond`] and [`settle`]; nothing here calls back into the handler.
+
+mod respond;
+mod settle;
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use bytes::Bytes;
+use serde_json::Value;
+use tracing::Instrument;
+use tracing::field::Empty;
+
+use crate::api::chat::{ChatRequest, parse_chat};
+use crate::api::headers::router_headers;
+use crate::http::error::ApiError;
+use crate::observe::log::DecisionRecord;
+use crate::observe::record::base_record;
+use crate::routing::plan::{Plan, plan};
+use crate::state::{AppState, Engine};
+use crate::tenancy::admission::{self, Admission, Policy};
+use crate::tenancy::rate_limit::RateInfo;
+use crate::upstream::forward::forward;
+use crate::util::{ms_since, new_request_id, now_unix};
+
+use self::respond::Exchange;
+use self::settle::reserve;
+
+/// Decrements the in-flight gauge when dropped.
+pub(crate) struct InFlight(prometheus::IntGauge);
+
+impl InFlight {
+    fn new(gauge: &prometheus::IntGauge) -> Self {
+        gauge.inc();
+        Self(gauge.clone())
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.dec();
+    }
+}
+
+/// `POST /v1/chat/completions`.
+pub async fn chat_completions(state: Arc<AppState>, headers: HeaderMap, body: Bytes) -> Response {
+    let started = Instant::now();
+    let id = new_request_id();
+    let span = tracing::info_span!(
+        "chat",
+        request_id = %id,
+        gen_ai.operation.name = "chat",
+        gen_ai.request.model = Empty,
+        gen_ai.response.model = Empty,
+        gen_ai.usage.input_tokens = Empty,
+        gen_ai.usage.output_tokens = Empty,
+        router.reason = Empty,
+    );
+    let in_flight = InFlight::new(&state.metrics.in_flight);
+    let result = serve(&state, &headers, &body, &id, started, in_flight)
+        .instrument(span.clone())
+        .await;
+    result.unwrap_or_else(|error| {
+        let _entered = span.enter();
+        refused(&state, error, &id, started)
+    })
+}
+
+/// The pipeline.
+async fn serve(
+    state: &Arc<AppState>,
+    headers: &HeaderMap,
+    body: &Bytes,
+    id: &str,
+    started: Instant,
+    in_flight: InFlight,
+) -> Result<Response, ApiError> {
+    let engine = state.engine();
+    let mut req = parse_chat(body, headers)?;
+    tracing::Span::current().record("gen_ai.request.model", req.model.as_str());
+    let admitted = admit(state, &engine, headers, &mut req)?;
+    let plan = plan(&engine, &req, &admitted.admission.policy).await?;
+    state
+        .metrics
+        .decision_seconds
+        .observe(plan.decision_ms / 1e3);
+    let bill = reserve(state, &engine, &admitted, &plan)?;
+    let record = decision_record(state, id, &req, &plan, &admitted);
+
+    let forward_started = Instant::now();
+    let mut attempts = Vec::new();
+    let forwarded = forward(
+        &engine,
+        &plan.targets,
+        &req.body,
+        req.stream,
+        &mut attempts,
+        &state.metrics,
+    )
+    .await;
+    let exchange = Exchange {
+        state: state.clone(),
+        engine,
+        id: id.to_owned(),
+        started,
+        forward_started,
+        base_reason: routed_reason(&plan, &admitted.admission.policy),
+        plan,
+        rate: admitted.rate,
+        rule: admitted.admission.policy.rule,
+        client_wants_usage: req.client_wants_usage,
+        record: DecisionRecord { attempts, ..record },
+        bill: Some(bill),
+    };
+    Ok(exchange.respond(forwarded, in_flight).await)
+}
+
+/// A request that passed admission: who, what they may do, their rate-limit state and the
+/// output tokens its worst case is reserved for.
+pub(super) struct Admitted {
+    pub admission: Admission,
+    pub rate: RateInfo,
+    pub output_worst: u64,
+}
+
+/// Identifies the caller, applies its policy (capping `max_tokens`) and its rate limit.
+fn admit(
+    state: &AppState,
+    engine: &Engine,
+    headers: &HeaderMap,
+    req: &mut ChatRequest,
+) -> Result<Admitted, ApiError> {
+    let admission = admission::admit(&state.money, engine, headers, req, now_unix())?;
+    let max_tokens = cap_max_tokens(req, admission.policy.max_tokens);
+    let output_worst = max_tokens.unwrap_or(engine.config.tenants.auth.default_max_tokens);
+    let input_estimate = req.total_chars().div_ceil(4) as u64;
+    let identity = &admission.identity;
+    let rate = state
+        .money
+        .limiter
+        .admit(identity, input_estimate + output_worst, Instant::now())
+        .map_err(|info| ApiError::RateLimited {
+            message: format!(
+                "rate limit of key `{}` reached ({} requests, {} tokens per minute)",
+                identity.key,
+                identity.rpm.map_or("unlimited".into(), |r| r.to_string()),
+                identity.tpm.map_or("unlimited".into(), |t| t.to_string()),
+            ),
+            info,
+        })?;
+    Ok(Admitted {
+        admission,
+        rate,
+        output_worst,
+    })
+}
+
+/// Caps the request's output tokens at `cap` (writing the field the request used, else
+/// `max_tokens`); returns the effective limit.
+fn cap_max_tokens(req: &mut ChatRequest, cap: Option<u64>) -> Option<u64> {
+    let Some(cap) = cap else {
+        return req.max_tokens;
+    };
+    let effective = req.max_tokens.map_or(cap, |m| m.min(cap));
+    let field = if req.body.contains_key("max_completion_tokens") {
+        "max_completion_tokens"
+    } else {
+        "max_tokens"
+    };
+    req.body.insert(field.into(), Value::from(effective));
+    req.max_tokens = Some(effective);
+    Some(effective)
+}
+
+/// The decision record as far as the plan and the caller fill it.
+fn decision_record(
+    state: &AppState,
+    id: &str,
+    req: &ChatRequest,
+    plan: &Plan,
+    admitted: &Admitted,
+) -> DecisionRecord {
+    let Admission {
+        identity,
+        tags,
+        policy,
+    } = &admitted.admission;
+    let mut record = base_record(state, id, "chat.completions", req, plan);
+    record.user = Some(identity.user.clone()).filter(|u| !u.is_empty());
+    record.key = Some(identity.key.clone()).filter(|k| !k.is_empty());
+    record.team = Some(identity.team.clone()).filter(|t| !t.is_empty());
+    record.tier = Some(identity.tier.clone());
+    record.rule = policy.rule.clone();
+    record.tags = tags.clone();
+    record.latency.decision_ms = plan.decision_ms;
+    record.reason = routed_reason(plan, policy).to_owned();
+    record
+}
+
+/// The plan's reason, unless a budget's soft threshold changed a routed decision.
+fn routed_reason(plan: &Plan, policy: &Policy) -> &'static str {
+    policy
+        .reason
+        .filter(|_| plan.reason == "band")
+        .unwrap_or(plan.reason)
+}
+
+/// The answer to a request refused before anything was forwarded, logged as such.
+fn refused(state: &AppState, error: ApiError, id: &str, started: Instant) -> Response {
+    let status = error.status();
+    tracing::info!(%error, "request refused");
+    state
+        .metrics
+        .requests
+        .with_label_values(&["chat", "", status.as_str(), "refused"])
+        .inc();
+    let mut record = DecisionRecord::new(id, "chat.completions");
+    record.status = match status {
+        StatusCode::UNAUTHORIZED => "unauthorized",
+        StatusCode::TOO_MANY_REQUESTS => "limited",
+        _ => "invalid_request",
+    }
+    .into();
+    record.http_status = status.as_u16();
+    record.latency.total_ms = ms_since(started);
+    state.log.record(&record);
+    let mut response = error.into_response();
+    router_headers(
+        response.headers_mut(),
+        id,
+        None,
+        None,
+        "refused",
+        ms_since(started),
+    );
+    response
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn output_tokens_are_capped_in_the_field_the_request_used() {
+        let mut req = parse_chat(
+            br#"{"model":"router","max_completion_tokens":900,"messages":[{"role":"user","content":"x"}]}"#,
+            &HeaderMap::new(),
+        )
+        .unwrap();
+        assert_eq!(cap_max_tokens(&mut req, Some(100)), Some(100));
+        assert_eq!(req.body["max_completion_tokens"], 100);
+        assert!(!req.body.contains_key("max_tokens"));
+        let mut req = parse_chat(
+            br#"{"model":"router","messages":[{"role":"user","content":"x"}]}"#,
+            &HeaderMap::new(),
+        )
+        .unwrap();
+        assert_eq!(cap_max_tokens(&mut req, None), None);
+        assert_eq!(cap_max_tokens(&mut req, Some(50)), Some(50));
+        assert_eq!(req.body["max_tokens"], 50);
+    }
+}

@@ -1,0 +1,118 @@
+//! Who is calling: API keys mapped to {team, user, tier}. Keys are kept only as SHA-256
+//! digests and compared in constant time; [`Identity`] never holds the key itself.
+
+use std::collections::HashMap;
+
+use crate::util::sha256_hex;
+
+/// The caller, as far as routing and accounting care.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Identity {
+    /// The key's name; empty for anonymous requests.
+    pub key: String,
+    pub team: String,
+    pub user: String,
+    pub tier: String,
+    pub rpm: Option<u32>,
+    pub tpm: Option<u64>,
+}
+
+impl Identity {
+    /// An unauthenticated caller (auth not required), named by the body's `user` field.
+    pub fn anonymous(user: Option<&str>) -> Self {
+        Self {
+            key: String::new(),
+            team: String::new(),
+            user: user.unwrap_or_default().to_owned(),
+            tier: default_tier(),
+            rpm: None,
+            tpm: None,
+        }
+    }
+}
+
+/// The tier of keys that name none, and of anonymous callers.
+pub fn default_tier() -> String {
+    "default".to_owned()
+}
+
+/// Hex SHA-256 of a key.
+pub fn key_digest(key: &str) -> String {
+    sha256_hex(key)
+}
+
+/// Known keys by digest.
+#[derive(Debug, Clone, Default)]
+pub struct KeyTable {
+    by_digest: HashMap<String, Identity>,
+}
+
+impl KeyTable {
+    pub fn insert(&mut self, digest: String, identity: Identity) {
+        self.by_digest.insert(digest, identity);
+    }
+
+    pub fn remove_named(&mut self, name: &str) -> bool {
+        let before = self.by_digest.len();
+        self.by_digest.retain(|_, id| id.key != name);
+        before != self.by_digest.len()
+    }
+
+    pub fn names(&self) -> Vec<&Identity> {
+        let mut ids: Vec<&Identity> = self.by_digest.values().collect();
+        ids.sort_by(|a, b| a.key.cmp(&b.key));
+        ids
+    }
+
+    /// The identity of `key`. Every stored digest is compared, in constant time, so the
+    /// time taken says nothing about which key or how much of one matched.
+    pub fn lookup(&self, key: &str) -> Option<&Identity> {
+        let digest = key_digest(key);
+        let mut found = None;
+        for (d, id) in &self.by_digest {
+            if constant_time_eq(d.as_bytes(), digest.as_bytes()) {
+                found = Some(id);
+            }
+        }
+        found
+    }
+}
+
+/// Compares without an early exit.
+pub fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    let mut diff = a.len() ^ b.len();
+    for i in 0..a.len().max(b.len()) {
+        let x = a.get(i).copied().unwrap_or(0);
+        let y = b.get(i).copied().unwrap_or(0);
+        diff |= usize::from(x ^ y);
+    }
+    diff == 0
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn identity() -> Identity {
+        Identity {
+            key: "k".into(),
+            team: "search".into(),
+            user: "alice".into(),
+            tier: "free".into(),
+            rpm: None,
+            tpm: None,
+        }
+    }
+
+    #[test]
+    fn keys_are_found_by_digest_and_never_debug_printed() {
+        let mut table = KeyTable::default();
+        table.insert(key_digest("sk-secret"), identity());
+        assert_eq!(
+            table.lookup("sk-secret").map(|i| i.user.as_str()),
+            Some("alice")
+        );
+        assert!(table.lookup("sk-secre").is_none());
+        assert!(!format!("{table:?}").contains("sk-secret"));
+    }
+}
