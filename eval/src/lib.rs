@@ -339,7 +339,7 @@ pub fn run_eval(config: &EvalConfig) -> Result<Report> {
         .as_deref()
         .map(router_train::prices::load_prices)
         .transpose()?
-        .map(|p| p.into_iter().collect::<BTreeMap<_, _>>());
+        .map(|p| p.prices.into_iter().collect::<BTreeMap<_, _>>());
 
     let mut test = Vec::new();
     let mut train = Vec::new();

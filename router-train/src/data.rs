@@ -85,6 +85,27 @@ impl Table {
         self.models.len()
     }
 
+    /// Keeps the models (columns) where `keep` is true, dropping every per-cell and per-model
+    /// value of the others.
+    pub fn retain_models(&mut self, keep: &[bool]) {
+        /// Keeps element `i` of `v` where `keep[i % keep.len()]`.
+        fn retain_cyclic<T>(v: &mut Vec<T>, keep: &[bool]) {
+            let mut i = 0;
+            v.retain(|_| {
+                i += 1;
+                keep[(i - 1) % keep.len()]
+            });
+        }
+        retain_cyclic(&mut self.scores, keep);
+        retain_cyclic(&mut self.mask, keep);
+        retain_cyclic(&mut self.counts, keep);
+        retain_cyclic(&mut self.cell_cost_usd, keep);
+        retain_cyclic(&mut self.cell_output_tokens, keep);
+        retain_cyclic(&mut self.cell_inverse_propensity, keep);
+        retain_cyclic(&mut self.models, keep);
+        retain_cyclic(&mut self.usage, keep);
+    }
+
     pub fn cell(&self, prompt: usize, model: usize) -> Option<f32> {
         let i = prompt * self.models.len() + model;
         (self.mask[i] > 0.0).then_some(self.scores[i])

@@ -94,6 +94,8 @@ pub struct FitConfig {
     /// The largest weight one label gets from its propensity, before normalising (clipped
     /// inverse propensity weighting: a rarely explored label would otherwise drown the rest).
     pub propensity_cap: f64,
+    /// What to do with a model the price table gives no price.
+    pub missing_price: prices::MissingPrice,
 }
 
 impl FitConfig {
@@ -134,6 +136,7 @@ impl FitConfig {
             calibration: Calibration::default(),
             propensity_weights: false,
             propensity_cap: DEFAULT_PROPENSITY_CAP,
+            missing_price: prices::MissingPrice::Drop,
         }
     }
 
@@ -171,6 +174,8 @@ pub fn default_cache_dir() -> Option<PathBuf> {
 #[derive(Debug, Clone)]
 pub struct FitReport {
     pub manifest: Manifest,
+    /// Models of the data left out of the router for want of a price.
+    pub unpriced_models: Vec<String>,
     pub out: PathBuf,
     pub n_rows: usize,
     pub n_skipped: usize,
@@ -272,6 +277,39 @@ fn expected_output_tokens(
     Ok((DEFAULT_EXPECTED_OUTPUT_TOKENS, "default".to_owned()))
 }
 
+/// Each model's price, from the price table or `config.missing_price`; models left without
+/// one are dropped from `table` (returned by name, for the report), with a warning.
+fn price_models(table: &mut Table, config: &FitConfig) -> Result<(Vec<Price>, Vec<String>)> {
+    let prices = prices::load_prices(&config.prices)?;
+    let mut model_prices = Vec::with_capacity(table.n_models());
+    let mut keep = Vec::with_capacity(table.n_models());
+    let mut dropped = Vec::new();
+    for model in &table.models {
+        match prices.price_of(model, config.missing_price, &config.prices)? {
+            Some(price) => {
+                model_prices.push(price);
+                keep.push(true);
+            }
+            None => {
+                eprintln!(
+                    "warning: {}: model `{model}` has no price; it is left out of the router \
+                     (give --default-price IN,OUT to keep it, or --strict to fail)",
+                    config.prices.display()
+                );
+                dropped.push(model.clone());
+                keep.push(false);
+            }
+        }
+    }
+    if !dropped.is_empty() {
+        table.retain_models(&keep);
+        if table.n_models() < 2 {
+            return Err(TrainError::SingleModel(table.models.join("")));
+        }
+    }
+    Ok((model_prices, dropped))
+}
+
 /// Runs the whole pipeline and writes the artifact to `config.out`.
 pub fn run_fit(config: &FitConfig) -> Result<FitReport> {
     let mut stages: Vec<(&'static str, f64)> = Vec::new();
@@ -289,18 +327,7 @@ pub fn run_fit(config: &FitConfig) -> Result<FitReport> {
             .propensity_weighted_mask(config.propensity_cap)
             .ok_or(TrainError::NoPropensity)?;
     }
-    let prices = prices::load_prices(&config.prices)?;
-    let mut model_prices = Vec::with_capacity(table.n_models());
-    for model in &table.models {
-        let price = prices
-            .get(model)
-            .copied()
-            .ok_or_else(|| TrainError::ModelWithoutPrice {
-                path: config.prices.clone(),
-                model: model.clone(),
-            })?;
-        model_prices.push(price);
-    }
+    let (model_prices, unpriced_models) = price_models(&mut table, config)?;
     let mut rows: BTreeMap<Split, Vec<usize>> = BTreeMap::new();
     for (p, prompt) in table.prompts.iter().enumerate() {
         rows.entry(config.split_of(&prompt.normalized))
@@ -476,6 +503,7 @@ pub fn run_fit(config: &FitConfig) -> Result<FitReport> {
     Router::save(&config.out, &manifest, &tensors)?;
     lap(&mut stages, "write");
     Ok(FitReport {
+        unpriced_models,
         manifest,
         out: config.out.clone(),
         n_rows: table.n_rows,
@@ -607,6 +635,13 @@ impl fmt::Display for FitReport {
                 ""
             }
         )?;
+        if !self.unpriced_models.is_empty() {
+            writeln!(
+                f,
+                "left out for want of a price: {}",
+                self.unpriced_models.join(", ")
+            )?;
+        }
         writeln!(
             f,
             "split (seed {}): {} train / {} validation / {} test prompts",

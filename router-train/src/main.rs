@@ -96,6 +96,13 @@ struct FitArgs {
     /// Skip rows with invalid values (counted in the summary) instead of failing.
     #[arg(long, env = "ROUTER_TRAIN_SKIP_INVALID")]
     skip_invalid: bool,
+    /// Price models the price table leaves blank (or does not list) at IN,OUT USD per
+    /// million input and output tokens, instead of leaving them out of the router.
+    #[arg(long, value_parser = router_train::prices::parse_price, conflicts_with = "strict")]
+    default_price: Option<router_train::prices::Price>,
+    /// Fail on a model without a price instead of leaving it out with a warning.
+    #[arg(long)]
+    strict: bool,
     /// Use only the first N distinct prompts of the data (quick experiments).
     #[arg(long)]
     max_prompts: Option<usize>,
@@ -249,6 +256,11 @@ impl FitArgs {
             self.propensity_cap
         );
         config.propensity_cap = self.propensity_cap;
+        config.missing_price = match (self.default_price, self.strict) {
+            (Some(price), _) => router_train::prices::MissingPrice::Default(price),
+            (None, true) => router_train::prices::MissingPrice::Strict,
+            (None, false) => router_train::prices::MissingPrice::Drop,
+        };
         if self.no_cache {
             config.cache_dir = None;
         } else if let Some(dir) = self.cache_dir {

@@ -368,6 +368,14 @@ const PRICES: &str = "model,input_price_per_1M,output_price_per_1M\na,1,2\nb,3,4
 
 /// Runs `fit` on `csv` with the two-model price table; errors happen before any encoding.
 fn fit_csv(csv: &str, skip_invalid: bool) -> Result<router_train::FitReport, TrainError> {
+    fit_csv_with(csv, skip_invalid, router_train::prices::MissingPrice::Drop)
+}
+
+fn fit_csv_with(
+    csv: &str,
+    skip_invalid: bool,
+    missing_price: router_train::prices::MissingPrice,
+) -> Result<router_train::FitReport, TrainError> {
     let tmp = tempfile::tempdir().map_err(|e| TrainError::NoRows(e.to_string()))?;
     let dir = tmp.path();
     let data = dir.join("logs.csv");
@@ -376,6 +384,7 @@ fn fit_csv(csv: &str, skip_invalid: bool) -> Result<router_train::FitReport, Tra
     std::fs::write(&prices, PRICES).map_err(|e| TrainError::NoRows(e.to_string()))?;
     let mut config = FitConfig::new(vec![data.display().to_string()], prices, dir.join("out"));
     config.load.skip_invalid = skip_invalid;
+    config.missing_price = missing_price;
     config.cache_dir = None;
     run_fit(&config)
 }
@@ -428,11 +437,19 @@ fn empty_file_and_unknown_extension() -> anyhow::Result<()> {
 
 #[test]
 fn model_without_price_and_single_model() {
-    let e = message(fit_csv("prompt,model,score\nhi,a,1\nhi,c,0\n", false));
+    let strict = router_train::prices::MissingPrice::Strict;
+    let e = message(fit_csv_with(
+        "prompt,model,score\nhi,a,1\nhi,c,0\n",
+        false,
+        strict,
+    ));
     assert!(
         e.contains("model `c` has no price") && e.contains("models.csv"),
         "{e}"
     );
+    // By default the unpriced model is left out, which here leaves one model.
+    let e = message(fit_csv("prompt,model,score\nhi,a,1\nhi,c,0\n", false));
+    assert!(e.contains("single model (`a`)"), "{e}");
     let e = message(fit_csv("prompt,model,score\nhi,a,1\nho,a,0\n", false));
     assert!(e.contains("single model"), "{e}");
 }
@@ -716,8 +733,8 @@ fn toml_prices_read_and_bad_prices_fail() -> anyhow::Result<()> {
         "[models.a]\ninput_price_per_1M = 1.5\noutput_price_per_1M = 2\n\n[models.\"org/b\"]\ninput_price_per_1M = 0\noutput_price_per_1M = 0.5\n",
     )?;
     let prices = router_train::prices::load_prices(&path)?;
-    assert_eq!(prices["a"].input_per_1m, 1.5);
-    assert_eq!(prices["org/b"].output_per_1m, 0.5);
+    assert_eq!(prices.prices["a"].input_per_1m, 1.5);
+    assert_eq!(prices.prices["org/b"].output_per_1m, 0.5);
     // A typo is an error, not a silent default.
     let typo = write(
         tmp.path(),
