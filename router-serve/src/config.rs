@@ -73,8 +73,31 @@ pub struct ServeConfig {
     pub source: Option<PathBuf>,
     /// The admin key, read from `server.admin_key_env`.
     pub admin_key: Option<ApiKey>,
+    /// The key `/metrics` requires, read from `server.metrics_key_env`.
+    pub metrics_key: Option<ApiKey>,
     /// API keys, tiers, rules and budgets.
     pub tenants: Tenants,
+    /// `[prices.MODEL]`: USD per million tokens, over the router artifact's.
+    pub prices: BTreeMap<String, PriceConfig>,
+}
+
+/// `[prices.MODEL]`: what a model costs, for budgets, the ledger and the dashboard. Overrides
+/// the router artifact's price; needed for every served model outside the artifact once
+/// budgets or a ledger are on.
+#[derive(Debug, Clone, Copy, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PriceConfig {
+    /// USD per million input tokens.
+    pub input_per_million: f64,
+    /// USD per million output tokens.
+    pub output_per_million: f64,
+}
+
+impl PriceConfig {
+    /// USD for `input` and `output` tokens.
+    pub fn cost_usd(&self, input: f64, output: f64) -> f64 {
+        (input * self.input_per_million + output * self.output_per_million) / 1e6
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -107,6 +130,17 @@ pub struct ServerConfig {
     /// only reachable from loopback addresses.
     #[serde(default)]
     pub admin_key_env: Option<String>,
+    /// Environment variable holding a key `/metrics` requires (`Authorization: Bearer KEY`);
+    /// unset: `/metrics` is open (it shows per-model spend: bind it to a private address).
+    #[serde(default)]
+    pub metrics_key_env: Option<String>,
+    /// How long a client may take to send a request's headers, and how long an idle
+    /// keep-alive connection is kept waiting for the next ones.
+    #[serde(default = "default_header_read_timeout_ms")]
+    pub header_read_timeout_ms: u64,
+    /// How long a client may take to send a request's body (408 past it).
+    #[serde(default = "default_body_read_timeout_ms")]
+    pub body_read_timeout_ms: u64,
     /// How often the config file and the router artifact are checked for changes (0 = never).
     #[serde(default = "default_watch_interval_ms")]
     pub watch_interval_ms: u64,
@@ -200,6 +234,9 @@ pub struct LogConfig {
     /// Recent requests remembered for `/v1/feedback`.
     #[serde(default = "default_recent_requests")]
     pub recent_requests: usize,
+    /// The range `[low, high]` a feedback score must lie in.
+    #[serde(default = "default_feedback_scores")]
+    pub feedback_scores: [f64; 2],
 }
 
 /// How the key is sent upstream.
@@ -296,6 +333,8 @@ struct RawConfig {
     rules: Vec<RuleConfig>,
     #[serde(default)]
     budgets: Vec<BudgetConfig>,
+    #[serde(default)]
+    prices: BTreeMap<String, PriceConfig>,
 }
 
 impl ServeConfig {
@@ -346,7 +385,9 @@ impl ServeConfig {
             upstreams: raw.upstreams,
             source: None,
             admin_key: None,
+            metrics_key: None,
             tenants,
+            prices: raw.prices,
         };
         config.validate(origin)?;
         config.read_keys();
@@ -362,18 +403,19 @@ impl ServeConfig {
                 .filter(|k| !k.is_empty())
                 .map(ApiKey::new);
         }
-        self.admin_key = self
-            .server
-            .admin_key_env
-            .as_deref()
-            .and_then(|var| std::env::var(var).ok())
-            .filter(|k| !k.is_empty())
-            .map(ApiKey::new);
+        let read = |var: Option<&str>| {
+            var.and_then(|var| std::env::var(var).ok())
+                .filter(|k| !k.is_empty())
+                .map(ApiKey::new)
+        };
+        self.admin_key = read(self.server.admin_key_env.as_deref());
+        self.metrics_key = read(self.server.metrics_key_env.as_deref());
     }
 
     fn validate(&self, origin: &str) -> Result<(), ConfigError> {
         self.check_settings()
             .and_then(|()| self.check_upstreams())
+            .and_then(|()| self.check_prices())
             .map_err(|(key, message)| ConfigError::Invalid {
                 path: origin.to_owned(),
                 key,
@@ -387,6 +429,12 @@ impl ServeConfig {
         let s = &self.server;
         if s.max_body_bytes == 0 {
             return Err(invalid("server.max_body_bytes", "must be positive".into()));
+        }
+        if s.header_read_timeout_ms == 0 || s.body_read_timeout_ms == 0 {
+            return Err(invalid(
+                "server.header_read_timeout_ms",
+                "header_read_timeout_ms and body_read_timeout_ms must be positive".into(),
+            ));
         }
         if s.max_input_tokens == 0 {
             return Err(invalid(
@@ -457,6 +505,37 @@ impl ServeConfig {
         }
         if self.log.rotate_bytes < 1024 {
             return Err(invalid("log.rotate_bytes", "must be at least 1024".into()));
+        }
+        let [low, high] = self.log.feedback_scores;
+        if !(low.is_finite() && high.is_finite() && low < high) {
+            return Err(invalid(
+                "log.feedback_scores",
+                format!("must be [low, high] with low < high, got [{low}, {high}]"),
+            ));
+        }
+        Ok(())
+    }
+
+    /// `[prices]`: finite, non-negative, for served models.
+    fn check_prices(&self) -> Result<(), (String, String)> {
+        for (model, p) in &self.prices {
+            for (field, v) in [
+                ("input_per_million", p.input_per_million),
+                ("output_per_million", p.output_per_million),
+            ] {
+                if !(v.is_finite() && v >= 0.0) {
+                    return Err((
+                        format!("prices.{model}.{field}"),
+                        format!("must be a non-negative number, got {v}"),
+                    ));
+                }
+            }
+            if self.upstream_for(model).is_none() {
+                return Err((
+                    format!("prices.{model}"),
+                    format!("`{model}` is served by no upstream"),
+                ));
+            }
         }
         Ok(())
     }
@@ -580,6 +659,12 @@ fn default_max_input_tokens() -> usize {
 fn default_decision_timeout_ms() -> u64 {
     500
 }
+fn default_header_read_timeout_ms() -> u64 {
+    10_000
+}
+fn default_body_read_timeout_ms() -> u64 {
+    30_000
+}
 fn default_watch_interval_ms() -> u64 {
     2_000
 }
@@ -619,6 +704,9 @@ fn default_keep_files() -> usize {
 }
 fn default_recent_requests() -> usize {
     100_000
+}
+fn default_feedback_scores() -> [f64; 2] {
+    [0.0, 1.0]
 }
 fn default_auth() -> AuthStyle {
     AuthStyle::Bearer

@@ -129,18 +129,19 @@ impl Server {
         })?;
         let state = Arc::new(AppState::new(engine, metrics, log, money, config_path, cli));
         let (stop, stopped) = oneshot::channel::<()>();
-        let app =
-            http::routes::app(state.clone()).into_make_service_with_connect_info::<SocketAddr>();
+        let app = http::routes::app(state.clone());
+        let header_timeout =
+            Duration::from_millis(state.engine().config.server.header_read_timeout_ms);
         let watcher = (!watch.is_zero()).then(|| tokio::spawn(watch_files(state.clone(), watch)));
         let hangup = tokio::spawn(reload_on_sighup(state.clone()));
         let serve_state = state.clone();
         let task = tokio::spawn(async move {
             let (drained_tx, drained_rx) = oneshot::channel::<()>();
-            let server = axum::serve(listener, app).with_graceful_shutdown(async move {
+            let server = http::server::serve(listener, app, header_timeout, async move {
                 let _ = stopped.await;
                 let _ = drained_tx.send(());
             });
-            let serving = tokio::spawn(async move { server.await });
+            let serving = tokio::spawn(server);
             let _ = drained_rx.await;
             tracing::info!("shutting down: finishing requests in flight");
             // Stop accepting, then wait (bounded) for in-flight requests and streams.
@@ -219,8 +220,28 @@ async fn watch_files(state: Arc<AppState>, every: Duration) {
         if rejected.as_ref() == Some(&now) {
             continue;
         }
+        // A file still being written (an editor's two writes, a copy) is read again later.
+        if !settled(
+            engine.config.source.as_deref(),
+            every.min(Duration::from_millis(250)),
+        )
+        .await
+        {
+            continue;
+        }
         rejected = state.reload("watch").await.is_err().then_some(now);
     }
+}
+
+/// Whether `path` reads the same twice, `pause` apart (no file: nothing to wait for).
+async fn settled(path: Option<&std::path::Path>, pause: Duration) -> bool {
+    let Some(path) = path else {
+        return true;
+    };
+    let first = tokio::fs::read(path).await.ok();
+    tokio::time::sleep(pause).await;
+    let second = tokio::fs::read(path).await.ok();
+    first.is_some() && first == second
 }
 
 #[cfg(unix)]

@@ -98,6 +98,7 @@ impl Engine {
         let router = Arc::new(router);
 
         let routable = routable_models(&config, &router)?;
+        check_prices(&config, &router)?;
         let fail_open_model = fail_open_model(&config, &router, &routable)?;
         let clients = upstream_clients(&config)?;
         let batcher = Batcher::spawn(
@@ -162,6 +163,19 @@ impl Engine {
             .max_by(|a, b| a.train_mean_score.total_cmp(&b.train_mean_score))
     }
 
+    /// What `model` costs: `[prices]` first, else the router artifact's price.
+    pub fn price_of(&self, model: &str) -> Option<crate::config::PriceConfig> {
+        self.config.prices.get(model).copied().or_else(|| {
+            self.router
+                .manifest
+                .model(model)
+                .map(|m| crate::config::PriceConfig {
+                    input_per_million: m.input_price_per_1m,
+                    output_per_million: m.output_price_per_1m,
+                })
+        })
+    }
+
     /// Whether any watched file changed since this engine was built.
     pub fn files_changed(&self) -> bool {
         self.watched
@@ -194,6 +208,29 @@ fn routable_models(config: &ServeConfig, router: &Router) -> Result<Vec<bool>, L
         )));
     }
     Ok(routable)
+}
+
+/// With budgets or a ledger, every served model needs a price (`[prices]` or the artifact's):
+/// a model without one would be answered for free.
+fn check_prices(config: &ServeConfig, router: &Router) -> Result<(), LoadError> {
+    let tenants = &config.tenants;
+    if tenants.budgets.is_empty() && tenants.auth.ledger.is_none() {
+        return Ok(());
+    }
+    let unpriced: Vec<String> = config
+        .upstreams
+        .iter()
+        .flat_map(|u| u.model_map().into_keys())
+        .filter(|m| !config.prices.contains_key(m) && router.manifest.model(m).is_none())
+        .collect();
+    if unpriced.is_empty() {
+        return Ok(());
+    }
+    Err(LoadError::Invalid(format!(
+        "budgets or a ledger are configured, and these served models have no price: {} \
+         (add [prices.\"MODEL\"] input_per_million = …, output_per_million = …)",
+        unpriced.join(", ")
+    )))
 }
 
 /// `server.fail_open_model`, checked, else the routable model with the best training score.
@@ -357,7 +394,18 @@ impl AppState {
         })
         .await
         .map_err(|e| format!("reload task failed: {e}"))
-        .and_then(|r| r.map_err(|e| e.to_string()));
+        .and_then(|r| r.map_err(|e| e.to_string()))
+        .and_then(|engine| {
+            let lost = self.engine().config.tenants.downgrades_in(&engine.config.tenants);
+            if lost.is_empty() {
+                Ok(engine)
+            } else {
+                Err(format!(
+                    "the new configuration lowers access control: {}; set auth.allow_auth_downgrade = true in it if that is meant",
+                    lost.join("; ")
+                ))
+            }
+        });
         match result {
             Ok(engine) => {
                 let old = self.engine();

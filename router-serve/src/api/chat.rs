@@ -12,6 +12,12 @@ use crate::http::error::ApiError;
 /// Body field for per-request routing controls; removed before forwarding.
 pub const ROUTER_FIELD: &str = "router";
 
+/// The most output tokens a request may ask for (no model today writes more in one answer).
+pub const MAX_OUTPUT_TOKENS: u64 = 10_000_000;
+
+/// The most choices a request may ask for (`n`; OpenAI's own limit).
+pub const MAX_CHOICES: u64 = 128;
+
 /// A parsed `POST /v1/chat/completions` body.
 #[derive(Debug, Clone)]
 pub struct ChatRequest {
@@ -23,8 +29,11 @@ pub struct ChatRequest {
     pub client_wants_usage: bool,
     pub messages: Vec<Message>,
     pub overrides: Overrides,
-    /// `max_completion_tokens`, else `max_tokens`.
+    /// `max_completion_tokens`, else `max_tokens` (1 to [`MAX_OUTPUT_TOKENS`]).
     pub max_tokens: Option<u64>,
+    /// `n`, the number of choices (1 to [`MAX_CHOICES`]; 1 when absent): the worst case is
+    /// `n` answers of `max_tokens` each.
+    pub choices: u64,
     /// The OpenAI `user` field, logged as the caller.
     pub user: Option<String>,
     /// The OpenAI `metadata` field, logged as given.
@@ -112,9 +121,17 @@ pub fn parse_chat(bytes: &[u8], headers: &HeaderMap) -> Result<ChatRequest, ApiE
         .and_then(|o| o.get("include_usage"))
         .and_then(Value::as_bool)
         .unwrap_or(false);
-    let max_tokens = ["max_completion_tokens", "max_tokens"]
-        .iter()
-        .find_map(|k| body.get(*k).and_then(Value::as_u64));
+    let max_tokens = match body.get("max_completion_tokens") {
+        Some(v) if !v.is_null() => bounded_integer(v, "max_completion_tokens", MAX_OUTPUT_TOKENS)?,
+        _ => match body.get("max_tokens") {
+            Some(v) => bounded_integer(v, "max_tokens", MAX_OUTPUT_TOKENS)?,
+            None => None,
+        },
+    };
+    let choices = match body.get("n") {
+        Some(v) => bounded_integer(v, "n", MAX_CHOICES)?.unwrap_or(1),
+        None => 1,
+    };
     let user = body.get("user").and_then(Value::as_str).map(str::to_owned);
     let metadata = body.get("metadata").cloned();
     let mut overrides = header_overrides(headers)?;
@@ -129,9 +146,24 @@ pub fn parse_chat(bytes: &[u8], headers: &HeaderMap) -> Result<ChatRequest, ApiE
         messages,
         overrides,
         max_tokens,
+        choices,
         user,
         metadata,
     })
+}
+
+/// An integer field from 1 to `max` (`None` for null); anything else is a 400 naming it.
+fn bounded_integer(value: &Value, field: &'static str, max: u64) -> Result<Option<u64>, ApiError> {
+    if value.is_null() {
+        return Ok(None);
+    }
+    match value.as_u64() {
+        Some(v) if (1..=max).contains(&v) => Ok(Some(v)),
+        _ => Err(ApiError::invalid(
+            format!("`{field}` must be an integer from 1 to {max}, got {value}"),
+            Some(field),
+        )),
+    }
 }
 
 fn parse_message(i: usize, value: &Value) -> Result<Message, ApiError> {
@@ -327,6 +359,30 @@ mod tests {
             assert_eq!(err.status().as_u16(), 400, "{body}");
             assert!(err.to_string().contains(needle), "{body}: {err}");
         }
+    }
+
+    #[test]
+    fn integer_fields_out_of_range_are_a_400_never_an_overflow() {
+        let body = |field: &str| {
+            format!(r#"{{"model":"router","messages":[{{"role":"user","content":"x"}}],{field}}}"#)
+        };
+        for (field, needle) in [
+            (r#""max_tokens":18446744073709551615"#, "`max_tokens`"),
+            (r#""max_tokens":-1"#, "`max_tokens`"),
+            (r#""max_tokens":1.5"#, "`max_tokens`"),
+            (r#""max_tokens":"100""#, "`max_tokens`"),
+            (r#""max_completion_tokens":0"#, "`max_completion_tokens`"),
+            (r#""n":0"#, "`n`"),
+            (r#""n":129"#, "`n`"),
+        ] {
+            let err = parse(&body(field)).unwrap_err();
+            assert_eq!(err.status().as_u16(), 400, "{field}");
+            assert!(err.to_string().contains(needle), "{field}: {err}");
+        }
+        let ok = parse(&body(r#""max_tokens":100,"n":3"#)).unwrap();
+        assert_eq!((ok.max_tokens, ok.choices), (Some(100), 3));
+        let null = parse(&body(r#""max_tokens":null,"n":null"#)).unwrap();
+        assert_eq!((null.max_tokens, null.choices), (None, 1));
     }
 
     #[test]

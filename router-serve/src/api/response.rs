@@ -23,6 +23,31 @@ pub fn rewrite_complete(body: Bytes, model: &str) -> (Bytes, Option<Usage>) {
     }
 }
 
+/// Whether `body` is a chat completion: a JSON object with a `choices` array.
+pub fn is_chat_completion(body: &[u8]) -> bool {
+    serde_json::from_slice::<Value>(body)
+        .ok()
+        .is_some_and(|v| v.get("choices").is_some_and(Value::is_array))
+}
+
+/// Characters of the answer's text (every choice's message content), to estimate its output
+/// tokens when the upstream reports no usage.
+pub fn content_chars(body: &[u8]) -> usize {
+    let Ok(value) = serde_json::from_slice::<Value>(body) else {
+        return body.len();
+    };
+    value
+        .get("choices")
+        .and_then(Value::as_array)
+        .map_or(0, |choices| {
+            choices
+                .iter()
+                .filter_map(|c| c.pointer("/message/content").and_then(Value::as_str))
+                .map(|t| t.chars().count())
+                .sum()
+        })
+}
+
 /// Token usage from an OpenAI `usage` object.
 pub fn usage_of(value: &Value) -> Option<Usage> {
     let usage = value.get("usage")?;

@@ -166,6 +166,7 @@ pub async fn create_key(state: &AppState, new: NewKey) -> Result<Value, ApiError
             tier: new.tier,
             rpm: new.rpm,
             tpm: new.tpm,
+            user_from_request: false,
         },
     };
     let to_store = stored.clone();

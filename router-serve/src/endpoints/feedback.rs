@@ -1,6 +1,7 @@
 //! `POST /v1/feedback`: a quality label for an answered request, appended to `feedback.jsonl`
 //! (the retrain loop's input).
 
+use axum::http::HeaderMap;
 use bytes::Bytes;
 use serde::Deserialize;
 use serde_json::{Value, json};
@@ -8,6 +9,7 @@ use serde_json::{Value, json};
 use crate::http::error::ApiError;
 use crate::observe::log::FeedbackRecord;
 use crate::state::AppState;
+use crate::tenancy::admission;
 use crate::util::now_rfc3339;
 
 /// `POST /v1/feedback` body.
@@ -21,11 +23,19 @@ struct FeedbackRequest {
 }
 
 /// `POST /v1/feedback`: a quality label for an answered request, appended to `feedback.jsonl`.
-pub fn feedback(state: &AppState, body: &Bytes) -> Result<Value, ApiError> {
+/// Only the key that made the request, or a key of the same team, may label it (to anyone
+/// else the request is unknown); the score must lie in `log.feedback_scores`.
+pub fn feedback(state: &AppState, headers: &HeaderMap, body: &Bytes) -> Result<Value, ApiError> {
+    let engine = state.engine();
+    let caller = admission::admit_call(&state.money, &engine, headers)?;
     let req: FeedbackRequest = serde_json::from_slice(body).map_err(ApiError::InvalidJson)?;
-    if !req.score.is_finite() {
+    let [low, high] = engine.config.log.feedback_scores;
+    if !(req.score.is_finite() && (low..=high).contains(&req.score)) {
         return Err(ApiError::invalid(
-            "`score` must be a finite number",
+            format!(
+                "`score` must be a number from {low} to {high} (log.feedback_scores), got {}",
+                req.score
+            ),
             Some("score"),
         ));
     }
@@ -37,6 +47,7 @@ pub fn feedback(state: &AppState, body: &Bytes) -> Result<Value, ApiError> {
     let answered = state
         .log
         .answered(&req.request_id)
+        .filter(|a| a.may_be_labelled_by(&caller.key, &caller.team))
         .ok_or_else(|| ApiError::UnknownRequest(req.request_id.clone()))?;
     let trainable = answered.prompt.is_some();
     state.log.feedback(&FeedbackRecord {

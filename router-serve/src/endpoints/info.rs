@@ -11,7 +11,7 @@ use crate::tenancy::admission;
 /// `GET /v1/models`: the router's aliases and every configured model, OpenAI-shaped.
 pub fn models(state: &AppState, headers: &HeaderMap) -> Result<Value, ApiError> {
     let engine = state.engine();
-    admission::identify(&state.money, &engine, headers, None)?;
+    admission::admit_call(&state.money, &engine, headers)?;
     let data: Vec<Value> = model_ids(&engine)
         .into_iter()
         .map(|(id, owner)| json!({"id": id, "object": "model", "created": 0, "owned_by": owner}))

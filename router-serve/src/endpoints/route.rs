@@ -11,7 +11,7 @@ use serde_json::Value;
 
 use crate::api::chat::parse_chat;
 use crate::api::headers::router_headers;
-use crate::http::error::ApiError;
+use crate::http::error::{ApiError, rate_headers};
 use crate::observe::log::Latency;
 use crate::observe::record::{base_record, finish};
 use crate::routing::decision::RouteDecision;
@@ -38,6 +38,8 @@ pub async fn route(
     let bytes = serde_json::to_vec(&value).map_err(ApiError::InvalidJson)?;
     let req = parse_chat(&bytes, &headers)?;
     let admission = admission::admit(&state.money, &engine, &headers, &req, now_unix())?;
+    // A decision costs encoder time: it counts against the key's request rate like a chat.
+    let rate = admission::rate_limit(&state.money, &admission.identity, 0)?;
     let plan = plan(&engine, &req, &admission.policy).await?;
     state
         .metrics
@@ -76,6 +78,7 @@ pub async fn route(
         plan.reason,
         total,
     );
+    rate_headers(response.headers_mut(), &rate);
     Ok(response)
 }
 

@@ -45,6 +45,10 @@ pub enum ApiError {
     Reload(String),
     #[error("{0}")]
     NotFound(String),
+    #[error("{0}")]
+    MethodNotAllowed(String),
+    #[error("the request body did not arrive within {ms} ms (server.body_read_timeout_ms)")]
+    BodyTimeout { ms: u64 },
     #[error("{message}")]
     RateLimited {
         message: String,
@@ -113,19 +117,9 @@ impl ApiError {
                 Some("messages"),
                 Some("context_length_exceeded"),
             ),
-            Self::NotConfigured(_) => (
-                StatusCode::SERVICE_UNAVAILABLE,
-                "server_error",
-                None,
-                Some("not_configured"),
-            ),
+            Self::NotConfigured(_) => server(StatusCode::SERVICE_UNAVAILABLE, "not_configured"),
             Self::UpstreamFailed { status, .. } => upstream_parts(*status),
-            Self::Router(_) => (
-                StatusCode::INTERNAL_SERVER_ERROR,
-                "server_error",
-                None,
-                Some("router_error"),
-            ),
+            Self::Router(_) => server(StatusCode::INTERNAL_SERVER_ERROR, "router_error"),
             Self::UnknownRequest(_) => (
                 StatusCode::NOT_FOUND,
                 INVALID,
@@ -145,6 +139,18 @@ impl ApiError {
                 Some("reload_rejected"),
             ),
             Self::NotFound(_) => (StatusCode::NOT_FOUND, INVALID, None, Some("not_found")),
+            Self::MethodNotAllowed(_) => (
+                StatusCode::METHOD_NOT_ALLOWED,
+                INVALID,
+                None,
+                Some("method_not_allowed"),
+            ),
+            Self::BodyTimeout { .. } => (
+                StatusCode::REQUEST_TIMEOUT,
+                INVALID,
+                None,
+                Some("request_timeout"),
+            ),
             Self::RateLimited { .. } => (
                 StatusCode::TOO_MANY_REQUESTS,
                 "requests",
@@ -163,18 +169,26 @@ impl ApiError {
                 Some("model"),
                 Some("model_not_allowed"),
             ),
-            Self::Ledger(_) => (
-                StatusCode::INTERNAL_SERVER_ERROR,
-                "server_error",
-                None,
-                Some("ledger_error"),
-            ),
+            Self::Ledger(_) => server(StatusCode::INTERNAL_SERVER_ERROR, "ledger_error"),
         }
     }
 
     pub fn status(&self) -> StatusCode {
         self.parts().0
     }
+}
+
+/// A `server_error` with `code`.
+fn server(
+    status: StatusCode,
+    code: &'static str,
+) -> (
+    StatusCode,
+    &'static str,
+    Option<&'static str>,
+    Option<&'static str>,
+) {
+    (status, "server_error", None, Some(code))
 }
 
 /// Status, type, param and code of an upstream failure: 429 stays a rate limit, a timeout is

@@ -2,11 +2,12 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Duration;
 
 use axum::Json;
 use axum::body::Body;
 use axum::extract::{ConnectInfo, Path, Query, Request, State};
-use axum::http::{HeaderMap, Uri, header};
+use axum::http::{HeaderMap, Method, Uri, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
@@ -15,6 +16,7 @@ use crate::endpoints;
 use crate::endpoints::admin;
 use crate::http::error::ApiError;
 use crate::state::AppState;
+use crate::tenancy::admission;
 
 /// Reads the whole body, refusing more than `server.max_body_bytes` (413).
 async fn read_body(state: &AppState, headers: &HeaderMap, body: Body) -> Result<Bytes, ApiError> {
@@ -26,15 +28,19 @@ async fn read_body(state: &AppState, headers: &HeaderMap, body: Body) -> Result<
     if declared.is_some_and(|n| n > limit) {
         return Err(ApiError::BodyTooLarge { limit });
     }
-    axum::body::to_bytes(body, limit).await.map_err(|e| {
-        let too_large = std::error::Error::source(&e)
-            .is_some_and(|s| s.is::<http_body_util::LengthLimitError>());
-        if too_large {
-            ApiError::BodyTooLarge { limit }
-        } else {
-            ApiError::BodyRead(e.to_string())
-        }
-    })
+    let ms = state.engine().config.server.body_read_timeout_ms;
+    let read = tokio::time::timeout(Duration::from_millis(ms), axum::body::to_bytes(body, limit));
+    read.await
+        .map_err(|_| ApiError::BodyTimeout { ms })?
+        .map_err(|e| {
+            let too_large = std::error::Error::source(&e)
+                .is_some_and(|s| s.is::<http_body_util::LengthLimitError>());
+            if too_large {
+                ApiError::BodyTooLarge { limit }
+            } else {
+                ApiError::BodyRead(e.to_string())
+            }
+        })
 }
 
 pub async fn chat_completions(
@@ -63,7 +69,7 @@ pub async fn feedback(
     body: Body,
 ) -> Result<Response, ApiError> {
     let bytes = read_body(&state, &headers, body).await?;
-    Ok(Json(endpoints::feedback::feedback(&state, &bytes)?).into_response())
+    Ok(Json(endpoints::feedback::feedback(&state, &headers, &bytes)?).into_response())
 }
 
 pub async fn models(
@@ -137,43 +143,79 @@ pub async fn not_found(uri: Uri) -> ApiError {
 }
 
 /// Middleware on the admin routes (see `routes.rs`): with an admin key configured, the
-/// request must bear it; without one, only loopback peers may call them.
+/// request must bear it; without one, only loopback peers may call them, and not through a
+/// proxy (a request carrying forwarding headers came from somewhere else).
 pub async fn require_admin(
     State(state): State<Arc<AppState>>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     request: Request,
     next: Next,
 ) -> Result<Response, ApiError> {
-    authorize_admin(&state, peer, request.headers())?;
+    let engine = state.engine();
+    let allowed = match &engine.config.admin_key {
+        Some(key) => bears(request.headers(), key.expose()),
+        None => peer.ip().is_loopback() && !proxied(request.headers()),
+    };
+    if !allowed {
+        state
+            .metrics
+            .unauthorized
+            .with_label_values(&["admin"])
+            .inc();
+        return Err(ApiError::Unauthorized(
+            if engine.config.admin_key.is_some() {
+                "a valid admin key is required"
+            } else {
+                "admin endpoints answer direct loopback clients only unless server.admin_key_env is set"
+            }
+            .into(),
+        ));
+    }
     Ok(next.run(request).await)
 }
 
-fn authorize_admin(
-    state: &AppState,
-    peer: SocketAddr,
-    headers: &HeaderMap,
-) -> Result<(), ApiError> {
+/// Middleware on `/metrics`: with `server.metrics_key_env` set, the request must bear that key.
+pub async fn require_metrics_key(
+    State(state): State<Arc<AppState>>,
+    request: Request,
+    next: Next,
+) -> Result<Response, ApiError> {
     let engine = state.engine();
-    match &engine.config.admin_key {
-        Some(key) => {
-            let given = headers
-                .get(header::AUTHORIZATION)
-                .and_then(|v| v.to_str().ok())
-                .and_then(|v| v.strip_prefix("Bearer "))
-                .unwrap_or("");
-            if crate::tenancy::identity::constant_time_eq(given.as_bytes(), key.expose().as_bytes())
-            {
-                Ok(())
-            } else {
-                Err(ApiError::Unauthorized(
-                    "a valid admin key is required".into(),
-                ))
-            }
-        }
-        None if peer.ip().is_loopback() => Ok(()),
-        None => Err(ApiError::Unauthorized(
-            "admin endpoints answer loopback clients only unless server.admin_key_env is set"
-                .into(),
-        )),
+    if let Some(key) = &engine.config.metrics_key
+        && !bears(request.headers(), key.expose())
+    {
+        state
+            .metrics
+            .unauthorized
+            .with_label_values(&["metrics"])
+            .inc();
+        return Err(ApiError::Unauthorized(
+            "a valid metrics key is required (server.metrics_key_env)".into(),
+        ));
     }
+    Ok(next.run(request).await)
+}
+
+/// Whether the request's bearer token is `key` (compared in constant time).
+fn bears(headers: &HeaderMap, key: &str) -> bool {
+    let given = admission::bearer(headers).unwrap_or("");
+    crate::tenancy::identity::constant_time_eq(given.as_bytes(), key.as_bytes())
+}
+
+/// Whether a proxy forwarded the request (`Forwarded`, `X-Forwarded-For`, `X-Real-IP`, …).
+fn proxied(headers: &HeaderMap) -> bool {
+    [
+        "forwarded",
+        "x-forwarded-for",
+        "x-forwarded-host",
+        "x-real-ip",
+        "via",
+    ]
+    .iter()
+    .any(|h| headers.contains_key(*h))
+}
+
+/// 405 with an OpenAI error body.
+pub async fn method_not_allowed(method: Method, uri: Uri) -> ApiError {
+    ApiError::MethodNotAllowed(format!("{method} is not allowed on {}", uri.path()))
 }

@@ -5,3 +5,4 @@
 pub mod error;
 pub mod handlers;
 pub mod routes;
+pub mod server;

@@ -28,9 +28,16 @@ pub fn app(state: Arc<AppState>) -> Router {
         .route("/v1/models", get(handlers::models))
         .route("/v1/feedback", post(handlers::feedback))
         .route("/health", get(handlers::health))
-        .route("/metrics", get(handlers::metrics))
+        .route(
+            "/metrics",
+            get(handlers::metrics).route_layer(from_fn_with_state(
+                state.clone(),
+                handlers::require_metrics_key,
+            )),
+        )
         .route("/dashboard", get(handlers::dashboard))
         .merge(admin)
         .fallback(handlers::not_found)
+        .method_not_allowed_fallback(handlers::method_not_allowed)
         .with_state(state)
 }

@@ -39,10 +39,15 @@ pub struct Attempt {
     pub upstream: String,
     /// HTTP status, when a response arrived.
     pub status: Option<u16>,
-    /// `ok`, `connect`, `timeout`, `status`, `body`, `missing_credentials`, `stream_*`.
+    /// `ok`, `connect`, `timeout`, `status`, `body`, `unusable_body`, `missing_credentials`,
+    /// `stream_*`.
     pub outcome: String,
     pub error: Option<String>,
     pub ms: f64,
+    /// Size of a 2xx body that was not a chat completion: the upstream did work, so it is
+    /// charged as that many bytes of output.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub unusable_body_bytes: Option<usize>,
 }
 
 /// Token usage reported by the upstream.
@@ -99,9 +104,14 @@ pub struct DecisionRecord {
     /// Expected cost of the best predicted model for this request (the counterfactual).
     pub best_expected_cost_usd: Option<f64>,
     pub latency: Latency,
-    /// `ok`, `upstream_error`, `client_error`, `stream_interrupted`, `client_disconnected`, …
+    /// `ok`, `upstream_error`, `client_error`, `stream_interrupted`, `client_disconnected`,
+    /// `abandoned`, …
     pub status: String,
     pub http_status: u16,
+    /// What was odd about the money: `missing_usage`, `over_reserved`, `unusable_body`,
+    /// `abandoned` (see `router_usage_anomalies_total`).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub anomalies: Vec<String>,
 }
 
 impl DecisionRecord {
@@ -139,6 +149,7 @@ impl DecisionRecord {
             latency: Latency::default(),
             status: String::new(),
             http_status: 0,
+            anomalies: Vec::new(),
         }
     }
 }
@@ -170,6 +181,22 @@ pub struct Answered {
     pub cost_usd: Option<f64>,
     pub usage: Option<Usage>,
     pub propensity: Option<f64>,
+    /// The key (name) and team that made the request, if any.
+    pub key: Option<String>,
+    pub team: Option<String>,
+}
+
+impl Answered {
+    /// Whether a caller with key `key` and team `team` (empty: none) may label this answer:
+    /// the same key, a key of the same team, or, for an anonymous request, an anonymous caller.
+    pub fn may_be_labelled_by(&self, key: &str, team: &str) -> bool {
+        match (&self.key, &self.team) {
+            (None, _) => key.is_empty(),
+            (Some(k), _) if k == key => true,
+            (Some(_), Some(t)) => !team.is_empty() && t == team,
+            (Some(_), None) => false,
+        }
+    }
 }
 
 enum Line {
@@ -287,6 +314,8 @@ impl DecisionLog {
                         propensity: record
                             .propensity
                             .filter(|_| record.chosen.as_ref() == Some(model)),
+                        key: record.key.clone(),
+                        team: record.team.clone(),
                     },
                 );
             }
@@ -429,6 +458,7 @@ mod tests {
             keep_files: 2,
             log_prompts: false,
             recent_requests: 3,
+            feedback_scores: [0.0, 1.0],
         };
         let log = DecisionLog::open(&config).unwrap();
         for i in 0..40 {

@@ -28,6 +28,13 @@ pub struct Metrics {
     pub in_flight: IntGauge,
     /// Decision-cache lookups by result (`hit`, `miss`).
     pub decision_cache: IntCounterVec,
+    /// Money anomalies by model and kind: `missing_usage` (charged from our own count),
+    /// `over_reserved` (usage past the worst case; the excess is not charged),
+    /// `unusable_body` (a 2xx that was not a chat completion, charged as seen), `abandoned`
+    /// (a request whose task ended unsettled; charged its worst case).
+    pub usage_anomalies: IntCounterVec,
+    /// Requests refused with 401 on the admin endpoints or `/metrics`, by path group.
+    pub unauthorized: IntCounterVec,
 }
 
 const LATENCY_BUCKETS: &[f64] = &[
@@ -93,6 +100,16 @@ impl Metrics {
                 "router_upstream_failures_total",
                 "Failed upstream attempts by model and error kind.",
                 &["model", "error"],
+            )?,
+            usage_anomalies: counter(
+                "router_usage_anomalies_total",
+                "Money anomalies by model and kind (missing_usage, over_reserved, unusable_body, abandoned).",
+                &["model", "kind"],
+            )?,
+            unauthorized: counter(
+                "router_unauthorized_total",
+                "Requests refused for want of a valid key, by endpoint group (v1, admin, metrics).",
+                &["group"],
             )?,
             fallbacks: counter(
                 "router_fallbacks_total",

@@ -242,6 +242,7 @@ impl Ledger {
                         tier: r.get(3)?,
                         rpm: None,
                         tpm: None,
+                        user_from_request: false,
                     },
                     r.get::<_, String>(4)?,
                     r.get::<_, f64>(5)?,
@@ -333,6 +334,7 @@ impl Ledger {
                         tier: r.get(4)?,
                         rpm: r.get(5)?,
                         tpm: r.get::<_, Option<i64>>(6)?.map(|t| t as u64),
+                        user_from_request: false,
                     },
                 })
             })

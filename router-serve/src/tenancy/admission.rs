@@ -1,6 +1,8 @@
 //! Admission: who is calling (API key → identity), what their tier, the first matching rule
 //! and their budgets allow.
 
+use std::time::Instant;
+
 use axum::http::{HeaderMap, header};
 
 use crate::api::chat::ChatRequest;
@@ -9,22 +11,22 @@ use crate::state::Engine;
 use crate::store::Money;
 use crate::tenancy::budget::Status;
 use crate::tenancy::identity::Identity;
+use crate::tenancy::rate_limit::RateInfo;
 use crate::tenancy::rules::RuleInput;
 
-/// The bearer token of a request, if any.
-fn bearer(headers: &HeaderMap) -> Option<&str> {
-    headers
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| {
-            v.strip_prefix("Bearer ")
-                .or_else(|| v.strip_prefix("bearer "))
-        })
-        .map(str::trim)
+/// The bearer token of a request, if any (the scheme is case-insensitive, RFC 7235).
+pub fn bearer(headers: &HeaderMap) -> Option<&str> {
+    let value = headers.get(header::AUTHORIZATION)?.to_str().ok()?.trim();
+    let (scheme, token) = value.split_once(char::is_whitespace)?;
+    scheme
+        .eq_ignore_ascii_case("bearer")
+        .then(|| token.trim())
+        .filter(|t| !t.is_empty())
 }
 
 /// The caller. With `auth.required`, a missing or unknown key is 401; without it, unknown keys
-/// (clients must send something) are anonymous.
+/// (clients must send something) are anonymous. The user is the key's, or the request's only
+/// where the key allows it (see [`Identity::for_request`]).
 pub fn identify(
     money: &Money,
     engine: &Engine,
@@ -49,15 +51,39 @@ pub fn identify(
             .and_then(|t| t.lookup(key).cloned())
     });
     match found {
-        Some(mut identity) => {
-            if identity.user.is_empty() {
-                identity.user = user.unwrap_or_default().to_owned();
-            }
-            Ok(identity)
-        }
+        Some(identity) => Ok(identity.for_request(user)),
         None if required => Err(ApiError::Unauthorized("the API key is not valid".into())),
         None => Ok(Identity::anonymous(user)),
     }
+}
+
+/// Identifies the caller of an endpoint that is not a chat request (`/v1/models`,
+/// `/v1/feedback`) and counts it against the key's request rate.
+pub fn admit_call(
+    money: &Money,
+    engine: &Engine,
+    headers: &HeaderMap,
+) -> Result<Identity, ApiError> {
+    let identity = identify(money, engine, headers, None)?;
+    rate_limit(money, &identity, 0)?;
+    Ok(identity)
+}
+
+/// One request of `tokens` tokens against the key's rate limits (429 with the
+/// `x-ratelimit-*` numbers when over).
+pub fn rate_limit(money: &Money, identity: &Identity, tokens: u64) -> Result<RateInfo, ApiError> {
+    money
+        .limiter
+        .admit(identity, tokens, Instant::now())
+        .map_err(|info| ApiError::RateLimited {
+            message: format!(
+                "rate limit of key `{}` reached ({} requests, {} tokens per minute)",
+                identity.key,
+                identity.rpm.map_or("unlimited".into(), |r| r.to_string()),
+                identity.tpm.map_or("unlimited".into(), |t| t.to_string()),
+            ),
+            info,
+        })
 }
 
 /// A request's caller and what it may do.

@@ -233,7 +233,11 @@ impl Budgets {
         };
         for account in reservation.accounts {
             let a = accounts.entry(account).or_default();
-            a.reserved = (a.reserved - reservation.amount).max(0.0);
+            a.reserved -= reservation.amount;
+            // Sums of floats leave residues: below a pico-dollar, nothing is reserved.
+            if a.reserved < 1e-12 {
+                a.reserved = 0.0;
+            }
             a.settled += cost_usd;
         }
     }
@@ -307,6 +311,7 @@ mod tests {
             tier: "default".into(),
             rpm: Some(2),
             tpm: None,
+            user_from_request: false,
         }
     }
 

@@ -24,6 +24,10 @@ pub struct AuthConfig {
     /// worst-case cost.
     #[serde(default = "default_max_tokens")]
     pub default_max_tokens: u64,
+    /// Let a reload switch `required` off or drop keys, tiers or budgets. Off: such a reload
+    /// (a file saved half-way, say) is refused and the running configuration stays.
+    #[serde(default)]
+    pub allow_auth_downgrade: bool,
 }
 
 impl Default for AuthConfig {
@@ -32,6 +36,7 @@ impl Default for AuthConfig {
             required: false,
             ledger: None,
             default_max_tokens: default_max_tokens(),
+            allow_auth_downgrade: false,
         }
     }
 }
@@ -64,6 +69,10 @@ pub struct KeyConfig {
     /// Tokens per minute (input estimate + max output tokens).
     #[serde(default)]
     pub tpm: Option<u64>,
+    /// For a key without `user`: take the user (for user budgets, logs and the ledger) from
+    /// the request's `user` field. Off: every request of the key counts as user `-`.
+    #[serde(default)]
+    pub user_from_request: bool,
 }
 
 impl fmt::Debug for KeyConfig {
@@ -205,6 +214,49 @@ impl Tenants {
         })
     }
 
+    /// What `next` would lose of this configuration's protection: authentication switched
+    /// off, keys, tiers or budgets dropped. Empty when `next` keeps all of it, or allows the
+    /// downgrade (`auth.allow_auth_downgrade`).
+    pub fn downgrades_in(&self, next: &Tenants) -> Vec<String> {
+        if next.auth.allow_auth_downgrade {
+            return Vec::new();
+        }
+        let mut lost = Vec::new();
+        if self.auth.required && !next.auth.required {
+            lost.push("auth.required would be switched off".to_owned());
+        }
+        let names = |t: &Tenants| -> Vec<String> {
+            t.keys.names().iter().map(|id| id.key.clone()).collect()
+        };
+        let next_keys = names(next);
+        lost.extend(
+            names(self)
+                .into_iter()
+                .filter(|k| !next_keys.contains(k))
+                .map(|k| format!("key `{k}` would be dropped")),
+        );
+        lost.extend(
+            self.tiers
+                .keys()
+                .filter(|t| !next.tiers.contains_key(*t))
+                .map(|t| format!("tier `{t}` would be dropped")),
+        );
+        let budget = |b: &BudgetConfig| (b.scope, b.name.clone(), b.period);
+        let next_budgets: Vec<_> = next.budgets.iter().map(budget).collect();
+        lost.extend(
+            self.budgets
+                .iter()
+                .filter(|b| !next_budgets.contains(&budget(b)))
+                .map(|b| {
+                    format!(
+                        "the {:?} budget of {:?} `{}` would be dropped",
+                        b.period, b.scope, b.name
+                    )
+                }),
+        );
+        lost
+    }
+
     /// The first rule that matches `input`.
     pub fn first_rule(&self, input: &RuleInput<'_>) -> Option<&Rule> {
         self.rules.iter().find(|r| r.matches(input))
@@ -256,6 +308,7 @@ fn key_table(
             tier: k.tier.clone(),
             rpm: k.rpm.or(tier.and_then(|t| t.rpm)),
             tpm: k.tpm.or(tier.and_then(|t| t.tpm)),
+            user_from_request: k.user_from_request,
         };
         match digest {
             Some(d) => table.insert(d, identity),

@@ -15,20 +15,48 @@ pub struct Identity {
     pub tier: String,
     pub rpm: Option<u32>,
     pub tpm: Option<u64>,
+    /// The key's user is the request's `user` field (the key names none and allows it).
+    pub user_from_request: bool,
 }
 
 impl Identity {
-    /// An unauthenticated caller (auth not required), named by the body's `user` field.
+    /// An unauthenticated caller (auth not required), named by the body's `user` field (or
+    /// [`NO_USER`]).
     pub fn anonymous(user: Option<&str>) -> Self {
         Self {
             key: String::new(),
             team: String::new(),
-            user: user.unwrap_or_default().to_owned(),
+            user: request_user(user),
             tier: default_tier(),
             rpm: None,
             tpm: None,
+            user_from_request: true,
         }
     }
+
+    /// The identity a request by this key runs as: the key's own user; else, where the key
+    /// allows it, the request's `user`; else [`NO_USER`]. So a key cannot escape a user budget
+    /// by changing or omitting the body's `user`.
+    pub fn for_request(mut self, user: Option<&str>) -> Self {
+        if self.user.is_empty() {
+            self.user = if self.user_from_request {
+                request_user(user)
+            } else {
+                NO_USER.to_owned()
+            };
+        }
+        self
+    }
+}
+
+/// The user of a request that names none (user budgets apply to it as to any user).
+pub const NO_USER: &str = "-";
+
+fn request_user(user: Option<&str>) -> String {
+    user.map(str::trim)
+        .filter(|u| !u.is_empty())
+        .unwrap_or(NO_USER)
+        .to_owned()
 }
 
 /// The tier of keys that name none, and of anonymous callers.
@@ -101,6 +129,7 @@ mod tests {
             tier: "free".into(),
             rpm: None,
             tpm: None,
+            user_from_request: false,
         }
     }
 

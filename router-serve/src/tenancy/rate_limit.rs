@@ -96,6 +96,7 @@ mod tests {
             tier: "default".into(),
             rpm: Some(2),
             tpm: None,
+            user_from_request: false,
         }
     }
 

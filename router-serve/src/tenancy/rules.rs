@@ -165,6 +165,7 @@ mod tests {
             tier: "free".into(),
             rpm: None,
             tpm: None,
+            user_from_request: false,
         }
     }
 

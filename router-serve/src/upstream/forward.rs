@@ -4,12 +4,15 @@
 //! first byte; then the next target. Other 4xx answers are the request's fault and go back to
 //! the client as they are.
 
+use std::sync::LazyLock;
 use std::time::{Duration, Instant};
 
 use axum::http::{HeaderValue, StatusCode};
 use bytes::Bytes;
+use regex::Regex;
 use serde_json::{Map, Value};
 
+use crate::api::response::is_chat_completion;
 use crate::config::{AuthStyle, UpstreamConfig};
 use crate::http::error::ApiError;
 use crate::observe::log::Attempt;
@@ -77,6 +80,7 @@ pub async fn forward(
                 outcome: "missing_credentials".into(),
                 error: Some(format!("{var} is not set")),
                 ms: 0.0,
+                unusable_body_bytes: None,
             });
             let named = format!("{var} (upstream `{}`)", upstream.name);
             if !missing.contains(&named) {
@@ -155,6 +159,7 @@ impl Recorder<'_> {
             outcome: outcome.to_owned(),
             error,
             ms,
+            unusable_body_bytes: None,
         });
     }
 }
@@ -232,12 +237,26 @@ async fn attempt(
         });
     }
     match tokio::time::timeout_at(deadline.into(), response.bytes()).await {
-        Ok(Ok(body)) => {
+        Ok(Ok(body)) if is_chat_completion(&body) => {
             recorder.record(Some(status.as_u16()), "ok", None);
             AttemptResult::Done(Forwarded::Complete {
                 target: index,
                 body,
             })
+        }
+        Ok(Ok(body)) => {
+            // A 2xx that is no chat completion: a failure, but the upstream did (and billed)
+            // work, so its size is kept for the bill.
+            let error = format!(
+                "the {} body is not a chat completion: {}",
+                status.as_u16(),
+                scrub(&upstream_message(&body), &target.upstream)
+            );
+            recorder.record(Some(status.as_u16()), "unusable_body", Some(error));
+            if let Some(last) = recorder.attempts.last_mut() {
+                last.unusable_body_bytes = Some(body.len());
+            }
+            AttemptResult::Retry(None)
         }
         Ok(Err(e)) => {
             recorder.record(Some(status.as_u16()), "body", Some(error_chain(&e)));
@@ -270,7 +289,7 @@ async fn refused(
         .ok()
         .and_then(Result::ok)
         .unwrap_or_default();
-    let message = upstream_message(&body);
+    let message = scrub(&upstream_message(&body), &recorder.target.upstream);
     match status.as_u16() {
         408 | 429 | 500..=599 => {
             recorder.record(Some(status.as_u16()), "status", Some(message));
@@ -282,6 +301,12 @@ async fn refused(
         }
         _ => {
             recorder.record(Some(status.as_u16()), "rejected", Some(message));
+            let body = match String::from_utf8_lossy(&body) {
+                text if scrub(&text, &recorder.target.upstream) != text => {
+                    Bytes::from(scrub(&text, &recorder.target.upstream))
+                }
+                _ => body,
+            };
             AttemptResult::Done(Forwarded::Rejected {
                 target: index,
                 status,
@@ -367,6 +392,23 @@ fn upstream_message(body: &[u8]) -> String {
     text.chars().take(300).collect()
 }
 
+/// `text` without our credentials: the upstream's key wherever it appears (an upstream that
+/// echoes request headers would hand it to the client and the logs), and any bearer token.
+fn scrub(text: &str, upstream: &UpstreamConfig) -> String {
+    static BEARER: LazyLock<Option<Regex>> =
+        LazyLock::new(|| Regex::new(r#"(?i)(bearer\s+)[^\s"',;]+"#).ok());
+    let mut out = text.to_owned();
+    if let Some(key) = upstream.api_key.as_ref().map(|k| k.expose())
+        && key.len() >= 4
+    {
+        out = out.replace(key, "[redacted]");
+    }
+    if let Some(bearer) = BEARER.as_ref() {
+        out = bearer.replace_all(&out, "${1}[redacted]").into_owned();
+    }
+    out
+}
+
 fn error_chain(e: &dyn std::error::Error) -> String {
     let mut text = e.to_string();
     let mut source = e.source();
@@ -381,6 +423,20 @@ fn error_chain(e: &dyn std::error::Error) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn our_credentials_are_scrubbed_from_upstream_text() {
+        let mut upstream: UpstreamConfig = toml::from_str(
+            "name = \"u\"\nbase_url = \"http://x\"\nmodels = [\"m\"]\napi_key_env = \"K\"",
+        )
+        .unwrap();
+        upstream.api_key = Some(crate::config::ApiKey::new("sk-upstream-secret".into()));
+        let echoed = r#"{"error":{"message":"bad request; headers: Authorization: Bearer sk-upstream-secret, api-key: sk-upstream-secret, x: BEARER abc.def"}}"#;
+        let clean = scrub(echoed, &upstream);
+        assert!(!clean.contains("sk-upstream-secret"), "{clean}");
+        assert!(!clean.contains("abc.def"), "{clean}");
+        assert!(clean.contains("Bearer [redacted]"), "{clean}");
+    }
 
     #[test]
     fn retry_after_is_read_in_seconds() {
@@ -410,6 +466,7 @@ mod tests {
             outcome: "missing_credentials".into(),
             error: None,
             ms: 0.0,
+            unusable_body_bytes: None,
         }];
         let e = failure(&attempts, &["KEY_VAR (upstream `u`)".into()], None);
         assert_eq!(e.status(), StatusCode::SERVICE_UNAVAILABLE);

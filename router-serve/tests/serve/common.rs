@@ -56,6 +56,15 @@ pub enum Behaviour {
     BadSse,
     /// Chunks this far apart (graceful shutdown).
     SlowStream(Duration),
+    /// A complete answer without `usage` (streams: no usage chunk).
+    NoUsage,
+    /// A 200 whose body is not a chat completion.
+    Unusable,
+    /// A complete answer reporting this many completion tokens.
+    HugeUsage(u64),
+    /// This status with a body echoing the request's Authorization header (and a bearer token
+    /// of its own), as a careless upstream might.
+    EchoHeaders(u16),
 }
 
 /// What the fake upstream saw.
@@ -158,6 +167,18 @@ async fn fake_chat(
     };
     match behaviour {
         Behaviour::Status(s) => return error(s, "fake upstream failure"),
+        Behaviour::Unusable => return "<html>502 Bad Gateway from a proxy</html>".into_response(),
+        Behaviour::EchoHeaders(s) => {
+            let auth = headers
+                .get("authorization")
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or("none")
+                .to_owned();
+            let message = format!(
+                "bad request; you sent Authorization: {auth}; ours is Bearer sk-fake-upstream-secret"
+            );
+            return error(s, &message);
+        }
         Behaviour::RateLimited { retry_after, times } if calls <= times => {
             let mut r = error(429, "slow down");
             r.headers_mut().insert("retry-after", retry_after.into());
@@ -171,7 +192,14 @@ async fn fake_chat(
         .as_bool()
         .unwrap_or(false);
     if !stream {
-        return Json(json!({
+        let usage = match behaviour {
+            Behaviour::NoUsage => Value::Null,
+            Behaviour::HugeUsage(n) => {
+                json!({"prompt_tokens": 40, "completion_tokens": n, "total_tokens": 40 + n})
+            }
+            _ => json!({"prompt_tokens": 40, "completion_tokens": 8, "total_tokens": 48}),
+        };
+        let mut answer = json!({
             "id": "chatcmpl-fake",
             "object": "chat.completion",
             "created": 1_700_000_000,
@@ -182,9 +210,11 @@ async fn fake_chat(
                 "finish_reason": "stop",
                 "logprobs": null
             }],
-            "usage": {"prompt_tokens": 40, "completion_tokens": 8, "total_tokens": 48}
-        }))
-        .into_response();
+        });
+        if !usage.is_null() {
+            answer["usage"] = usage;
+        }
+        return Json(answer).into_response();
     }
     let (tx, rx) = tokio::sync::mpsc::channel::<String>(16);
     tokio::spawn(async move {
@@ -231,7 +261,7 @@ async fn fake_chat(
         let _ = tx
             .send(chunk(m, json!({}), Some("stop"), include_usage))
             .await;
-        if include_usage {
+        if include_usage && behaviour != Behaviour::NoUsage {
             let usage = json!({
                 "id": "chatcmpl-fake", "object": "chat.completion.chunk", "created": 1_700_000_000,
                 "model": m, "choices": [],

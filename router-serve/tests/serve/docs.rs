@@ -28,7 +28,8 @@ fn uncomment(line: &str) -> Option<&str> {
 }
 
 /// `section.key` for every key of the default config, commented or not; `[tiers.free]` counts
-/// as `tiers.NAME`, and the map `[upstreams.models]` as the key `upstreams.models`.
+/// as `tiers.NAME`, `[prices."m"]` as `prices.MODEL`, and the map `[upstreams.models]` as the
+/// key `upstreams.models`.
 fn default_config_keys() -> BTreeSet<String> {
     let mut keys = BTreeSet::new();
     let mut section = String::new();
@@ -42,6 +43,7 @@ fn default_config_keys() -> BTreeSet<String> {
             let name = name.split(']').next().unwrap_or("");
             section = match name.split_once('.') {
                 Some(("tiers", _)) => "tiers.NAME".to_owned(),
+                Some(("prices", _)) => "prices.MODEL".to_owned(),
                 Some(("upstreams", sub)) => {
                     keys.insert(format!("upstreams.{sub}"));
                     "upstreams.map".to_owned()

@@ -15,12 +15,12 @@ const FREE_MODELS: [&str; 3] = [
     "mistral-7b-instruct-v0.3",
 ];
 
-fn sha(key: &str) -> String {
+pub(crate) fn sha(key: &str) -> String {
     router_serve::tenancy::identity::key_digest(key)
 }
 
 /// Tables appended to the test config: keys, tiers, a rule, `budgets` as given, a ledger.
-fn tenant_tables(ledger: &Path, required: bool, budgets: &str) -> String {
+pub(crate) fn tenant_tables(ledger: &Path, required: bool, budgets: &str) -> String {
     format!(
         r#"
 [auth]
@@ -54,6 +54,17 @@ key_sha256 = "{racer}"
 team = "race"
 user = "dave"
 
+[[keys]]
+name = "no-user"
+key_sha256 = "{nouser}"
+team = "shared"
+
+[[keys]]
+name = "from-request"
+key_sha256 = "{fromreq}"
+team = "shared"
+user_from_request = true
+
 [tiers.free]
 models = {free_models:?}
 mode = "cost"
@@ -74,17 +85,19 @@ band = 1.0
         pro = sha("sk-pro"),
         limited = sha("sk-limited"),
         racer = sha("sk-racer"),
+        nouser = sha("sk-nouser"),
+        fromreq = sha("sk-fromreq"),
         free_models = FREE_MODELS,
     )
 }
 
-async fn server(budgets: &str) -> (TestServer, tempfile::TempDir) {
+pub(crate) async fn server(budgets: &str) -> (TestServer, tempfile::TempDir) {
     let dir = tempfile::tempdir().unwrap();
     let tables = tenant_tables(&dir.path().join("ledger.sqlite"), true, budgets);
     (TestServer::with("", &tables).await, dir)
 }
 
-async fn chat(
+pub(crate) async fn chat(
     t: &TestServer,
     key: Option<&str>,
     body: Value,
@@ -640,5 +653,8 @@ async fn settled_spend_survives_kill_9_and_budgets_are_restored() {
     let status = bin.child.wait().unwrap();
     let logs = bin.stderr.join().unwrap();
     let tail: String = logs.lines().rev().take(20).collect::<Vec<_>>().join("\n");
-    assert!(status.success(), "{status}; last log lines, newest first:\n{tail}");
+    assert!(
+        status.success(),
+        "{status}; last log lines, newest first:\n{tail}"
+    );
 }

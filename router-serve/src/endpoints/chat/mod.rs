@@ -2,11 +2,16 @@
 //! plan (route or pass through) → reserve the worst-case cost → forward → respond → settle the
 //! real cost (budgets, ledger) → record. Responding, settling and recording live in
 //! [`respond`] and [`settle`]; nothing here calls back into the handler.
+//!
+//! The pipeline runs on a task of its own: a client that gives up does not cancel a request the
+//! upstream is already answering, so that request is still settled at its real cost, written to
+//! the ledger and logged (`client_disconnected`).
 
 mod respond;
 mod settle;
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
 
 use axum::http::{HeaderMap, StatusCode};
@@ -47,8 +52,51 @@ impl Drop for InFlight {
     }
 }
 
-/// `POST /v1/chat/completions`.
+/// Whether the client stopped waiting for its answer.
+#[derive(Clone, Default)]
+pub(crate) struct ClientGone(Arc<AtomicBool>);
+
+impl ClientGone {
+    pub fn gone(&self) -> bool {
+        self.0.load(Ordering::Relaxed)
+    }
+}
+
+/// Held by the handler while it waits: dropped (answer delivered, or the client gone and the
+/// handler cancelled), it marks the client gone.
+struct Waiting(ClientGone);
+
+impl Drop for Waiting {
+    fn drop(&mut self) {
+        (self.0).0.store(true, Ordering::Relaxed);
+    }
+}
+
+/// `POST /v1/chat/completions`: the pipeline on its own task, the handler waiting for its
+/// response.
 pub async fn chat_completions(state: Arc<AppState>, headers: HeaderMap, body: Bytes) -> Response {
+    let client = ClientGone::default();
+    let waiting = Waiting(client.clone());
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    let task_state = state.clone();
+    state.tasks.spawn(async move {
+        let response = run(task_state, headers, body, client).await;
+        let _ = tx.send(response);
+    });
+    let response = rx.await.unwrap_or_else(|_| {
+        ApiError::Router("the request's task failed; see the server log".into()).into_response()
+    });
+    drop(waiting);
+    response
+}
+
+/// One request, from its span to its response.
+async fn run(
+    state: Arc<AppState>,
+    headers: HeaderMap,
+    body: Bytes,
+    client: ClientGone,
+) -> Response {
     let started = Instant::now();
     let id = new_request_id();
     let span = tracing::info_span!(
@@ -62,7 +110,7 @@ pub async fn chat_completions(state: Arc<AppState>, headers: HeaderMap, body: By
         router.reason = Empty,
     );
     let in_flight = InFlight::new(&state.metrics.in_flight);
-    let result = serve(&state, &headers, &body, &id, started, in_flight)
+    let result = serve(&state, &headers, &body, (&id, started, client), in_flight)
         .instrument(span.clone())
         .await;
     result.unwrap_or_else(|error| {
@@ -76,8 +124,7 @@ async fn serve(
     state: &Arc<AppState>,
     headers: &HeaderMap,
     body: &Bytes,
-    id: &str,
-    started: Instant,
+    (id, started, client): (&str, Instant, ClientGone),
     in_flight: InFlight,
 ) -> Result<Response, ApiError> {
     let engine = state.engine();
@@ -89,8 +136,9 @@ async fn serve(
         .metrics
         .decision_seconds
         .observe(plan.decision_ms / 1e3);
-    let bill = reserve(state, &engine, &admitted, &plan)?;
     let record = decision_record(state, id, &req, &plan, &admitted);
+    let mut bill = reserve(state, &engine, &admitted, &plan, &record)?;
+    bill.forwarded();
 
     let forward_started = Instant::now();
     let mut attempts = Vec::new();
@@ -105,7 +153,6 @@ async fn serve(
     .await;
     let exchange = Exchange {
         state: state.clone(),
-        engine,
         id: id.to_owned(),
         started,
         forward_started,
@@ -114,6 +161,7 @@ async fn serve(
         rate: admitted.rate,
         rule: admitted.admission.policy.rule,
         client_wants_usage: req.client_wants_usage,
+        client,
         record: DecisionRecord { attempts, ..record },
         bill: Some(bill),
     };
@@ -121,7 +169,7 @@ async fn serve(
 }
 
 /// A request that passed admission: who, what they may do, their rate-limit state and the
-/// output tokens its worst case is reserved for.
+/// output tokens its worst case is reserved for (`n` × the output limit).
 pub(super) struct Admitted {
     pub admission: Admission,
     pub rate: RateInfo,
@@ -137,22 +185,13 @@ fn admit(
 ) -> Result<Admitted, ApiError> {
     let admission = admission::admit(&state.money, engine, headers, req, now_unix())?;
     let max_tokens = cap_max_tokens(req, admission.policy.max_tokens);
-    let output_worst = max_tokens.unwrap_or(engine.config.tenants.auth.default_max_tokens);
+    // Every one of the `n` choices may run to the output limit.
+    let output_worst = max_tokens
+        .unwrap_or(engine.config.tenants.auth.default_max_tokens)
+        .saturating_mul(req.choices);
     let input_estimate = req.total_chars().div_ceil(4) as u64;
-    let identity = &admission.identity;
-    let rate = state
-        .money
-        .limiter
-        .admit(identity, input_estimate + output_worst, Instant::now())
-        .map_err(|info| ApiError::RateLimited {
-            message: format!(
-                "rate limit of key `{}` reached ({} requests, {} tokens per minute)",
-                identity.key,
-                identity.rpm.map_or("unlimited".into(), |r| r.to_string()),
-                identity.tpm.map_or("unlimited".into(), |t| t.to_string()),
-            ),
-            info,
-        })?;
+    let tokens = input_estimate.saturating_add(output_worst);
+    let rate = admission::rate_limit(&state.money, &admission.identity, tokens)?;
     Ok(Admitted {
         admission,
         rate,

@@ -13,28 +13,23 @@ use bytes::Bytes;
 use tracing::Instrument;
 
 use crate::api::headers::router_headers;
-use crate::api::response::rewrite_complete;
+use crate::api::response::{content_chars, rewrite_complete};
 use crate::http::error::{ApiError, rate_headers};
-use crate::observe::log::{DecisionRecord, Latency, Usage};
+use crate::observe::log::{DecisionRecord, Latency};
 use crate::observe::record::finish;
 use crate::routing::plan::Plan;
-use crate::state::{AppState, Engine};
+use crate::state::AppState;
 use crate::tenancy::rate_limit::RateInfo;
 use crate::upstream::forward::Forwarded;
 use crate::upstream::stream::{StreamSpec, relay};
 use crate::util::ms_since;
 
-use super::InFlight;
-use super::settle::{Bill, cost_of, settle};
-
-/// Characters per output token, to estimate the output of a stream the client left before its
-/// usage arrived.
-const CHARS_PER_TOKEN: f64 = 4.0;
+use super::settle::Bill;
+use super::{ClientGone, InFlight};
 
 /// A forwarded request, everything its response and its settlement need.
 pub(super) struct Exchange {
     pub state: Arc<AppState>,
-    pub engine: Arc<Engine>,
     pub id: String,
     pub started: Instant,
     pub forward_started: Instant,
@@ -44,6 +39,8 @@ pub(super) struct Exchange {
     pub rate: RateInfo,
     pub rule: Option<String>,
     pub client_wants_usage: bool,
+    /// Whether the client stopped waiting (the answer is settled and recorded all the same).
+    pub client: ClientGone,
     pub record: DecisionRecord,
     /// Taken when the request is settled.
     pub bill: Option<Bill>,
@@ -115,8 +112,11 @@ impl Exchange {
 
     /// Settles, then logs the record with its latencies.
     async fn settle_and_record(mut self, upstream_ms: f64) -> Self {
+        if self.client.gone() {
+            self.record.status = "client_disconnected".into();
+        }
         if let Some(bill) = self.bill.take() {
-            settle(&self.state, &self.engine, bill, &self.record).await;
+            bill.settle(&mut self.record).await;
         }
         self.record.latency = self.latency(upstream_ms);
         finish(&self.state, &self.record, "chat");
@@ -127,11 +127,13 @@ impl Exchange {
         let model = self.plan.targets[target].model.clone();
         let reason = self.reason_for(target);
         self.count_fallback(target);
+        let chars = content_chars(&body);
         let (body, usage) = rewrite_complete(body, &model);
         self.record.model = Some(model.clone());
         self.record.reason = reason.to_owned();
-        self.record.usage = usage;
-        self.record.cost_usd = cost_of(&self.engine, &model, usage);
+        if let Some(bill) = &self.bill {
+            self.record.usage = Some(bill.usage_or_count(usage, chars, &mut self.record));
+        }
         self.record.status = "ok".into();
         self.record.http_status = 200;
         let this = self.settle_and_record(upstream_ms).await;
@@ -162,11 +164,12 @@ impl Exchange {
 
     async fn failed(mut self, error: ApiError, upstream_ms: f64) -> Response {
         self.record.status = "upstream_error".into();
+        self.record.reason = "upstream_failed".into();
         self.record.http_status = error.status().as_u16();
         let this = self.settle_and_record(upstream_ms).await;
         let mut response = error.into_response();
         let overhead = this.record.latency.overhead_ms;
-        this.headers(response.headers_mut(), None, this.plan.reason, overhead);
+        this.headers(response.headers_mut(), None, "upstream_failed", overhead);
         response
     }
 
@@ -201,22 +204,15 @@ impl Exchange {
                 let _in_flight = in_flight;
                 let end = relay(upstream, &tx, spec, self.forward_started).await;
                 // A client that left before the usage chunk is billed on what was relayed.
-                let input_tokens = self.plan.input_tokens as u64;
-                let usage = end.usage.or_else(|| {
-                    (end.content_chars > 0).then(|| Usage {
-                        input_tokens,
-                        output_tokens: (end.content_chars as f64 / CHARS_PER_TOKEN).ceil() as u64,
-                    })
-                });
-                self.record.usage = usage;
-                self.record.cost_usd = cost_of(&self.engine, &model, usage);
                 self.record.status = end.status.to_owned();
                 self.record.http_status = 200;
                 if let Some(error) = &end.error {
                     tracing::warn!(%error, status = end.status, "stream ended early");
                 }
                 if let Some(bill) = self.bill.take() {
-                    settle(&self.state, &self.engine, bill, &self.record).await;
+                    let usage = bill.usage_or_count(end.usage, end.content_chars, &mut self.record);
+                    self.record.usage = Some(usage);
+                    bill.settle(&mut self.record).await;
                 }
                 // `[DONE]` only once the request is settled.
                 if let Some(done) = end.done {
