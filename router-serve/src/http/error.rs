@@ -6,6 +6,14 @@ use axum::http::{HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use serde::Serialize;
 
+/// An error's HTTP status, OpenAI `type`, `param` and `code`.
+type Parts = (
+    StatusCode,
+    &'static str,
+    Option<&'static str>,
+    Option<&'static str>,
+);
+
 /// Everything a request can fail with.
 #[derive(Debug, thiserror::Error)]
 pub enum ApiError {
@@ -86,14 +94,7 @@ impl ApiError {
     }
 
     /// HTTP status, OpenAI `type`, `param` and `code`.
-    fn parts(
-        &self,
-    ) -> (
-        StatusCode,
-        &'static str,
-        Option<&'static str>,
-        Option<&'static str>,
-    ) {
+    fn parts(&self) -> Parts {
         const INVALID: &str = "invalid_request_error";
         match self {
             Self::BodyTooLarge { .. } => (
@@ -179,28 +180,13 @@ impl ApiError {
 }
 
 /// A `server_error` with `code`.
-fn server(
-    status: StatusCode,
-    code: &'static str,
-) -> (
-    StatusCode,
-    &'static str,
-    Option<&'static str>,
-    Option<&'static str>,
-) {
+fn server(status: StatusCode, code: &'static str) -> Parts {
     (status, "server_error", None, Some(code))
 }
 
 /// Status, type, param and code of an upstream failure: 429 stays a rate limit, a timeout is
 /// `upstream_timeout`, the rest `upstream_error`.
-fn upstream_parts(
-    status: StatusCode,
-) -> (
-    StatusCode,
-    &'static str,
-    Option<&'static str>,
-    Option<&'static str>,
-) {
+fn upstream_parts(status: StatusCode) -> Parts {
     let code = match status {
         StatusCode::TOO_MANY_REQUESTS => "rate_limit_exceeded",
         StatusCode::GATEWAY_TIMEOUT => "upstream_timeout",

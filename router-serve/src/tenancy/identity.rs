@@ -106,6 +106,22 @@ impl KeyTable {
     }
 }
 
+#[cfg(test)]
+impl Identity {
+    /// A caller for tests: key `k` of team `search`, user `alice`, tier `free`, no limits.
+    pub(crate) fn example() -> Self {
+        Self {
+            key: "k".into(),
+            team: "search".into(),
+            user: "alice".into(),
+            tier: "free".into(),
+            rpm: None,
+            tpm: None,
+            user_from_request: false,
+        }
+    }
+}
+
 /// Compares without an early exit.
 pub fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     let mut diff = a.len() ^ b.len();
@@ -122,15 +138,7 @@ mod tests {
     use super::*;
 
     fn identity() -> Identity {
-        Identity {
-            key: "k".into(),
-            team: "search".into(),
-            user: "alice".into(),
-            tier: "free".into(),
-            rpm: None,
-            tpm: None,
-            user_from_request: false,
-        }
+        Identity::example()
     }
 
     #[test]

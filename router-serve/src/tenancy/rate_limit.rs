@@ -92,11 +92,8 @@ mod tests {
         Identity {
             key: key.into(),
             team: team.into(),
-            user: "u".into(),
-            tier: "default".into(),
             rpm: Some(2),
-            tpm: None,
-            user_from_request: false,
+            ..Identity::example()
         }
     }
 

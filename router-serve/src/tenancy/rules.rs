@@ -158,15 +158,7 @@ mod tests {
     use super::*;
 
     fn identity() -> Identity {
-        Identity {
-            key: "k".into(),
-            team: "search".into(),
-            user: "alice".into(),
-            tier: "free".into(),
-            rpm: None,
-            tpm: None,
-            user_from_request: false,
-        }
+        Identity::example()
     }
 
     fn rule(toml_text: &str) -> Rule {

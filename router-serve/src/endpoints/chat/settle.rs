@@ -146,25 +146,19 @@ impl Bill {
     fn cost_seen(&self, record: &mut DecisionRecord) -> f64 {
         let input = self.input_tokens as f64;
         let mut cost = 0.0;
+        let mut unusable = false;
         for attempt in &record.attempts {
-            if let (Some(bytes), Some(price)) = (
-                attempt.unusable_body_bytes,
-                self.engine.price_of(&attempt.model),
-            ) {
+            let Some(bytes) = attempt.unusable_body_bytes else {
+                continue;
+            };
+            unusable = true;
+            self.count_anomaly(&attempt.model, "unusable_body");
+            if let Some(price) = self.engine.price_of(&attempt.model) {
                 cost += price.cost_usd(input, (bytes as f64 / CHARS_PER_TOKEN).ceil());
             }
         }
-        let unusable = record
-            .attempts
-            .iter()
-            .filter(|a| a.unusable_body_bytes.is_some())
-            .map(|a| a.model.clone())
-            .collect::<Vec<_>>();
-        for model in unusable {
-            self.count_anomaly(&model, "unusable_body");
-            if !record.anomalies.iter().any(|a| a == "unusable_body") {
-                record.anomalies.push("unusable_body".into());
-            }
+        if unusable {
+            record.anomalies.push("unusable_body".into());
         }
         if let (Some(model), Some(usage)) = (&record.model, record.usage)
             && let Some(price) = self.engine.price_of(model)

@@ -10,13 +10,16 @@ use std::path::{Path, PathBuf};
 use router_core::policy::Policy;
 use serde::Deserialize;
 
+mod defaults;
+
+use self::defaults::*;
 use crate::tenancy::config::{AuthConfig, BudgetConfig, KeyConfig, Tenants, TierConfig};
 use crate::tenancy::rules::RuleConfig;
 
 /// The configuration `router-serve` runs with when given no `--config`: the default router in
 /// `models/`, its models served by NVIDIA's OpenAI-compatible API (the prices the router was
 /// trained with are NVIDIA's), three modes and no decision log directory.
-pub const DEFAULT_CONFIG: &str = include_str!("../default-config.toml");
+pub const DEFAULT_CONFIG: &str = include_str!("../../default-config.toml");
 
 /// What can be wrong with a configuration. Each variant names the file and the key.
 #[derive(Debug, thiserror::Error)]
@@ -639,101 +642,6 @@ fn or_defaults<T: serde::de::DeserializeOwned>(
             path: origin.to_owned(),
             source: Box::new(source),
         })
-}
-
-fn default_listen() -> SocketAddr {
-    SocketAddr::from(([127, 0, 0, 1], 8080))
-}
-fn default_router() -> PathBuf {
-    PathBuf::from("models/llmrouter")
-}
-fn default_device() -> String {
-    "cpu".to_owned()
-}
-fn default_max_body_bytes() -> usize {
-    4 << 20
-}
-fn default_max_input_tokens() -> usize {
-    131_072
-}
-fn default_decision_timeout_ms() -> u64 {
-    500
-}
-fn default_header_read_timeout_ms() -> u64 {
-    10_000
-}
-fn default_body_read_timeout_ms() -> u64 {
-    30_000
-}
-fn default_watch_interval_ms() -> u64 {
-    2_000
-}
-fn default_shutdown_grace_ms() -> u64 {
-    30_000
-}
-fn default_mode() -> String {
-    "balanced".to_owned()
-}
-fn default_modes() -> BTreeMap<String, f64> {
-    BTreeMap::from([
-        ("quality".to_owned(), 0.0),
-        ("balanced".to_owned(), 0.05),
-        ("cost".to_owned(), 0.15),
-    ])
-}
-fn default_embed_text() -> EmbedText {
-    EmbedText::SystemAndLastUser
-}
-fn default_true() -> bool {
-    true
-}
-fn default_max_request_band() -> f64 {
-    1.0
-}
-fn default_max_batch() -> usize {
-    32
-}
-fn default_decision_cache() -> usize {
-    10_000
-}
-fn default_rotate_bytes() -> u64 {
-    64 << 20
-}
-fn default_keep_files() -> usize {
-    20
-}
-fn default_recent_requests() -> usize {
-    100_000
-}
-fn default_feedback_scores() -> [f64; 2] {
-    [0.0, 1.0]
-}
-fn default_auth() -> AuthStyle {
-    AuthStyle::Bearer
-}
-fn default_connect_timeout_ms() -> u64 {
-    5_000
-}
-fn default_first_byte_timeout_ms() -> u64 {
-    60_000
-}
-fn default_total_timeout_ms() -> u64 {
-    600_000
-}
-fn default_stream_idle_timeout_ms() -> u64 {
-    60_000
-}
-fn default_max_retries() -> u32 {
-    1
-}
-fn default_backoff_base_ms() -> u64 {
-    200
-}
-fn default_backoff_max_ms() -> u64 {
-    5_000
-}
-fn default_retry_after_max_ms() -> u64 {
-    10_000
 }
 
 #[cfg(test)]
