@@ -263,3 +263,146 @@ impl Drop for Bill {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+    use std::time::Duration;
+
+    use super::*;
+    use crate::config::ServeConfig;
+    use crate::observe::log::DecisionLog;
+    use crate::observe::metrics::Metrics;
+    use crate::state::CliOverrides;
+    use crate::store::Money;
+    use crate::tenancy::admission::{Admission, Policy};
+    use crate::tenancy::rate_limit::RateInfo;
+    use crate::upstream::forward::Target;
+
+    const MODEL: &str = "llama3-chatqa-1.5-70b";
+
+    /// A state on the default router with a ledger, a decision log and a key budget of $1 for
+    /// key `k` (Identity::example).
+    async fn state(dir: &Path) -> Arc<AppState> {
+        let text = format!(
+            r#"
+[server]
+router = "{router}"
+[log]
+dir = "{dir}"
+[auth]
+ledger = "{dir}/ledger.sqlite"
+[[upstreams]]
+name = "u"
+base_url = "http://127.0.0.1:9/v1"
+models = ["{MODEL}", "gemma-2-9b-it"]
+[[budgets]]
+scope = "key"
+name = "k"
+period = "day"
+hard_usd = 1.0
+"#,
+            router = concat!(env!("CARGO_MANIFEST_DIR"), "/../models/llmrouter"),
+            dir = dir.display(),
+        );
+        let config = ServeConfig::parse(&text, "test").unwrap();
+        let metrics = Arc::new(Metrics::new().unwrap());
+        let log = DecisionLog::open(&config.log).unwrap();
+        let money = Money::open(&config.tenants.auth).unwrap();
+        let (c, m) = (config.clone(), metrics.clone());
+        let engine = tokio::task::spawn_blocking(move || Engine::load(c, None, m))
+            .await
+            .unwrap()
+            .unwrap();
+        let state = AppState::new(engine, metrics, log, money, None, CliOverrides::default());
+        Arc::new(state)
+    }
+
+    /// A bill for a 100-token passthrough request with 1,000 output tokens reserved.
+    fn bill(state: &Arc<AppState>) -> Bill {
+        let engine = state.engine();
+        let plan = Plan {
+            mode: None,
+            band: None,
+            reason: "passthrough",
+            decision: None,
+            targets: vec![Target {
+                model: MODEL.into(),
+                upstream: engine.config.upstreams[0].clone(),
+                upstream_model: MODEL.into(),
+            }],
+            input_tokens: 100,
+            embed_text: "x".into(),
+            decision_ms: 0.0,
+            router_error: None,
+        };
+        let admitted = Admitted {
+            admission: Admission {
+                identity: Identity::example(),
+                tags: Vec::new(),
+                policy: Policy::default(),
+            },
+            rate: RateInfo::default(),
+            output_worst: 1000,
+        };
+        let mut record = DecisionRecord::new("req_test", "chat.completions");
+        record.chosen = Some(MODEL.into());
+        reserve(state, &engine, &admitted, &plan, &record).unwrap()
+    }
+
+    fn key_budget(state: &AppState) -> (f64, f64) {
+        let engine = state.engine();
+        let states = state
+            .money
+            .budgets
+            .states(&engine.config.tenants.budgets, now_unix());
+        (states[0].settled_usd, states[0].reserved_usd)
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_bill_dropped_before_forwarding_releases_its_reservation_free() {
+        let dir = tempfile::tempdir().unwrap();
+        let state = state(dir.path()).await;
+        let bill = bill(&state);
+        assert!(key_budget(&state).1 > 0.0, "reserved");
+        drop(bill);
+        assert_eq!(key_budget(&state), (0.0, 0.0));
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_bill_dropped_unsettled_after_forwarding_charges_the_worst_case_and_records_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let state = state(dir.path()).await;
+        let mut bill = bill(&state);
+        bill.forwarded();
+        // 100 input + 1,000 output tokens at $0.9 per million.
+        let worst = 1100.0 * 0.9e-6;
+        drop(bill);
+        let (settled, reserved) = key_budget(&state);
+        assert!((settled - worst).abs() < 1e-12, "{settled}");
+        assert_eq!(reserved, 0.0);
+        // The ledger row is written on the blocking pool: wait for it (at most 5 s).
+        let ledger = rusqlite::Connection::open(dir.path().join("ledger.sqlite")).unwrap();
+        let mut row: Option<(String, f64)> = None;
+        for _ in 0..100 {
+            row = ledger
+                .query_row("SELECT status, cost_usd FROM spend", [], |r| {
+                    Ok((r.get(0)?, r.get(1)?))
+                })
+                .ok();
+            if row.is_some() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        let (status, cost) = row.expect("a ledger row for the abandoned request");
+        assert_eq!(status, "abandoned");
+        assert!((cost - worst).abs() < 1e-12);
+        state.log.close();
+        let log = std::fs::read_to_string(dir.path().join("decisions.jsonl")).unwrap();
+        let line: serde_json::Value = serde_json::from_str(log.trim()).unwrap();
+        assert_eq!(line["status"], "abandoned");
+        assert_eq!(line["anomalies"], serde_json::json!(["abandoned"]));
+        assert_eq!(line["model"], MODEL);
+    }
+}
