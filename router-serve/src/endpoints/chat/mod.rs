@@ -110,7 +110,7 @@ async fn run(
         router.reason = Empty,
     );
     let in_flight = InFlight::new(&state.metrics.in_flight);
-    let result = serve(&state, &headers, &body, (&id, started, client), in_flight)
+    let result = serve(&state, &headers, &body, &id, started, client, in_flight)
         .instrument(span.clone())
         .await;
     result.unwrap_or_else(|error| {
@@ -124,7 +124,9 @@ async fn serve(
     state: &Arc<AppState>,
     headers: &HeaderMap,
     body: &Bytes,
-    (id, started, client): (&str, Instant, ClientGone),
+    id: &str,
+    started: Instant,
+    client: ClientGone,
     in_flight: InFlight,
 ) -> Result<Response, ApiError> {
     let engine = state.engine();
