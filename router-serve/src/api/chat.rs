@@ -34,10 +34,55 @@ pub struct ChatRequest {
     /// `n`, the number of choices (1 to [`MAX_CHOICES`]; 1 when absent): the worst case is
     /// `n` answers of `max_tokens` each.
     pub choices: u64,
+    /// What the request needs of a model beyond text.
+    pub needs: Needs,
     /// The OpenAI `user` field, logged as the caller.
     pub user: Option<String>,
     /// The OpenAI `metadata` field, logged as given.
     pub metadata: Option<Value>,
+}
+
+/// What a request needs of the model that answers it, beyond text.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Needs {
+    /// `tools` (non-empty) or `functions`.
+    pub tools: bool,
+    /// An image content part.
+    pub vision: bool,
+    /// `response_format.type == "json_schema"`.
+    pub json_schema: bool,
+}
+
+impl Needs {
+    fn of(body: &Map<String, Value>) -> Self {
+        let non_empty = |key: &str| {
+            body.get(key)
+                .is_some_and(|v| v.as_array().is_none_or(|a| !a.is_empty()) && !v.is_null())
+        };
+        let image = |part: &Value| {
+            matches!(
+                part.get("type").and_then(Value::as_str),
+                Some("image_url" | "input_image" | "image")
+            )
+        };
+        let vision = body
+            .get("messages")
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+            .filter_map(|m| m.get("content").and_then(Value::as_array))
+            .flatten()
+            .any(image);
+        Self {
+            tools: non_empty("tools") || non_empty("functions"),
+            vision,
+            json_schema: body
+                .get("response_format")
+                .and_then(|f| f.get("type"))
+                .and_then(Value::as_str)
+                == Some("json_schema"),
+        }
+    }
 }
 
 /// One message's role and text (text parts joined; images and tool calls carry no text).
@@ -132,6 +177,7 @@ pub fn parse_chat(bytes: &[u8], headers: &HeaderMap) -> Result<ChatRequest, ApiE
         Some(v) => bounded_integer(v, "n", MAX_CHOICES)?.unwrap_or(1),
         None => 1,
     };
+    let needs = Needs::of(&body);
     let user = body.get("user").and_then(Value::as_str).map(str::to_owned);
     let metadata = body.get("metadata").cloned();
     let mut overrides = header_overrides(headers)?;
@@ -147,6 +193,7 @@ pub fn parse_chat(bytes: &[u8], headers: &HeaderMap) -> Result<ChatRequest, ApiE
         overrides,
         max_tokens,
         choices,
+        needs,
         user,
         metadata,
     })

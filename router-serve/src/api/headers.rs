@@ -34,6 +34,10 @@ pub fn router_headers(
         if let Some(d) = &plan.decision {
             set("x-router-policy", d.policy.to_string());
         }
+        if !plan.excluded.is_empty() {
+            let names: Vec<&str> = plan.excluded.iter().map(|e| e.model.as_str()).collect();
+            set("x-router-excluded", names.join(","));
+        }
         let quality = plan.decision.as_ref().and_then(|d| {
             let model = answered?;
             d.candidates.iter().find(|c| c.model == model)

@@ -82,8 +82,29 @@ pub struct ServeConfig {
     pub tenants: Tenants,
     /// `[prices.MODEL]`: USD per million tokens, over the router artifact's.
     pub prices: BTreeMap<String, PriceConfig>,
+    /// `[models.MODEL]`: what a served model can do.
+    pub models: BTreeMap<String, Capabilities>,
 }
 
+/// `[models.MODEL]`: what a model can serve. A request is routed only among the models that
+/// can serve it, and a request to a model by name that it cannot serve is a 400. A model with
+/// no table, or a capability left out, is assumed able.
+#[derive(Debug, Clone, Copy, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Capabilities {
+    /// Input plus output tokens the model takes (unset: no limit known).
+    #[serde(default)]
+    pub context_window: Option<u64>,
+    /// Tool (function) calls: requests with `tools` or `functions`.
+    #[serde(default = "default_true")]
+    pub tools: bool,
+    /// Image inputs: `image_url` (or `input_image`) content parts.
+    #[serde(default = "default_true")]
+    pub vision: bool,
+    /// Structured output: `response_format: {"type": "json_schema"}`.
+    #[serde(default = "default_true")]
+    pub json_schema: bool,
+}
 /// `[prices.MODEL]`: what a model costs, for budgets, the ledger and the dashboard. Overrides
 /// the router artifact's price; needed for every served model outside the artifact once
 /// budgets or a ledger are on.
@@ -338,6 +359,8 @@ struct RawConfig {
     budgets: Vec<BudgetConfig>,
     #[serde(default)]
     prices: BTreeMap<String, PriceConfig>,
+    #[serde(default)]
+    models: BTreeMap<String, Capabilities>,
 }
 
 impl ServeConfig {
@@ -391,6 +414,7 @@ impl ServeConfig {
             metrics_key: None,
             tenants,
             prices: raw.prices,
+            models: raw.models,
         };
         config.validate(origin)?;
         config.read_keys();
@@ -537,6 +561,20 @@ impl ServeConfig {
                 return Err((
                     format!("prices.{model}"),
                     format!("`{model}` is served by no upstream"),
+                ));
+            }
+        }
+        for (model, c) in &self.models {
+            if self.upstream_for(model).is_none() {
+                return Err((
+                    format!("models.{model}"),
+                    format!("`{model}` is served by no upstream"),
+                ));
+            }
+            if c.context_window == Some(0) {
+                return Err((
+                    format!("models.{model}.context_window"),
+                    "must be positive".into(),
                 ));
             }
         }

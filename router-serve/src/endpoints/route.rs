@@ -15,6 +15,7 @@ use crate::http::error::{ApiError, rate_headers};
 use crate::observe::log::Latency;
 use crate::observe::record::{base_record, finish};
 use crate::routing::decision::RouteDecision;
+use crate::routing::eligibility::Excluded;
 use crate::routing::plan::plan;
 use crate::state::AppState;
 use crate::tenancy::admission;
@@ -68,6 +69,7 @@ pub async fn route(
         input_tokens: plan.input_tokens,
         decision: plan.decision.clone(),
         decision_ms: plan.decision_ms,
+        excluded: plan.excluded.clone(),
     };
     let mut response = axum::Json(answer).into_response();
     router_headers(
@@ -96,4 +98,6 @@ struct RouteAnswer {
     /// passthrough or a router error).
     decision: Option<RouteDecision>,
     decision_ms: f64,
+    /// Models the request could not go to, and why.
+    excluded: Vec<Excluded>,
 }

@@ -19,6 +19,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use serde::Serialize;
 
 use crate::config::LogConfig;
+use crate::routing::eligibility::Excluded;
 use crate::util::now_rfc3339;
 
 pub const DECISIONS_FILE: &str = "decisions.jsonl";
@@ -91,6 +92,9 @@ pub struct DecisionRecord {
     pub candidates: Vec<LoggedCandidate>,
     pub best_predicted: Option<String>,
     pub in_band: Vec<String>,
+    /// Models the request could not go to, and why (capabilities, context window).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub excluded: Vec<Excluded>,
     pub chosen: Option<String>,
     /// The probability that the decision chose `chosen` (below 1 only with `routing.explore`);
     /// absent without a decision.
@@ -138,6 +142,7 @@ impl DecisionRecord {
             candidates: Vec::new(),
             best_predicted: None,
             in_band: Vec::new(),
+            excluded: Vec::new(),
             chosen: None,
             propensity: None,
             model: None,

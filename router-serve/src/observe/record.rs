@@ -39,6 +39,7 @@ pub fn base_record(
             .unwrap_or_default(),
         best_predicted: decision.map(|d| d.best_predicted.clone()),
         in_band: decision.map(|d| d.in_band.clone()).unwrap_or_default(),
+        excluded: plan.excluded.clone(),
         chosen: plan.targets.first().map(|t| t.model.clone()),
         propensity: decision.map(|d| d.propensity),
         stream: req.stream,

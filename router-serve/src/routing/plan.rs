@@ -11,6 +11,7 @@ use crate::api::chat::ChatRequest;
 use crate::http::error::ApiError;
 use crate::routing::cache::{self, Cached};
 use crate::routing::decision::{RouteDecision, explain};
+use crate::routing::eligibility::{Excluded, describe, unable};
 use crate::state::Engine;
 use crate::tenancy::admission::Policy;
 use crate::upstream::forward::Target;
@@ -34,6 +35,8 @@ pub struct Plan {
     pub embed_text: String,
     pub decision_ms: f64,
     pub router_error: Option<String>,
+    /// Models the request cannot go to (capabilities, context window), with the reason.
+    pub excluded: Vec<Excluded>,
 }
 
 /// Decides, without forwarding, how `req` will be served.
@@ -49,9 +52,13 @@ pub async fn plan(engine: &Engine, req: &ChatRequest, policy: &Policy) -> Result
         return passthrough(engine, req, policy, text);
     };
     let band = band_of(engine, req, policy, &mode)?;
-    let allowed = allowed_models(engine, req, policy)?;
+    let mut allowed = allowed_models(engine, req, policy)?;
+    let mut excluded = Vec::new();
+    exclude_unable(engine, req, None, &mut allowed, &mut excluded)?;
     let start = Instant::now();
     let (quality, input_tokens) = predict_quality(engine, req, &text).await?;
+    let tokens = input_tokens as u64 + req.max_tokens.unwrap_or(0);
+    exclude_unable(engine, req, Some(tokens), &mut allowed, &mut excluded)?;
     let routing = &engine.config.routing;
     let predicted = quality.and_then(|q| {
         explain(
@@ -75,6 +82,7 @@ pub async fn plan(engine: &Engine, req: &ChatRequest, policy: &Policy) -> Result
         embed_text: text,
         decision_ms,
         router_error: None,
+        excluded,
     };
     match predicted {
         Ok(mut decision) => {
@@ -140,6 +148,17 @@ fn passthrough(
     }
     let input_tokens = req.total_chars().div_ceil(CHARS_PER_TOKEN);
     check_length(engine, input_tokens)?;
+    let tokens = input_tokens as u64 + req.max_tokens.unwrap_or(0);
+    if let Some(why) = unable(
+        engine.config.models.get(&req.model),
+        req.needs,
+        Some(tokens),
+    ) {
+        return Err(ApiError::invalid(
+            format!("`{}` cannot serve this request: {why}", req.model),
+            Some("model"),
+        ));
+    }
     Ok(Plan {
         mode: None,
         band: None,
@@ -154,7 +173,39 @@ fn passthrough(
         embed_text: text,
         decision_ms: 0.0,
         router_error: None,
+        excluded: Vec::new(),
     })
+}
+
+/// Takes out of `allowed` the models that cannot serve `req` (with `tokens` input and output
+/// tokens, once known), noting each in `excluded`; a 400 naming every reason when none is
+/// left.
+fn exclude_unable(
+    engine: &Engine,
+    req: &ChatRequest,
+    tokens: Option<u64>,
+    allowed: &mut [bool],
+    excluded: &mut Vec<Excluded>,
+) -> Result<(), ApiError> {
+    for (mask, model) in allowed.iter_mut().zip(engine.router.model_names()) {
+        if !*mask {
+            continue;
+        }
+        if let Some(reason) = unable(engine.config.models.get(model), req.needs, tokens) {
+            *mask = false;
+            excluded.push(Excluded {
+                model: model.to_owned(),
+                reason,
+            });
+        }
+    }
+    if allowed.iter().any(|&a| a) {
+        return Ok(());
+    }
+    Err(ApiError::invalid(
+        format!("no model can serve this request: {}", describe(excluded)),
+        Some("messages"),
+    ))
 }
 
 /// The band of `mode`, unless the request sets its own (within `routing.max_request_band`) and

@@ -44,6 +44,7 @@ fn default_config_keys() -> BTreeSet<String> {
             section = match name.split_once('.') {
                 Some(("tiers", _)) => "tiers.NAME".to_owned(),
                 Some(("prices", _)) => "prices.MODEL".to_owned(),
+                Some(("models", _)) => "models.MODEL".to_owned(),
                 Some(("upstreams", sub)) => {
                     keys.insert(format!("upstreams.{sub}"));
                     "upstreams.map".to_owned()

@@ -8,6 +8,7 @@
 mod api;
 mod common;
 mod docs;
+mod eligibility;
 mod hardening;
 mod layout;
 mod openai_sdk;

@@ -335,6 +335,7 @@ hard_usd = 1.0
             embed_text: "x".into(),
             decision_ms: 0.0,
             router_error: None,
+            excluded: Vec::new(),
         };
         let admitted = Admitted {
             admission: Admission {
