@@ -301,11 +301,12 @@ async fn refused(
         }
         _ => {
             recorder.record(Some(status.as_u16()), "rejected", Some(message));
-            let body = match String::from_utf8_lossy(&body) {
-                text if scrub(&text, &recorder.target.upstream) != text => {
-                    Bytes::from(scrub(&text, &recorder.target.upstream))
-                }
-                _ => body,
+            let text = String::from_utf8_lossy(&body);
+            let clean = scrub(&text, &recorder.target.upstream);
+            let body = if clean == text {
+                body
+            } else {
+                Bytes::from(clean)
             };
             AttemptResult::Done(Forwarded::Rejected {
                 target: index,
