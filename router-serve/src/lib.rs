@@ -45,8 +45,6 @@ use crate::config::{ConfigError, ServeConfig};
 use crate::observe::log::{DecisionLog, LogError};
 use crate::observe::metrics::Metrics;
 use crate::state::{AppState, CliOverrides, Engine, LoadError};
-use crate::store::Money;
-use crate::store::ledger::LedgerError;
 
 /// Why the server could not start.
 #[derive(Debug, thiserror::Error)]
@@ -58,7 +56,7 @@ pub enum ServeError {
     #[error(transparent)]
     Log(#[from] LogError),
     #[error(transparent)]
-    Ledger(#[from] LedgerError),
+    Store(#[from] crate::store::OpenError),
     #[error("cannot listen on {addr}: {source}")]
     Bind {
         addr: SocketAddr,
@@ -90,8 +88,7 @@ impl Server {
     ) -> Result<Self, ServeError> {
         let metrics = Arc::new(Metrics::new()?);
         let log = DecisionLog::open(&config.log)?;
-        let auth = config.tenants.auth.clone();
-        let money = tokio::task::spawn_blocking(move || Money::open(&auth)).await??;
+        let store = crate::store::open(&config, metrics.clone()).await?;
         let listen = config.server.listen;
         let grace = Duration::from_millis(config.server.shutdown_grace_ms);
         let watch = Duration::from_millis(config.server.watch_interval_ms);
@@ -127,7 +124,7 @@ impl Server {
             addr: listen,
             source,
         })?;
-        let state = Arc::new(AppState::new(engine, metrics, log, money, config_path, cli));
+        let state = Arc::new(AppState::new(engine, metrics, log, store, config_path, cli));
         let (stop, stopped) = oneshot::channel::<()>();
         let app = http::routes::app(state.clone());
         let header_timeout =

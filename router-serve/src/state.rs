@@ -20,7 +20,7 @@ use crate::observe::metrics::Metrics;
 use crate::routing::batcher::{Batcher, Prediction};
 use crate::routing::cache::DecisionCache;
 use crate::routing::explore::Explorer;
-use crate::store::Money;
+use crate::store::Store;
 
 /// Why an engine could not be built.
 #[derive(Debug, thiserror::Error)]
@@ -213,8 +213,7 @@ fn routable_models(config: &ServeConfig, router: &Router) -> Result<Vec<bool>, L
 /// With budgets or a ledger, every served model needs a price (`[prices]` or the artifact's):
 /// a model without one would be answered for free.
 fn check_prices(config: &ServeConfig, router: &Router) -> Result<(), LoadError> {
-    let tenants = &config.tenants;
-    if tenants.budgets.is_empty() && tenants.auth.ledger.is_none() {
+    if config.tenants.budgets.is_empty() && !config.has_ledger() {
         return Ok(());
     }
     let unpriced: Vec<String> = config
@@ -338,7 +337,8 @@ pub struct AppState {
     engine: ArcSwap<Engine>,
     pub metrics: Arc<Metrics>,
     pub log: DecisionLog,
-    pub money: Money,
+    /// Budgets, rate limits, keys, the ledger and the feedback index (embedded or shared).
+    pub store: Arc<dyn Store>,
     /// Streams still being relayed (graceful shutdown waits for them).
     pub tasks: TaskTracker,
     config_path: Option<PathBuf>,
@@ -353,7 +353,7 @@ impl AppState {
         engine: Engine,
         metrics: Arc<Metrics>,
         log: DecisionLog,
-        money: Money,
+        store: Arc<dyn Store>,
         config_path: Option<PathBuf>,
         cli: CliOverrides,
     ) -> Self {
@@ -362,7 +362,7 @@ impl AppState {
             engine: ArcSwap::from_pointee(engine),
             metrics,
             log,
-            money,
+            store,
             tasks: TaskTracker::new(),
             config_path,
             cli,

@@ -11,8 +11,10 @@ use router_core::policy::Policy;
 use serde::Deserialize;
 
 mod defaults;
+pub mod store;
 
 use self::defaults::*;
+use self::store::StoreConfig;
 use crate::tenancy::config::{AuthConfig, BudgetConfig, KeyConfig, Tenants, TierConfig};
 use crate::tenancy::rules::RuleConfig;
 
@@ -84,6 +86,8 @@ pub struct ServeConfig {
     pub prices: BTreeMap<String, PriceConfig>,
     /// `[models.MODEL]`: what a served model can do.
     pub models: BTreeMap<String, Capabilities>,
+    /// `[store]`: embedded or shared (Redis + PostgreSQL) state.
+    pub store: StoreConfig,
 }
 
 /// `[models.MODEL]`: what a model can serve. A request is routed only among the models that
@@ -361,6 +365,7 @@ struct RawConfig {
     prices: BTreeMap<String, PriceConfig>,
     #[serde(default)]
     models: BTreeMap<String, Capabilities>,
+    store: Option<StoreConfig>,
 }
 
 impl ServeConfig {
@@ -390,6 +395,14 @@ impl ServeConfig {
         let routing = or_defaults(raw.routing, origin)?;
         let batching = or_defaults(raw.batching, origin)?;
         let log = or_defaults(raw.log, origin)?;
+        let mut store = raw.store.unwrap_or_default();
+        store
+            .resolve()
+            .map_err(|(key, message)| ConfigError::Invalid {
+                path: origin.to_owned(),
+                key,
+                message,
+            })?;
         let tenants = Tenants::build(
             raw.auth.unwrap_or_default(),
             raw.keys,
@@ -415,6 +428,7 @@ impl ServeConfig {
             tenants,
             prices: raw.prices,
             models: raw.models,
+            store,
         };
         config.validate(origin)?;
         config.read_keys();
@@ -443,6 +457,7 @@ impl ServeConfig {
         self.check_settings()
             .and_then(|()| self.check_upstreams())
             .and_then(|()| self.check_prices())
+            .and_then(|()| self.check_store())
             .map_err(|(key, message)| ConfigError::Invalid {
                 path: origin.to_owned(),
                 key,
@@ -538,6 +553,23 @@ impl ServeConfig {
             return Err(invalid(
                 "log.feedback_scores",
                 format!("must be [low, high] with low < high, got [{low}, {high}]"),
+            ));
+        }
+        Ok(())
+    }
+
+    /// Whether settled requests are written to a ledger (SQLite or PostgreSQL).
+    pub fn has_ledger(&self) -> bool {
+        self.tenants.auth.ledger.is_some() || self.store.backend == store::Backend::Shared
+    }
+
+    /// `auth.ledger` is the embedded backend's: with the shared one the ledger is PostgreSQL.
+    fn check_store(&self) -> Result<(), (String, String)> {
+        if self.store.backend == store::Backend::Shared && self.tenants.auth.ledger.is_some() {
+            return Err((
+                "auth.ledger".into(),
+                "with store.backend = \"shared\" the ledger is PostgreSQL: remove auth.ledger"
+                    .into(),
             ));
         }
         Ok(())

@@ -58,12 +58,9 @@ fn check_day(day: Option<&str>, param: &'static str) -> Result<(), ApiError> {
 pub async fn spend(state: &AppState, query: SpendQuery) -> Result<SpendAnswer, ApiError> {
     check_day(query.from.as_deref(), "from")?;
     check_day(query.to.as_deref(), "to")?;
-    let ledger = state.money.ledger.clone().ok_or_else(|| {
-        ApiError::NotConfigured("spend is read from the ledger, and auth.ledger is not set".into())
-    })?;
-    let (by, from, to) = (query.group_by, query.from.clone(), query.to.clone());
-    let rows = ledger
-        .run(move |l| l.spend(by, from.as_deref(), to.as_deref()))
+    let rows = state
+        .store
+        .spend(query.group_by, query.from.clone(), query.to.clone())
         .await?;
     let mut totals = SpendGroup {
         group: "total".into(),
@@ -95,9 +92,13 @@ pub async fn spend(state: &AppState, query: SpendQuery) -> Result<SpendAnswer, A
 }
 
 /// Every configured budget's state now.
-pub fn budgets(state: &AppState) -> Value {
+pub async fn budgets(state: &AppState) -> Result<Value, ApiError> {
     let engine = state.engine();
-    json!({"budgets": state.money.budgets.states(&engine.config.tenants.budgets, now_unix())})
+    let states = state
+        .store
+        .budget_states(&engine.config.tenants.budgets, now_unix())
+        .await?;
+    Ok(json!({"budgets": states}))
 }
 
 /// `POST /admin/keys` body.
@@ -136,22 +137,13 @@ pub async fn create_key(state: &AppState, new: NewKey) -> Result<Value, ApiError
         .names()
         .iter()
         .any(|k| k.key == new.name)
-        || state
-            .money
-            .created_keys
-            .read()
-            .is_ok_and(|t| t.names().iter().any(|k| k.key == new.name));
+        || state.store.created_keys().iter().any(|k| k.key == new.name);
     if taken {
         return Err(ApiError::invalid(
             format!("a key named `{}` exists", new.name),
             Some("name"),
         ));
     }
-    let ledger = state.money.ledger.clone().ok_or_else(|| {
-        ApiError::NotConfigured(
-            "keys created at run time are stored in the ledger, and auth.ledger is not set".into(),
-        )
-    })?;
     let key = format!(
         "sk-router-{}{}",
         uuid::Uuid::new_v4().simple(),
@@ -169,11 +161,7 @@ pub async fn create_key(state: &AppState, new: NewKey) -> Result<Value, ApiError
             user_from_request: false,
         },
     };
-    let to_store = stored.clone();
-    ledger.run(move |l| l.add_key(&to_store)).await?;
-    if let Ok(mut table) = state.money.created_keys.write() {
-        table.insert(stored.digest, stored.identity.clone());
-    }
+    state.store.create_key(stored.clone()).await?;
     tracing::info!(key = %new.name, "API key created");
     Ok(json!({
         "name": new.name,
@@ -199,24 +187,19 @@ pub fn list_keys(state: &AppState) -> Value {
         .into_iter()
         .map(|id| describe(id, "config"))
         .collect();
-    if let Ok(table) = state.money.created_keys.read() {
-        keys.extend(table.names().into_iter().map(|id| describe(id, "admin")));
-    }
+    keys.extend(
+        state
+            .store
+            .created_keys()
+            .iter()
+            .map(|id| describe(id, "admin")),
+    );
     json!({"keys": keys})
 }
 
 /// Deletes an admin-created key.
 pub async fn delete_key(state: &AppState, name: String) -> Result<Value, ApiError> {
-    let ledger = state
-        .money
-        .ledger
-        .clone()
-        .ok_or_else(|| ApiError::NotConfigured("auth.ledger is not set".into()))?;
-    let lookup = name.clone();
-    let removed = ledger.run(move |l| l.remove_key(&lookup)).await?;
-    if let Ok(mut table) = state.money.created_keys.write() {
-        table.remove_named(&name);
-    }
+    let removed = state.store.delete_key(&name).await?;
     if !removed {
         return Err(ApiError::NotFound(format!(
             "no admin-created key named `{name}`"

@@ -25,9 +25,13 @@ struct FeedbackRequest {
 /// `POST /v1/feedback`: a quality label for an answered request, appended to `feedback.jsonl`.
 /// Only the key that made the request, or a key of the same team, may label it (to anyone
 /// else the request is unknown); the score must lie in `log.feedback_scores`.
-pub fn feedback(state: &AppState, headers: &HeaderMap, body: &Bytes) -> Result<Value, ApiError> {
+pub async fn feedback(
+    state: &AppState,
+    headers: &HeaderMap,
+    body: &Bytes,
+) -> Result<Value, ApiError> {
     let engine = state.engine();
-    let caller = admission::admit_call(&state.money, &engine, headers)?;
+    let caller = admission::admit_call(state.store.as_ref(), &engine, headers).await?;
     let req: FeedbackRequest = serde_json::from_slice(body).map_err(ApiError::InvalidJson)?;
     let [low, high] = engine.config.log.feedback_scores;
     if !(req.score.is_finite() && (low..=high).contains(&req.score)) {
@@ -45,8 +49,9 @@ pub fn feedback(state: &AppState, headers: &HeaderMap, body: &Bytes) -> Result<V
         ));
     }
     let answered = state
-        .log
+        .store
         .answered(&req.request_id)
+        .await
         .filter(|a| a.may_be_labelled_by(&caller.key, &caller.team))
         .ok_or_else(|| ApiError::UnknownRequest(req.request_id.clone()))?;
     let trainable = answered.prompt.is_some();

@@ -38,9 +38,10 @@ pub async fn route(
     }
     let bytes = serde_json::to_vec(&value).map_err(ApiError::InvalidJson)?;
     let req = parse_chat(&bytes, &headers)?;
-    let admission = admission::admit(&state.money, &engine, &headers, &req, now_unix())?;
+    let store = state.store.as_ref();
+    let admission = admission::admit(store, &engine, &headers, &req, now_unix()).await?;
     // A decision costs encoder time: it counts against the key's request rate like a chat.
-    let rate = admission::rate_limit(&state.money, &admission.identity, 0)?;
+    let rate = admission::rate_limit(store, &admission.identity, 0).await?;
     let plan = plan(&engine, &req, &admission.policy).await?;
     state
         .metrics
@@ -56,7 +57,7 @@ pub async fn route(
         total_ms: total,
         overhead_ms: total,
     };
-    finish(&state, &record, "route");
+    finish(&state, &record, "route").await;
     let chosen = plan.targets.first().map(|t| t.model.clone());
     let answer = RouteAnswer {
         request_id: id.clone(),

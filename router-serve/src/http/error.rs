@@ -68,6 +68,23 @@ pub enum ApiError {
     Forbidden(String),
     #[error("the spend ledger failed: {0}")]
     Ledger(#[from] crate::store::ledger::LedgerError),
+    /// The shared store cannot be reached: retry, another replica may answer.
+    #[error("{0}")]
+    StoreUnavailable(String),
+}
+
+impl From<crate::store::error::StoreError> for ApiError {
+    fn from(e: crate::store::error::StoreError) -> Self {
+        use crate::store::error::StoreError;
+        match e {
+            StoreError::Unavailable(m) => Self::StoreUnavailable(format!(
+                "the gateway's shared store is unavailable ({m}); retry shortly"
+            )),
+            StoreError::Ledger(e) => Self::Ledger(e),
+            StoreError::NoLedger(m) => Self::NotConfigured(m.to_owned()),
+            StoreError::Conflict(m) => Self::invalid(m, Some("name")),
+        }
+    }
 }
 
 #[derive(Serialize)]
@@ -171,6 +188,9 @@ impl ApiError {
                 Some("model_not_allowed"),
             ),
             Self::Ledger(_) => server(StatusCode::INTERNAL_SERVER_ERROR, "ledger_error"),
+            Self::StoreUnavailable(_) => {
+                server(StatusCode::SERVICE_UNAVAILABLE, "store_unavailable")
+            }
         }
     }
 
@@ -208,6 +228,7 @@ impl IntoResponse for ApiError {
             Self::RateLimited { info, .. } => info.retry_after.and_then(|d| {
                 HeaderValue::from_str(&d.as_secs_f64().ceil().max(1.0).to_string()).ok()
             }),
+            Self::StoreUnavailable(_) => Some(HeaderValue::from_static("1")),
             _ => None,
         };
         let rate = match &self {

@@ -69,14 +69,18 @@ pub async fn feedback(
     body: Body,
 ) -> Result<Response, ApiError> {
     let bytes = read_body(&state, &headers, body).await?;
-    Ok(Json(endpoints::feedback::feedback(&state, &headers, &bytes)?).into_response())
+    Ok(Json(endpoints::feedback::feedback(&state, &headers, &bytes).await?).into_response())
 }
 
 pub async fn models(
     State(state): State<Arc<AppState>>,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
-    Ok(Json(endpoints::info::models(&state, &headers)?).into_response())
+    Ok(Json(endpoints::info::models(&state, &headers).await?).into_response())
+}
+
+pub async fn ready(State(state): State<Arc<AppState>>) -> Result<Response, ApiError> {
+    Ok(Json(endpoints::info::ready(&state).await?).into_response())
 }
 
 pub async fn health(State(state): State<Arc<AppState>>) -> Response {
@@ -105,7 +109,7 @@ pub async fn spend(
 }
 
 pub async fn budgets(State(state): State<Arc<AppState>>) -> Result<Response, ApiError> {
-    Ok(Json(admin::budgets(&state)).into_response())
+    Ok(Json(admin::budgets(&state).await?).into_response())
 }
 
 pub async fn list_keys(State(state): State<Arc<AppState>>) -> Result<Response, ApiError> {

@@ -28,6 +28,7 @@ pub fn app(state: Arc<AppState>) -> Router {
         .route("/v1/models", get(handlers::models))
         .route("/v1/feedback", post(handlers::feedback))
         .route("/health", get(handlers::health))
+        .route("/ready", get(handlers::ready))
         .route(
             "/metrics",
             get(handlers::metrics).route_layer(from_fn_with_state(

@@ -7,7 +7,6 @@
 //! `input_tokens`, `output_tokens`), so `router-train fit --data logs/feedback.jsonl` retrains
 //! on production traffic directly (rows need `log.log_prompts = true` to carry the prompt).
 
-use std::collections::{HashMap, VecDeque};
 use std::fs::{File, OpenOptions};
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -52,7 +51,7 @@ pub struct Attempt {
 }
 
 /// Token usage reported by the upstream.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, serde::Deserialize)]
 pub struct Usage {
     pub input_tokens: u64,
     pub output_tokens: u64,
@@ -177,33 +176,6 @@ pub struct FeedbackRecord {
     pub comment: Option<String>,
 }
 
-/// What `/v1/feedback` needs to know about an answered request.
-#[derive(Debug, Clone)]
-pub struct Answered {
-    pub prompt: Option<String>,
-    pub prompt_sha256: String,
-    pub model: String,
-    pub cost_usd: Option<f64>,
-    pub usage: Option<Usage>,
-    pub propensity: Option<f64>,
-    /// The key (name) and team that made the request, if any.
-    pub key: Option<String>,
-    pub team: Option<String>,
-}
-
-impl Answered {
-    /// Whether a caller with key `key` and team `team` (empty: none) may label this answer:
-    /// the same key, a key of the same team, or, for an anonymous request, an anonymous caller.
-    pub fn may_be_labelled_by(&self, key: &str, team: &str) -> bool {
-        match (&self.key, &self.team) {
-            (None, _) => key.is_empty(),
-            (Some(k), _) if k == key => true,
-            (Some(_), Some(t)) => !team.is_empty() && t == team,
-            (Some(_), None) => false,
-        }
-    }
-}
-
 enum Line {
     Decision(String),
     Feedback(String),
@@ -213,30 +185,8 @@ enum Line {
 pub struct DecisionLog {
     tx: Mutex<Option<Sender<Line>>>,
     thread: Mutex<Option<JoinHandle<()>>>,
-    recent: Mutex<Recent>,
     log_prompts: bool,
     enabled: bool,
-}
-
-struct Recent {
-    capacity: usize,
-    order: VecDeque<String>,
-    map: HashMap<String, Answered>,
-}
-
-impl Recent {
-    fn insert(&mut self, id: String, answered: Answered) {
-        if self.capacity == 0 {
-            return;
-        }
-        while self.order.len() >= self.capacity {
-            if let Some(old) = self.order.pop_front() {
-                self.map.remove(&old);
-            }
-        }
-        self.order.push_back(id.clone());
-        self.map.insert(id, answered);
-    }
 }
 
 /// Errors opening the log directory.
@@ -252,16 +202,10 @@ impl DecisionLog {
     /// Opens the logs in `config.dir` (created if missing); a log without a directory only
     /// remembers recent requests for feedback.
     pub fn open(config: &LogConfig) -> Result<Self, LogError> {
-        let recent = Mutex::new(Recent {
-            capacity: config.recent_requests,
-            order: VecDeque::new(),
-            map: HashMap::new(),
-        });
         let Some(dir) = config.dir.clone() else {
             return Ok(Self {
                 tx: Mutex::new(None),
                 thread: Mutex::new(None),
-                recent,
                 log_prompts: config.log_prompts,
                 enabled: false,
             });
@@ -288,7 +232,6 @@ impl DecisionLog {
         Ok(Self {
             tx: Mutex::new(Some(tx)),
             thread: Mutex::new(Some(thread)),
-            recent,
             log_prompts: config.log_prompts,
             enabled: true,
         })
@@ -302,35 +245,9 @@ impl DecisionLog {
         self.enabled
     }
 
-    /// Appends `record` and remembers the answer for feedback.
+    /// Appends `record`.
     pub fn record(&self, record: &DecisionRecord) {
-        if let (Some(model), true) = (&record.model, record.status == "ok")
-            && let Ok(mut recent) = self.recent.lock()
-        {
-            {
-                recent.insert(
-                    record.request_id.clone(),
-                    Answered {
-                        prompt: record.prompt.clone(),
-                        prompt_sha256: record.prompt_sha256.clone(),
-                        model: model.clone(),
-                        cost_usd: record.cost_usd,
-                        usage: record.usage,
-                        propensity: record
-                            .propensity
-                            .filter(|_| record.chosen.as_ref() == Some(model)),
-                        key: record.key.clone(),
-                        team: record.team.clone(),
-                    },
-                );
-            }
-        }
         self.send(|| serde_json::to_string(record).map(Line::Decision));
-    }
-
-    /// The remembered answer to request `id`.
-    pub fn answered(&self, id: &str) -> Option<Answered> {
-        self.recent.lock().ok()?.map.get(id).cloned()
     }
 
     pub fn feedback(&self, record: &FeedbackRecord) {
@@ -487,8 +404,5 @@ mod tests {
                 serde_json::from_str::<serde_json::Value>(line).unwrap();
             }
         }
-        // Only the last three requests are remembered.
-        assert!(log.answered("req-36").is_none());
-        assert!(log.answered("req-39").is_some());
     }
 }

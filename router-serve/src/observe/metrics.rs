@@ -1,8 +1,8 @@
 //! Prometheus metrics, all named `router_*`; durations are histograms in seconds.
 
 use prometheus::{
-    Encoder as _, Histogram, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, Opts, Registry,
-    TextEncoder,
+    Encoder as _, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
+    Opts, Registry, TextEncoder,
 };
 
 /// Every metric the server exports, registered in one registry.
@@ -35,12 +35,75 @@ pub struct Metrics {
     pub usage_anomalies: IntCounterVec,
     /// Requests refused with 401 on the admin endpoints or `/metrics`, by path group.
     pub unauthorized: IntCounterVec,
+    /// Shared-store calls that failed, by part (`redis`, `postgres`) and operation.
+    pub store_errors: IntCounterVec,
+    /// Operations a replica served from its local share because Redis was unreachable
+    /// (`on_store_error = "local"`), by operation.
+    pub store_local: IntCounterVec,
+    /// Ledger rows waiting in this replica's spool for PostgreSQL.
+    pub ledger_spooled: IntGauge,
+    /// Spooled ledger rows written to PostgreSQL once it was back.
+    pub ledger_replayed: IntCounter,
 }
 
 const LATENCY_BUCKETS: &[f64] = &[
     0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
     5.0, 10.0, 30.0, 60.0,
 ];
+
+/// `router_upstream_seconds{model}`, registered.
+fn upstream_seconds(registry: &Registry) -> prometheus::Result<HistogramVec> {
+    let h = HistogramVec::new(
+        HistogramOpts::new(
+            "router_upstream_seconds",
+            "Time in upstream attempts, by model (streams: until the last chunk).",
+        )
+        .buckets(LATENCY_BUCKETS.to_vec()),
+        &["model"],
+    )?;
+    registry.register(Box::new(h.clone()))?;
+    Ok(h)
+}
+
+/// A registered gauge.
+fn gauge(registry: &Registry, name: &str, help: &str) -> prometheus::Result<IntGauge> {
+    let g = IntGauge::new(name, help)?;
+    registry.register(Box::new(g.clone()))?;
+    Ok(g)
+}
+
+/// The shared store's metrics: errors, operations served locally, the ledger spool.
+fn store_metrics(
+    registry: &Registry,
+) -> prometheus::Result<(IntCounterVec, IntCounterVec, IntGauge, IntCounter)> {
+    let errors = IntCounterVec::new(
+        Opts::new(
+            "router_store_errors_total",
+            "Shared-store calls that failed, by part (redis, postgres) and operation.",
+        ),
+        &["part", "op"],
+    )?;
+    let local = IntCounterVec::new(
+        Opts::new(
+            "router_store_local_total",
+            "Operations served from this replica's share of the limits while Redis was unreachable.",
+        ),
+        &["op"],
+    )?;
+    let spooled = gauge(
+        registry,
+        "router_ledger_spooled_rows",
+        "Ledger rows waiting in this replica's spool for PostgreSQL.",
+    )?;
+    let replayed = IntCounter::new(
+        "router_ledger_replayed_total",
+        "Spooled ledger rows written to PostgreSQL once it was back.",
+    )?;
+    registry.register(Box::new(errors.clone()))?;
+    registry.register(Box::new(local.clone()))?;
+    registry.register(Box::new(replayed.clone()))?;
+    Ok((errors, local, spooled, replayed))
+}
 
 impl Metrics {
     pub fn new() -> Result<Self, prometheus::Error> {
@@ -58,6 +121,8 @@ impl Metrics {
                 registry.register(Box::new(h.clone()))?;
                 Ok(h)
             };
+        let (store_errors, store_local, ledger_spooled, ledger_replayed) =
+            store_metrics(&registry)?;
         let metrics = Self {
             requests: counter(
                 "router_requests_total",
@@ -74,18 +139,7 @@ impl Metrics {
                 "Gateway time: total time minus time waiting on upstreams.",
                 LATENCY_BUCKETS,
             )?,
-            upstream_seconds: {
-                let h = HistogramVec::new(
-                    HistogramOpts::new(
-                        "router_upstream_seconds",
-                        "Time in upstream attempts, by model (streams: until the last chunk).",
-                    )
-                    .buckets(LATENCY_BUCKETS.to_vec()),
-                    &["model"],
-                )?;
-                registry.register(Box::new(h.clone()))?;
-                h
-            },
+            upstream_seconds: upstream_seconds(&registry)?,
             tokens: counter(
                 "router_tokens_total",
                 "Tokens reported by upstreams, by model and kind (input, output).",
@@ -131,11 +185,15 @@ impl Metrics {
                 "Decision-cache lookups by result (hit, miss).",
                 &["result"],
             )?,
-            in_flight: {
-                let g = IntGauge::new("router_in_flight_requests", "Requests being served.")?;
-                registry.register(Box::new(g.clone()))?;
-                g
-            },
+            in_flight: gauge(
+                &registry,
+                "router_in_flight_requests",
+                "Requests being served.",
+            )?,
+            store_errors,
+            store_local,
+            ledger_spooled,
+            ledger_replayed,
             registry,
         };
         Ok(metrics)

@@ -31,7 +31,7 @@ pub enum LedgerError {
 }
 
 /// One settled request.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, serde::Deserialize)]
 pub struct SpendRow {
     pub request_id: String,
     pub time: u64,
@@ -81,7 +81,7 @@ pub enum GroupBy {
 }
 
 impl GroupBy {
-    fn column(self) -> &'static str {
+    pub(crate) fn column(self) -> &'static str {
         match self {
             Self::Team => "team",
             Self::User => "user",

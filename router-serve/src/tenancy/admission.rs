@@ -1,14 +1,12 @@
 //! Admission: who is calling (API key → identity), what their tier, the first matching rule
 //! and their budgets allow.
 
-use std::time::Instant;
-
 use axum::http::{HeaderMap, header};
 
 use crate::api::chat::ChatRequest;
 use crate::http::error::ApiError;
 use crate::state::Engine;
-use crate::store::Money;
+use crate::store::Store;
 use crate::tenancy::budget::Status;
 use crate::tenancy::identity::Identity;
 use crate::tenancy::rate_limit::RateInfo;
@@ -28,7 +26,7 @@ pub fn bearer(headers: &HeaderMap) -> Option<&str> {
 /// (clients must send something) are anonymous. The user is the key's, or the request's only
 /// where the key allows it (see [`Identity::for_request`]).
 pub fn identify(
-    money: &Money,
+    store: &dyn Store,
     engine: &Engine,
     headers: &HeaderMap,
     user: Option<&str>,
@@ -43,13 +41,13 @@ pub fn identify(
             Ok(Identity::anonymous(user))
         };
     };
-    let found = engine.config.tenants.keys.lookup(key).cloned().or_else(|| {
-        money
-            .created_keys
-            .read()
-            .ok()
-            .and_then(|t| t.lookup(key).cloned())
-    });
+    let found = engine
+        .config
+        .tenants
+        .keys
+        .lookup(key)
+        .cloned()
+        .or_else(|| store.lookup_key(key));
     match found {
         Some(identity) => Ok(identity.for_request(user)),
         None if required => Err(ApiError::Unauthorized("the API key is not valid".into())),
@@ -59,22 +57,26 @@ pub fn identify(
 
 /// Identifies the caller of an endpoint that is not a chat request (`/v1/models`,
 /// `/v1/feedback`) and counts it against the key's request rate.
-pub fn admit_call(
-    money: &Money,
+pub async fn admit_call(
+    store: &dyn Store,
     engine: &Engine,
     headers: &HeaderMap,
 ) -> Result<Identity, ApiError> {
-    let identity = identify(money, engine, headers, None)?;
-    rate_limit(money, &identity, 0)?;
+    let identity = identify(store, engine, headers, None)?;
+    rate_limit(store, &identity, 0).await?;
     Ok(identity)
 }
 
 /// One request of `tokens` tokens against the key's rate limits (429 with the
 /// `x-ratelimit-*` numbers when over).
-pub fn rate_limit(money: &Money, identity: &Identity, tokens: u64) -> Result<RateInfo, ApiError> {
-    money
-        .limiter
-        .admit(identity, tokens, Instant::now())
+pub async fn rate_limit(
+    store: &dyn Store,
+    identity: &Identity,
+    tokens: u64,
+) -> Result<RateInfo, ApiError> {
+    store
+        .admit_rate(identity, tokens)
+        .await?
         .map_err(|info| ApiError::RateLimited {
             message: format!(
                 "rate limit of key `{}` reached ({} requests, {} tokens per minute)",
@@ -94,18 +96,21 @@ pub struct Admission {
 }
 
 /// Identifies the caller of `req` and works out its policy (tier, rules, budgets at `now`).
-pub fn admit(
-    money: &Money,
+pub async fn admit(
+    store: &dyn Store,
     engine: &Engine,
     headers: &HeaderMap,
     req: &ChatRequest,
     now: u64,
 ) -> Result<Admission, ApiError> {
-    let identity = identify(money, engine, headers, req.user.as_deref())?;
+    let identity = identify(store, engine, headers, req.user.as_deref())?;
     let tags = tags(headers);
-    let status = money
-        .budgets
-        .status(&engine.config.tenants.budgets, &identity, now);
+    let budgets = &engine.config.tenants.budgets;
+    let status = if budgets.is_empty() {
+        Status::Ok
+    } else {
+        store.budget_status(budgets, &identity, now).await?
+    };
     let policy = policy(engine, &identity, req, &tags, status)?;
     Ok(Admission {
         identity,

@@ -16,13 +16,51 @@ use crate::tenancy::config::{BudgetConfig, Period, Scope};
 use crate::tenancy::identity::Identity;
 use crate::util::periods;
 
+/// One budget account: a scope's entity in one period.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
-struct AccountId {
-    scope: Scope,
-    entity: String,
-    period: Period,
+pub(crate) struct AccountId {
+    pub scope: Scope,
+    pub entity: String,
+    pub period: Period,
     /// `YYYY-MM-DD` or `YYYY-MM`.
-    period_id: String,
+    pub period_id: String,
+}
+
+impl AccountId {
+    /// The account's name in a shared store: `budget:team:day:2026-12-03:search` (the entity
+    /// last: it may hold any character).
+    pub fn store_key(&self) -> String {
+        format!(
+            "budget:{}:{}:{}:{}",
+            scope_name(self.scope),
+            period_name(self.period),
+            self.period_id,
+            self.entity
+        )
+    }
+
+    /// Seconds the account must outlive its period's start.
+    pub fn ttl_s(&self) -> u64 {
+        match self.period {
+            Period::Day => 2 * 86_400,
+            Period::Month => 35 * 86_400,
+        }
+    }
+}
+
+pub(crate) fn scope_name(scope: Scope) -> &'static str {
+    match scope {
+        Scope::Key => "key",
+        Scope::User => "user",
+        Scope::Team => "team",
+    }
+}
+
+pub(crate) fn period_name(period: Period) -> &'static str {
+    match period {
+        Period::Day => "day",
+        Period::Month => "month",
+    }
 }
 
 #[derive(Debug, Clone, Copy, Default)]
@@ -40,8 +78,24 @@ pub struct Budgets {
 /// Held while a request is in flight; settle it exactly once.
 #[derive(Debug)]
 pub struct Reservation {
-    accounts: Vec<AccountId>,
-    amount: f64,
+    pub(crate) accounts: Vec<AccountId>,
+    pub(crate) amount: f64,
+    /// Where it is held: `false` in this process, `true` in a shared store (under `lease`).
+    pub(crate) shared: bool,
+    /// The request it is held for.
+    pub(crate) lease: String,
+}
+
+impl Reservation {
+    /// A reservation on no budget.
+    pub fn none() -> Self {
+        Self {
+            accounts: Vec::new(),
+            amount: 0.0,
+            shared: false,
+            lease: String::new(),
+        }
+    }
 }
 
 /// A budget past its threshold.
@@ -61,11 +115,7 @@ pub struct BudgetHit {
 impl BudgetHit {
     /// "team `search` has spent $1.02 of its daily hard limit of $1.00".
     pub fn describe(&self, what: &str) -> String {
-        let scope = match self.scope {
-            Scope::Key => "key",
-            Scope::User => "user",
-            Scope::Team => "team",
-        };
+        let scope = scope_name(self.scope);
         let period = match self.period {
             Period::Day => "daily",
             Period::Month => "monthly",
@@ -90,7 +140,7 @@ pub struct BudgetState {
     pub hard_usd: f64,
 }
 
-fn entity(scope: Scope, id: &Identity) -> &str {
+pub(crate) fn entity(scope: Scope, id: &Identity) -> &str {
     match scope {
         Scope::Key => &id.key,
         Scope::User => &id.user,
@@ -99,7 +149,7 @@ fn entity(scope: Scope, id: &Identity) -> &str {
 }
 
 /// The accounts of the budgets that apply to `id` at `now`, with their configs.
-fn applicable<'a>(
+pub(crate) fn applicable<'a>(
     configs: &'a [BudgetConfig],
     id: &Identity,
     now: u64,
@@ -135,22 +185,8 @@ impl Budgets {
         let Ok(mut accounts) = self.accounts.lock() else {
             return;
         };
-        for scope in [Scope::Key, Scope::User, Scope::Team] {
-            let who = entity(scope, id);
-            if who.is_empty() {
-                continue;
-            }
-            for (period, period_id) in [(Period::Day, day), (Period::Month, &day[..7])] {
-                let account = accounts
-                    .entry(AccountId {
-                        scope,
-                        entity: who.to_owned(),
-                        period,
-                        period_id: period_id.to_owned(),
-                    })
-                    .or_default();
-                account.settled += cost;
-            }
+        for account in accounts_of(id, day) {
+            accounts.entry(account).or_default().settled += cost;
         }
     }
 
@@ -159,30 +195,15 @@ impl Budgets {
         let Ok(accounts) = self.accounts.lock() else {
             return Status::Ok;
         };
-        let mut soft = None;
-        for (account, b) in applicable(configs, id, now) {
-            let a = accounts.get(&account).copied().unwrap_or_default();
-            let spent = a.settled + a.reserved;
-            let hit = |limit| BudgetHit {
-                scope: b.scope,
-                entity: account.entity.clone(),
-                period: b.period,
-                spent_usd: spent,
-                limit_usd: limit,
-                soft_mode: b.soft_mode.clone(),
-                soft_models: b.soft_models.clone(),
-            };
-            if spent >= b.hard_usd {
-                return Status::Hard(hit(b.hard_usd));
-            }
-            if soft.is_none()
-                && let Some(s) = b.soft_usd
-                && spent >= s
-            {
-                soft = Some(hit(s));
-            }
-        }
-        soft.map_or(Status::Ok, Status::Soft)
+        let targets = applicable(configs, id, now);
+        let spent: Vec<f64> = targets
+            .iter()
+            .map(|(account, _)| {
+                let a = accounts.get(account).copied().unwrap_or_default();
+                a.settled + a.reserved
+            })
+            .collect();
+        status_of(&targets, &spent)
     }
 
     /// Reserves `worst_usd` on every applicable budget, or refuses if any would pass its hard
@@ -196,10 +217,7 @@ impl Budgets {
     ) -> Result<Reservation, BudgetHit> {
         let targets = applicable(configs, id, now);
         let Ok(mut accounts) = self.accounts.lock() else {
-            return Ok(Reservation {
-                accounts: Vec::new(),
-                amount: 0.0,
-            });
+            return Ok(Reservation::none());
         };
         for (account, b) in &targets {
             let a = accounts.get(account).copied().unwrap_or_default();
@@ -223,6 +241,8 @@ impl Budgets {
         Ok(Reservation {
             accounts: ids,
             amount: worst_usd,
+            shared: false,
+            lease: String::new(),
         })
     }
 
@@ -289,6 +309,71 @@ impl Budgets {
         }
         rows
     }
+}
+
+/// Every account a request of `id` settled on `day` (`YYYY-MM-DD`) counts on: its key, user
+/// and team, each for the day and the month.
+pub(crate) fn accounts_of(id: &Identity, day: &str) -> Vec<AccountId> {
+    let mut out = Vec::new();
+    for scope in [Scope::Key, Scope::User, Scope::Team] {
+        let who = entity(scope, id);
+        if who.is_empty() {
+            continue;
+        }
+        for (period, period_id) in [
+            (Period::Day, day),
+            (Period::Month, day.get(..7).unwrap_or(day)),
+        ] {
+            out.push(AccountId {
+                scope,
+                entity: who.to_owned(),
+                period,
+                period_id: period_id.to_owned(),
+            });
+        }
+    }
+    out
+}
+
+/// The first of `targets` past its hard limit, else the first past its soft threshold, given
+/// what each has spent (settled + reserved).
+pub(crate) fn status_of(targets: &[(AccountId, &BudgetConfig)], spent: &[f64]) -> Status {
+    let mut soft = None;
+    for ((account, b), &spent) in targets.iter().zip(spent) {
+        let hit = |limit| BudgetHit {
+            scope: b.scope,
+            entity: account.entity.clone(),
+            period: b.period,
+            spent_usd: spent,
+            limit_usd: limit,
+            soft_mode: b.soft_mode.clone(),
+            soft_models: b.soft_models.clone(),
+        };
+        if spent >= b.hard_usd {
+            return Status::Hard(hit(b.hard_usd));
+        }
+        if soft.is_none()
+            && let Some(s) = b.soft_usd
+            && spent >= s
+        {
+            soft = Some(hit(s));
+        }
+    }
+    soft.map_or(Status::Ok, Status::Soft)
+}
+
+/// `configs` with every limit divided by `parts` (a replica's share while the shared store is
+/// unreachable).
+pub fn share_of(configs: &[BudgetConfig], parts: u32) -> Vec<BudgetConfig> {
+    let parts = f64::from(parts.max(1));
+    configs
+        .iter()
+        .map(|b| BudgetConfig {
+            soft_usd: b.soft_usd.map(|s| s / parts),
+            hard_usd: b.hard_usd / parts,
+            ..b.clone()
+        })
+        .collect()
 }
 
 /// Where a caller stands against its budgets.

@@ -82,6 +82,26 @@ impl RateLimiter {
         }
         Ok(info(bucket, None))
     }
+
+    /// Gives back `tokens` counted at admission and not used (the real usage came in lower).
+    pub fn refund(&self, id: &Identity, tokens: u64) {
+        let (Some(tpm), Ok(mut buckets)) = (id.tpm, self.buckets.lock()) else {
+            return;
+        };
+        if let Some(bucket) = buckets.get_mut(&id.key) {
+            bucket.tokens = (bucket.tokens + tokens as f64).min(tpm as f64);
+        }
+    }
+}
+
+/// `id` with its rates divided by `parts` (at least 1 per minute), for a replica's share.
+pub fn share_of(id: &Identity, parts: u32) -> Identity {
+    let parts = parts.max(1);
+    Identity {
+        rpm: id.rpm.map(|r| r.div_ceil(parts).max(1)),
+        tpm: id.tpm.map(|t| t.div_ceil(u64::from(parts)).max(1)),
+        ..id.clone()
+    }
 }
 
 #[cfg(test)]

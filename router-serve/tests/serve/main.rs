@@ -15,5 +15,6 @@ mod openai_sdk;
 mod ops;
 mod readme;
 mod route;
+mod shared;
 mod tenants;
 mod upstream;

@@ -132,14 +132,14 @@ async fn serve(
     let engine = state.engine();
     let mut req = parse_chat(body, headers)?;
     tracing::Span::current().record("gen_ai.request.model", req.model.as_str());
-    let admitted = admit(state, &engine, headers, &mut req)?;
+    let admitted = admit(state, &engine, headers, &mut req).await?;
     let plan = plan(&engine, &req, &admitted.admission.policy).await?;
     state
         .metrics
         .decision_seconds
         .observe(plan.decision_ms / 1e3);
     let record = decision_record(state, id, &req, &plan, &admitted);
-    let mut bill = reserve(state, &engine, &admitted, &plan, &record)?;
+    let mut bill = reserve(state, &engine, &admitted, &plan, &record).await?;
     bill.forwarded();
 
     let forward_started = Instant::now();
@@ -170,22 +170,25 @@ async fn serve(
     Ok(exchange.respond(forwarded, in_flight).await)
 }
 
-/// A request that passed admission: who, what they may do, their rate-limit state and the
-/// output tokens its worst case is reserved for (`n` × the output limit).
+/// A request that passed admission: who, what they may do, their rate-limit state, the
+/// output tokens its worst case is reserved for (`n` × the output limit) and the tokens its
+/// rate limit counted (corrected with the real usage at settlement).
 pub(super) struct Admitted {
     pub admission: Admission,
     pub rate: RateInfo,
     pub output_worst: u64,
+    pub rate_tokens: u64,
 }
 
 /// Identifies the caller, applies its policy (capping `max_tokens`) and its rate limit.
-fn admit(
+async fn admit(
     state: &AppState,
     engine: &Engine,
     headers: &HeaderMap,
     req: &mut ChatRequest,
 ) -> Result<Admitted, ApiError> {
-    let admission = admission::admit(&state.money, engine, headers, req, now_unix())?;
+    let store = state.store.as_ref();
+    let admission = admission::admit(store, engine, headers, req, now_unix()).await?;
     let max_tokens = cap_max_tokens(req, admission.policy.max_tokens);
     // Every one of the `n` choices may run to the output limit.
     let output_worst = max_tokens
@@ -193,11 +196,12 @@ fn admit(
         .saturating_mul(req.choices);
     let input_estimate = req.total_chars().div_ceil(4) as u64;
     let tokens = input_estimate.saturating_add(output_worst);
-    let rate = admission::rate_limit(&state.money, &admission.identity, tokens)?;
+    let rate = admission::rate_limit(store, &admission.identity, tokens).await?;
     Ok(Admitted {
         admission,
         rate,
         output_worst,
+        rate_tokens: tokens,
     })
 }
 

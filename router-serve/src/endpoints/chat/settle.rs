@@ -35,6 +35,8 @@ pub(super) struct Bill {
     /// Expected cost of the counterfactual (the router's best model) for this request.
     counterfactual_usd: f64,
     input_tokens: usize,
+    /// Tokens the key's rate limit counted at admission.
+    rate_tokens: u64,
     worst_usd: f64,
     /// `None` once settled.
     reservation: Option<Reservation>,
@@ -46,7 +48,7 @@ pub(super) struct Bill {
 
 /// Reserves the request's worst case on every budget that applies, or refuses it (429
 /// `insufficient_quota`).
-pub(super) fn reserve(
+pub(super) async fn reserve(
     state: &Arc<AppState>,
     engine: &Arc<Engine>,
     admitted: &Admitted,
@@ -55,16 +57,21 @@ pub(super) fn reserve(
 ) -> Result<Bill, ApiError> {
     let identity = &admitted.admission.identity;
     let worst = worst_case_usd(engine, plan, admitted.output_worst);
-    let reservation = state
-        .money
-        .budgets
-        .reserve(&engine.config.tenants.budgets, identity, worst, now_unix())
-        .map_err(|hit| {
-            ApiError::InsufficientQuota(format!(
-                "{}; this request could cost up to ${worst:.6}",
-                hit.describe("hard limit")
-            ))
-        })?;
+    let budgets = &engine.config.tenants.budgets;
+    let reservation = if budgets.is_empty() {
+        Reservation::none()
+    } else {
+        state
+            .store
+            .reserve(budgets, identity, worst, &record.request_id, now_unix())
+            .await?
+            .map_err(|hit| {
+                ApiError::InsufficientQuota(format!(
+                    "{}; this request could cost up to ${worst:.6}",
+                    hit.describe("hard limit")
+                ))
+            })?
+    };
     let counterfactual_usd = engine
         .baseline_model()
         .map_or(0.0, |m| m.expected_cost(plan.input_tokens));
@@ -75,6 +82,7 @@ pub(super) fn reserve(
         rule: admitted.admission.policy.rule.clone(),
         counterfactual_usd,
         input_tokens: plan.input_tokens,
+        rate_tokens: admitted.rate_tokens,
         worst_usd: worst,
         reservation: Some(reservation),
         forwarded: false,
@@ -133,12 +141,27 @@ impl Bill {
         } else {
             seen
         };
-        self.state.money.budgets.settle(reservation, charged);
+        self.state.store.settle(reservation, charged).await;
         if charged > 0.0 || record.usage.is_some() {
             record.cost_usd = Some(charged);
             if let Some(row) = self.row(record, charged) {
-                self.commit(row).await;
+                self.state.store.record_spend(row).await;
             }
+        }
+        self.refund_tokens(record).await;
+    }
+
+    /// Gives back to the key's token rate what admission counted beyond the real usage.
+    async fn refund_tokens(&self, record: &DecisionRecord) {
+        if self.identity.tpm.is_none() {
+            return;
+        }
+        let used = record
+            .usage
+            .map_or(0, |u| u.input_tokens.saturating_add(u.output_tokens));
+        let unused = self.rate_tokens.saturating_sub(used);
+        if unused > 0 && record.usage.is_some() {
+            self.state.store.refund_tokens(&self.identity, unused).await;
         }
     }
 
@@ -184,7 +207,9 @@ impl Bill {
 
     /// The ledger row of a settled request (`None` without a ledger).
     fn row(&self, record: &DecisionRecord, cost: f64) -> Option<SpendRow> {
-        self.state.money.ledger.as_ref()?;
+        if !self.state.store.has_ledger() {
+            return None;
+        }
         let model = record
             .model
             .clone()
@@ -216,15 +241,6 @@ impl Bill {
             status: record.status.clone(),
         })
     }
-
-    async fn commit(&self, row: SpendRow) {
-        let Some(ledger) = self.state.money.ledger.clone() else {
-            return;
-        };
-        if let Err(e) = ledger.run(move |l| l.insert(&row)).await {
-            tracing::error!(error = %e, "ledger write failed; this request's spend is only in memory");
-        }
-    }
 }
 
 impl Drop for Bill {
@@ -235,8 +251,13 @@ impl Drop for Bill {
             return;
         };
         let cost = if self.forwarded { self.worst_usd } else { 0.0 };
-        self.state.money.budgets.settle(reservation, cost);
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            tracing::error!("a bill dropped outside the runtime: its reservation stays held");
+            return;
+        };
+        let store = self.state.store.clone();
         if !self.forwarded {
+            runtime.spawn(async move { store.settle(reservation, cost).await });
             return;
         }
         let mut record = std::mem::replace(&mut self.record, DecisionRecord::new("", ""));
@@ -250,17 +271,13 @@ impl Drop for Bill {
             "a request ended without being settled; charged its worst case"
         );
         self.state.log.record(&record);
-        if let (Some(row), Ok(runtime)) = (
-            self.row(&record, cost),
-            tokio::runtime::Handle::try_current(),
-        ) && let Some(ledger) = self.state.money.ledger.clone()
-        {
-            runtime.spawn(async move {
-                if let Err(e) = ledger.run(move |l| l.insert(&row)).await {
-                    tracing::error!(error = %e, "ledger write of an abandoned request failed");
-                }
-            });
-        }
+        let row = self.row(&record, cost);
+        runtime.spawn(async move {
+            store.settle(reservation, cost).await;
+            if let Some(row) = row {
+                store.record_spend(row).await;
+            }
+        });
     }
 }
 
@@ -274,7 +291,6 @@ mod tests {
     use crate::observe::log::DecisionLog;
     use crate::observe::metrics::Metrics;
     use crate::state::CliOverrides;
-    use crate::store::Money;
     use crate::tenancy::admission::{Admission, Policy};
     use crate::tenancy::rate_limit::RateInfo;
     use crate::upstream::forward::Target;
@@ -308,18 +324,18 @@ hard_usd = 1.0
         let config = ServeConfig::parse(&text, "test").unwrap();
         let metrics = Arc::new(Metrics::new().unwrap());
         let log = DecisionLog::open(&config.log).unwrap();
-        let money = Money::open(&config.tenants.auth).unwrap();
+        let store = crate::store::open(&config, metrics.clone()).await.unwrap();
         let (c, m) = (config.clone(), metrics.clone());
         let engine = tokio::task::spawn_blocking(move || Engine::load(c, None, m))
             .await
             .unwrap()
             .unwrap();
-        let state = AppState::new(engine, metrics, log, money, None, CliOverrides::default());
+        let state = AppState::new(engine, metrics, log, store, None, CliOverrides::default());
         Arc::new(state)
     }
 
     /// A bill for a 100-token passthrough request with 1,000 output tokens reserved.
-    fn bill(state: &Arc<AppState>) -> Bill {
+    async fn bill(state: &Arc<AppState>) -> Bill {
         let engine = state.engine();
         let plan = Plan {
             mode: None,
@@ -345,41 +361,58 @@ hard_usd = 1.0
             },
             rate: RateInfo::default(),
             output_worst: 1000,
+            rate_tokens: 0,
         };
         let mut record = DecisionRecord::new("req_test", "chat.completions");
         record.chosen = Some(MODEL.into());
-        reserve(state, &engine, &admitted, &plan, &record).unwrap()
+        reserve(state, &engine, &admitted, &plan, &record)
+            .await
+            .unwrap()
     }
 
-    fn key_budget(state: &AppState) -> (f64, f64) {
+    async fn key_budget(state: &AppState) -> (f64, f64) {
         let engine = state.engine();
         let states = state
-            .money
-            .budgets
-            .states(&engine.config.tenants.budgets, now_unix());
+            .store
+            .budget_states(&engine.config.tenants.budgets, now_unix())
+            .await
+            .unwrap();
         (states[0].settled_usd, states[0].reserved_usd)
+    }
+
+    /// The key budget once nothing is reserved on it (a dropped bill settles on a task of its
+    /// own): waits at most 5 s.
+    async fn released(state: &AppState) -> (f64, f64) {
+        for _ in 0..100 {
+            let budget = key_budget(state).await;
+            if budget.1 == 0.0 {
+                return budget;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        key_budget(state).await
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_bill_dropped_before_forwarding_releases_its_reservation_free() {
         let dir = tempfile::tempdir().unwrap();
         let state = state(dir.path()).await;
-        let bill = bill(&state);
-        assert!(key_budget(&state).1 > 0.0, "reserved");
+        let bill = bill(&state).await;
+        assert!(key_budget(&state).await.1 > 0.0, "reserved");
         drop(bill);
-        assert_eq!(key_budget(&state), (0.0, 0.0));
+        assert_eq!(released(&state).await, (0.0, 0.0));
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_bill_dropped_unsettled_after_forwarding_charges_the_worst_case_and_records_it() {
         let dir = tempfile::tempdir().unwrap();
         let state = state(dir.path()).await;
-        let mut bill = bill(&state);
+        let mut bill = bill(&state).await;
         bill.forwarded();
         // 100 input + 1,000 output tokens at $0.9 per million.
         let worst = 1100.0 * 0.9e-6;
         drop(bill);
-        let (settled, reserved) = key_budget(&state);
+        let (settled, reserved) = released(&state).await;
         assert!((settled - worst).abs() < 1e-12, "{settled}");
         assert_eq!(reserved, 0.0);
         // The ledger row is written on the blocking pool: wait for it (at most 5 s).
