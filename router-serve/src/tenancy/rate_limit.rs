@@ -135,4 +135,27 @@ mod tests {
                 .is_ok()
         );
     }
+
+    #[test]
+    fn tokens_counted_beyond_the_real_usage_are_given_back() {
+        let limiter = RateLimiter::default();
+        let t = Identity {
+            rpm: None,
+            tpm: Some(1000),
+            ..id("k", "search")
+        };
+        let now = Instant::now();
+        limiter.admit(&t, 900, now).unwrap();
+        assert!(limiter.admit(&t, 900, now).is_err(), "100 left");
+        // The first request used 200 of its 900: 700 come back.
+        limiter.refund(&t, 700);
+        let info = limiter.admit(&t, 800, now).unwrap();
+        assert_eq!(info.remaining_tokens, Some(0));
+        // Never past the bucket's size.
+        limiter.refund(&t, 10_000);
+        assert_eq!(
+            limiter.admit(&t, 0, now).unwrap().remaining_tokens,
+            Some(1000)
+        );
+    }
 }

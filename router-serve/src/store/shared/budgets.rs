@@ -3,9 +3,9 @@
 
 use std::collections::HashMap;
 
-use crate::store::StoreError;
 use crate::store::shared::Shared;
 use crate::store::shared::counters::{AccountArg, Reserved, nanos, usd};
+use crate::store::{RateVerdict, StoreError};
 use crate::tenancy::budget::{
     AccountId, BudgetHit, BudgetState, Reservation, Status, accounts_of, applicable, share_of,
     status_of,
@@ -14,8 +14,6 @@ use crate::tenancy::config::BudgetConfig;
 use crate::tenancy::identity::Identity;
 use crate::tenancy::rate_limit::{self, RateInfo};
 use crate::util::periods;
-
-use super::super::RateVerdict;
 
 /// Days a month's rebuild marker outlives the month's start.
 const MARKER_TTL_S: u64 = 40 * 86_400;
@@ -68,7 +66,8 @@ impl Shared {
         Ok(())
     }
 
-    /// A Redis failure: an error with `fail_closed`, else counted and `None` (go local).
+    /// A Redis failure: an error with `fail_closed`; with `local`, counted, and the caller
+    /// serves the operation from this replica's share.
     pub(super) fn go_local(&self, op: &'static str, error: &str) -> Result<(), StoreError> {
         self.metrics
             .store_errors
