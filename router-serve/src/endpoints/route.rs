@@ -57,7 +57,7 @@ pub async fn route(
         total_ms: total,
         overhead_ms: total,
     };
-    finish(&state, &record, "route").await;
+    finish(&state, &record, "route");
     let chosen = plan.targets.first().map(|t| t.model.clone());
     let answer = RouteAnswer {
         request_id: id.clone(),

@@ -4,7 +4,6 @@ use crate::api::chat::ChatRequest;
 use crate::observe::log::{DecisionRecord, LoggedCandidate};
 use crate::routing::plan::Plan;
 use crate::state::AppState;
-use crate::store::answered::Answered;
 use crate::util::sha256_hex;
 
 /// The decision record's fields known once the plan is made.
@@ -49,8 +48,8 @@ pub fn base_record(
     }
 }
 
-/// Metrics, the trace span, the decision log and the feedback index for a finished request.
-pub async fn finish(state: &AppState, record: &DecisionRecord, endpoint: &str) {
+/// Metrics, the trace span and the decision log for a finished request.
+pub fn finish(state: &AppState, record: &DecisionRecord, endpoint: &str) {
     let model = record.model.as_deref().unwrap_or("");
     let m = &state.metrics;
     m.requests
@@ -85,7 +84,4 @@ pub async fn finish(state: &AppState, record: &DecisionRecord, endpoint: &str) {
     }
     tracing::info!(status = %record.status, total_ms = record.latency.total_ms, "request done");
     state.log.record(record);
-    if let Some(answered) = Answered::of(record) {
-        state.store.remember(&record.request_id, answered).await;
-    }
 }

@@ -119,7 +119,7 @@ impl Exchange {
             bill.settle(&mut self.record).await;
         }
         self.record.latency = self.latency(upstream_ms);
-        finish(&self.state, &self.record, "chat").await;
+        finish(&self.state, &self.record, "chat");
         self
     }
 
@@ -219,7 +219,7 @@ impl Exchange {
                     let _ = tx.send(done).await;
                 }
                 self.record.latency = self.latency(end.upstream_ms);
-                finish(&self.state, &self.record, "chat").await;
+                finish(&self.state, &self.record, "chat");
             }
             .instrument(tracing::Span::current()),
         );

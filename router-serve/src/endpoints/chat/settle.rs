@@ -16,6 +16,7 @@ use crate::http::error::ApiError;
 use crate::observe::log::{DecisionRecord, Usage};
 use crate::routing::plan::Plan;
 use crate::state::{AppState, Engine};
+use crate::store::answered::Answered;
 use crate::store::ledger::SpendRow;
 use crate::tenancy::budget::Reservation;
 use crate::tenancy::identity::Identity;
@@ -124,7 +125,9 @@ impl Bill {
     }
 
     /// Settles at the real cost (at most the worst case), writes `record.cost_usd` and, when
-    /// the upstream did work, the ledger row.
+    /// the upstream did work, the ledger row; gives back unused rate-limit tokens; remembers an
+    /// answered request for feedback (before the response completes, so feedback sent right
+    /// after it finds it on any replica).
     pub async fn settle(mut self, record: &mut DecisionRecord) {
         let Some(reservation) = self.reservation.take() else {
             return;
@@ -141,14 +144,30 @@ impl Bill {
         } else {
             seen
         };
-        self.state.store.settle(reservation, charged).await;
-        if charged > 0.0 || record.usage.is_some() {
+        let row = if charged > 0.0 || record.usage.is_some() {
             record.cost_usd = Some(charged);
-            if let Some(row) = self.row(record, charged) {
-                self.state.store.record_spend(row).await;
-            }
-        }
-        self.refund_tokens(record).await;
+            self.row(record, charged)
+        } else {
+            None
+        };
+        let answered = Answered::of(record).map(|a| (record.request_id.clone(), a));
+        // Budgets, ledger, rate limit and feedback index are independent: with a shared store,
+        // four round trips at once.
+        let store = &self.state.store;
+        tokio::join!(
+            store.settle(reservation, charged),
+            async {
+                if let Some(row) = row {
+                    store.record_spend(row).await;
+                }
+            },
+            self.refund_tokens(record),
+            async {
+                if let Some((id, answered)) = answered {
+                    store.remember(&id, answered).await;
+                }
+            },
+        );
     }
 
     /// Gives back to the key's token rate what admission counted beyond the real usage.
