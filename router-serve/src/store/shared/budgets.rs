@@ -126,6 +126,9 @@ impl Shared {
         now: u64,
     ) -> Result<Result<Reservation, BudgetHit>, StoreError> {
         let targets = applicable(configs, id, now);
+        if targets.is_empty() {
+            return Ok(Ok(Reservation::none()));
+        }
         // One entry per account, at the lowest hard limit configured for it.
         let mut accounts: Vec<(AccountId, f64)> = Vec::new();
         for (account, b) in &targets {
