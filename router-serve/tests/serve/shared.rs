@@ -414,6 +414,29 @@ async fn a_rate_limit_of_60_per_minute_admits_60_across_two_replicas_not_120() {
     b.server.shutdown().await;
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_shared_token_rate_is_corrected_with_the_real_usage_at_settlement() {
+    let Some(services) = Services::start("tokens") else {
+        return;
+    };
+    let fake = Fake::start().await;
+    let a = Replica::start(&fake, &services, "", "").await;
+    let b = Replica::start(&fake, &services, "", "").await;
+    // Each request counts ~50 input + 1,000 output tokens at admission and uses 48: without
+    // the correction two would fit in 3,000 tokens per minute.
+    let key = create_key(&a, json!({"name": "tokens", "team": "ops", "tpm": 3000})).await;
+    until_status(&b, &key, 200).await;
+    let mut body = chat_body(MODEL, false);
+    merge(&mut body, json!({"max_tokens": 1000}));
+    for i in 0..6 {
+        let replica = if i % 2 == 0 { &a } else { &b };
+        let r = replica.chat(&key, &body).await;
+        assert_eq!(r.status(), 200, "request {i} of a key using 48 tokens each");
+    }
+    a.server.shutdown().await;
+    b.server.shutdown().await;
+}
+
 /// The value of an unlabelled metric in a `/metrics` text.
 fn metric(text: &str, name: &str) -> Option<f64> {
     text.lines()
