@@ -282,5 +282,6 @@ async fn main() -> anyhow::Result<()> {
         .arg("stop")
         .arg(tmp.join("services"))
         .status();
+    std::fs::remove_dir_all(&tmp)?;
     Ok(())
 }
