@@ -114,12 +114,14 @@ impl Services {
 }
 
 impl Drop for Services {
+    /// Stops both and deletes their data (about 40 MB a test).
     fn drop(&mut self) {
         let _ = std::process::Command::new("bash")
             .arg(script())
             .arg("stop")
             .arg(&self.dir)
             .output();
+        let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
 
