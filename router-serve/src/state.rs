@@ -172,6 +172,7 @@ impl Engine {
                 .map(|m| crate::config::PriceConfig {
                     input_per_million: m.input_price_per_1m,
                     output_per_million: m.output_price_per_1m,
+                    cached_input_per_million: None,
                 })
         })
     }

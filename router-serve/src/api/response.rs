@@ -56,8 +56,14 @@ pub fn usage_of(value: &Value) -> Option<Usage> {
     if input.is_none() && output.is_none() {
         return None;
     }
+    let cached = usage
+        .pointer("/prompt_tokens_details/cached_tokens")
+        .and_then(Value::as_u64)
+        .unwrap_or(0);
     Some(Usage {
         input_tokens: input.unwrap_or(0),
         output_tokens: output.unwrap_or(0),
+        // Never more than the input it is part of.
+        cached_input_tokens: cached.min(input.unwrap_or(0)),
     })
 }

@@ -119,12 +119,27 @@ pub struct PriceConfig {
     pub input_per_million: f64,
     /// USD per million output tokens.
     pub output_per_million: f64,
+    /// USD per million input tokens the provider served from its prompt cache (reported as
+    /// `usage.prompt_tokens_details.cached_tokens`); unset: the input price.
+    #[serde(default)]
+    pub cached_input_per_million: Option<f64>,
 }
 
 impl PriceConfig {
-    /// USD for `input` and `output` tokens.
+    /// USD for `input` and `output` tokens (all input at the full price: the worst case).
     pub fn cost_usd(&self, input: f64, output: f64) -> f64 {
         (input * self.input_per_million + output * self.output_per_million) / 1e6
+    }
+
+    /// USD for an answer's reported usage: `input` tokens of which `cached` came from the
+    /// provider's prompt cache (at the cached-input price), and `output` tokens.
+    pub fn cost_of(&self, input: u64, cached: u64, output: u64) -> f64 {
+        let cached = cached.min(input) as f64;
+        let fresh = input as f64 - cached;
+        let cached_price = self
+            .cached_input_per_million
+            .unwrap_or(self.input_per_million);
+        self.cost_usd(fresh, output as f64) + cached * cached_price / 1e6
     }
 }
 
@@ -581,6 +596,10 @@ impl ServeConfig {
             for (field, v) in [
                 ("input_per_million", p.input_per_million),
                 ("output_per_million", p.output_per_million),
+                (
+                    "cached_input_per_million",
+                    p.cached_input_per_million.unwrap_or(0.0),
+                ),
             ] {
                 if !(v.is_finite() && v >= 0.0) {
                     return Err((

@@ -55,6 +55,14 @@ pub struct Attempt {
 pub struct Usage {
     pub input_tokens: u64,
     pub output_tokens: u64,
+    /// Of `input_tokens`, those the provider served from its prompt cache
+    /// (`usage.prompt_tokens_details.cached_tokens`), charged at the cached-input price.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub cached_input_tokens: u64,
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
 }
 
 /// Per-stage latencies in milliseconds.

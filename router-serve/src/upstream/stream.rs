@@ -258,6 +258,7 @@ mod tests {
         assert_eq!(
             usage,
             Some(Usage {
+                cached_input_tokens: 0,
                 input_tokens: 7,
                 output_tokens: 3
             })

@@ -62,6 +62,8 @@ pub enum Behaviour {
     Unusable,
     /// A complete answer reporting this many completion tokens.
     HugeUsage(u64),
+    /// A complete answer reporting 40 input tokens, this many of them from the prompt cache.
+    CachedUsage(u64),
     /// This status with a body echoing the request's Authorization header (and a bearer token
     /// of its own), as a careless upstream might.
     EchoHeaders(u16),
@@ -197,6 +199,10 @@ async fn fake_chat(
             Behaviour::HugeUsage(n) => {
                 json!({"prompt_tokens": 40, "completion_tokens": n, "total_tokens": 40 + n})
             }
+            Behaviour::CachedUsage(n) => json!({
+                "prompt_tokens": 40, "completion_tokens": 8, "total_tokens": 48,
+                "prompt_tokens_details": {"cached_tokens": n}
+            }),
             _ => json!({"prompt_tokens": 40, "completion_tokens": 8, "total_tokens": 48}),
         };
         let mut answer = json!({

@@ -53,6 +53,34 @@ async fn budget_state(t: &TestServer, entity: &str) -> Value {
         .unwrap_or(Value::Null)
 }
 
+/// A provider's prompt-cache hits are charged at the cached-input price, not the full one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cached_input_tokens_are_charged_at_the_cached_input_price() {
+    let dir = tempfile::tempdir().unwrap();
+    let prices = format!(
+        "\n[prices.\"{MODEL}\"]\ninput_per_million = 1.0\noutput_per_million = 2.0\ncached_input_per_million = 0.1\n"
+    );
+    let tables = tenant_tables(&dir.path().join("ledger.sqlite"), true, &prices);
+    let t = TestServer::with("", &tables).await;
+    t.fake.set(MODEL, Behaviour::CachedUsage(30));
+    let r = chat(
+        &t,
+        Some("sk-racer"),
+        body_with(json!({"max_tokens": 8})),
+        None,
+    )
+    .await;
+    assert_eq!(r.status(), 200);
+    let log = t.decisions(1).await;
+    assert_eq!(log[0]["usage"]["cached_input_tokens"], 30);
+    t.server.shutdown().await;
+    // 10 fresh input tokens at $1/M, 30 cached at $0.1/M, 8 output tokens at $2/M.
+    let expected = (10.0 * 1.0 + 30.0 * 0.1 + 8.0 * 2.0) / 1e6;
+    let (rows, cost) = ledger_rows(dir.path(), "racer");
+    assert_eq!(rows, 1);
+    assert!((cost - expected).abs() < 1e-12, "{cost} != {expected}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_client_that_gives_up_is_still_charged_and_frees_its_reservation() {
     let (t, dir) = server(&budget("key", "racer", 0.02)).await;

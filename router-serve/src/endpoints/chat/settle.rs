@@ -120,6 +120,7 @@ impl Bill {
             Usage {
                 input_tokens: self.input_tokens as u64,
                 output_tokens: (output_chars as f64 / CHARS_PER_TOKEN).ceil() as u64,
+                cached_input_tokens: 0,
             }
         })
     }
@@ -205,7 +206,11 @@ impl Bill {
         if let (Some(model), Some(usage)) = (&record.model, record.usage)
             && let Some(price) = self.engine.price_of(model)
         {
-            cost += price.cost_usd(usage.input_tokens as f64, usage.output_tokens as f64);
+            cost += price.cost_of(
+                usage.input_tokens,
+                usage.cached_input_tokens,
+                usage.output_tokens,
+            );
         }
         cost
     }
