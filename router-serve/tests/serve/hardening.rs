@@ -53,6 +53,34 @@ async fn budget_state(t: &TestServer, entity: &str) -> Value {
         .unwrap_or(Value::Null)
 }
 
+/// A model cannot write past its context window: a request without `max_tokens` reserves at
+/// most the window's worth of output (not `auth.default_max_tokens`) on a model with one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_worst_case_is_capped_by_the_models_context_window() {
+    // ~58 input + 4,096 default output tokens at $0.9/M ≈ $0.0037 > $0.002; with a window of
+    // 1,000 tokens, ≈ $0.00095 fits.
+    let tables = |window: &str| {
+        let dir = tempfile::tempdir().unwrap();
+        let mut text = tenant_tables(
+            &dir.path().join("l.sqlite"),
+            true,
+            &budget("key", "racer", 0.002),
+        );
+        text.push_str(window);
+        (text, dir)
+    };
+    let (capped, _d1) = tables(&format!("\n[models.\"{MODEL}\"]\ncontext_window = 1000\n"));
+    let t = TestServer::with("", &capped).await;
+    let r = chat(&t, Some("sk-racer"), chat_body(MODEL, false), None).await;
+    assert_eq!(r.status(), 200, "{}", r.text().await.unwrap());
+    t.server.shutdown().await;
+    let (uncapped, _d2) = tables("");
+    let t = TestServer::with("", &uncapped).await;
+    let r = chat(&t, Some("sk-racer"), chat_body(MODEL, false), None).await;
+    assert_eq!(r.status(), 429);
+    t.server.shutdown().await;
+}
+
 /// A provider's prompt-cache hits are charged at the cached-input price, not the full one.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cached_input_tokens_are_charged_at_the_cached_input_price() {

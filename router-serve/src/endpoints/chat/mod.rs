@@ -177,6 +177,8 @@ pub(super) struct Admitted {
     pub admission: Admission,
     pub rate: RateInfo,
     pub output_worst: u64,
+    /// `n`: the choices `output_worst` covers.
+    pub choices: u64,
     pub rate_tokens: u64,
 }
 
@@ -201,6 +203,7 @@ async fn admit(
         admission,
         rate,
         output_worst,
+        choices: req.choices,
         rate_tokens: tokens,
     })
 }

@@ -57,7 +57,7 @@ pub(super) async fn reserve(
     record: &DecisionRecord,
 ) -> Result<Bill, ApiError> {
     let identity = &admitted.admission.identity;
-    let worst = worst_case_usd(engine, plan, admitted.output_worst);
+    let worst = worst_case_usd(engine, plan, admitted.output_worst, admitted.choices);
     let budgets = &engine.config.tenants.budgets;
     let reservation = if budgets.is_empty() {
         Reservation::none()
@@ -92,12 +92,23 @@ pub(super) async fn reserve(
 }
 
 /// The dearest answer the request may get: input tokens × input price + `output_tokens` (all
-/// `n` choices) × output price, at the dearest model it may be sent to.
-fn worst_case_usd(engine: &Engine, plan: &Plan, output_tokens: u64) -> f64 {
+/// `choices`) × output price, at the dearest model it may be sent to. No choice of a model is
+/// longer than its context window (`[models.MODEL] context_window`), so that caps each
+/// choice's output; the window is not reduced by the input, whose count is our estimate.
+fn worst_case_usd(engine: &Engine, plan: &Plan, output_tokens: u64, choices: u64) -> f64 {
+    let per_choice = output_tokens / choices.max(1);
     plan.targets
         .iter()
-        .filter_map(|t| engine.price_of(&t.model))
-        .map(|p| p.cost_usd(plan.input_tokens as f64, output_tokens as f64))
+        .filter_map(|t| {
+            let price = engine.price_of(&t.model)?;
+            let window = engine
+                .config
+                .models
+                .get(&t.model)
+                .and_then(|c| c.context_window);
+            let output = window.map_or(per_choice, |w| per_choice.min(w)) * choices.max(1);
+            Some(price.cost_usd(plan.input_tokens as f64, output as f64))
+        })
         .fold(0.0, f64::max)
 }
 
@@ -385,6 +396,7 @@ hard_usd = 1.0
             },
             rate: RateInfo::default(),
             output_worst: 1000,
+            choices: 1,
             rate_tokens: 0,
         };
         let mut record = DecisionRecord::new("req_test", "chat.completions");
