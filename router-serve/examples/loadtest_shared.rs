@@ -88,22 +88,14 @@ fn start_services(dir: &Path) -> anyhow::Result<(String, String)> {
 
 /// One replica's config: the default router, the fake upstream, a key with a budget and a
 /// rate limit, `store` (a `[store]` table or nothing) and `auth` (extra `[auth]` keys).
-fn config(upstream: std::net::SocketAddr, dir: &Path, store: &str, auth: &str) -> String {
+fn config(
+    upstream: std::net::SocketAddr,
+    models: &[String],
+    dir: &Path,
+    store: &str,
+    auth: &str,
+) -> String {
     let router_dir = concat!(env!("CARGO_MANIFEST_DIR"), "/../models/llmrouter");
-    let models: Vec<String> = [
-        "codegemma-7b",
-        "gemma-2-9b-it",
-        "llama-3.1-8b-instruct",
-        "llama-3.1-nemotron-51b-instruct",
-        "llama-3.3-nemotron-super-49b-v1",
-        "llama3-chatqa-1.5-70b",
-        "llama3-chatqa-1.5-8b",
-        "mistral-7b-instruct-v0.3",
-        "qwen2.5-7b-instruct",
-    ]
-    .iter()
-    .map(|m| (*m).to_owned())
-    .collect();
     format!(
         "[server]\nlisten = \"127.0.0.1:0\"\nrouter = \"{router_dir}\"\nwatch_interval_ms = 0\n\
          [log]\ndir = \"{log}\"\n\
@@ -215,6 +207,13 @@ async fn main() -> anyhow::Result<()> {
     std::fs::create_dir_all(&tmp)?;
     let (redis, postgres) = start_services(&tmp.join("services"))?;
     let dir = |name: &str| tmp.join(name);
+    // Every model the default router knows goes to the fake upstream.
+    let router_dir = concat!(env!("CARGO_MANIFEST_DIR"), "/../models/llmrouter");
+    let models: Vec<String> = router_core::artifact::Router::load(Path::new(router_dir))?
+        .model_names()
+        .into_iter()
+        .map(str::to_owned)
+        .collect();
     let embedded =
         |name: &str| format!("ledger = \"{}\"", dir(name).join("ledger.sqlite").display());
     let shared = |name: &str| {
@@ -227,16 +226,16 @@ async fn main() -> anyhow::Result<()> {
         (
             "embedded",
             replicas([
-                config(upstream, &dir("e1"), "", &embedded("e1")),
-                config(upstream, &dir("e2"), "", &embedded("e2")),
+                config(upstream, &models, &dir("e1"), "", &embedded("e1")),
+                config(upstream, &models, &dir("e2"), "", &embedded("e2")),
             ])
             .await?,
         ),
         (
             "shared",
             replicas([
-                config(upstream, &dir("s1"), &shared("s1"), ""),
-                config(upstream, &dir("s2"), &shared("s2"), ""),
+                config(upstream, &models, &dir("s1"), &shared("s1"), ""),
+                config(upstream, &models, &dir("s2"), &shared("s2"), ""),
             ])
             .await?,
         ),

@@ -2,7 +2,7 @@
 //! the ledger and admin-created keys in SQLite (`auth.ledger`). Nothing to install; right for
 //! one replica. Spend in the ledger is restored into the budgets at start.
 
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use async_trait::async_trait;
@@ -12,7 +12,7 @@ use crate::store::ledger::{GroupBy, Ledger, LedgerError, SpendGroup, SpendRow, S
 use crate::store::{RateVerdict, Store, StoreError};
 use crate::tenancy::budget::{BudgetHit, BudgetState, Budgets, Reservation, Status};
 use crate::tenancy::config::{AuthConfig, BudgetConfig};
-use crate::tenancy::identity::{Identity, KeyTable};
+use crate::tenancy::identity::{Identity, KeyTable, LiveKeys};
 use crate::tenancy::rate_limit::RateLimiter;
 use crate::util::{now_unix, periods};
 
@@ -21,7 +21,7 @@ pub struct Embedded {
     pub budgets: Budgets,
     pub limiter: RateLimiter,
     ledger: Option<Arc<Ledger>>,
-    keys: RwLock<KeyTable>,
+    keys: LiveKeys,
     recent: Mutex<Recent>,
 }
 
@@ -39,9 +39,11 @@ impl Embedded {
                 for (identity, day, cost) in ledger.month_spend(&month)? {
                     budgets.restore(&identity, &day, cost);
                 }
-                for key in ledger.keys()? {
-                    keys.insert(key.digest, key.identity);
-                }
+                keys = ledger
+                    .keys()?
+                    .into_iter()
+                    .map(|k| (k.digest, k.identity))
+                    .collect();
                 Some(Arc::new(ledger))
             }
             None => None,
@@ -69,7 +71,7 @@ impl Embedded {
             budgets,
             limiter: RateLimiter::default(),
             ledger,
-            keys: RwLock::new(keys),
+            keys: LiveKeys::new(keys),
             recent: Mutex::new(Recent::new(recent_requests)),
         }
     }
@@ -130,14 +132,11 @@ impl Store for Embedded {
     }
 
     fn lookup_key(&self, key: &str) -> Option<Identity> {
-        self.keys.read().ok()?.lookup(key).cloned()
+        self.keys.lookup(key)
     }
 
     fn created_keys(&self) -> Vec<Identity> {
-        self.keys
-            .read()
-            .map(|t| t.names().into_iter().cloned().collect())
-            .unwrap_or_default()
+        self.keys.identities()
     }
 
     async fn create_key(&self, key: StoredKey) -> Result<(), StoreError> {
@@ -146,9 +145,7 @@ impl Store for Embedded {
         )?;
         let to_store = key.clone();
         ledger.run(move |l| l.add_key(&to_store)).await?;
-        if let Ok(mut table) = self.keys.write() {
-            table.insert(key.digest, key.identity);
-        }
+        self.keys.insert(key.digest, key.identity);
         Ok(())
     }
 
@@ -156,9 +153,7 @@ impl Store for Embedded {
         let ledger = self.ledger("auth.ledger is not set")?;
         let lookup = name.to_owned();
         let removed = ledger.run(move |l| l.remove_key(&lookup)).await?;
-        if let Ok(mut table) = self.keys.write() {
-            table.remove_named(name);
-        }
+        self.keys.remove_named(name);
         Ok(removed)
     }
 

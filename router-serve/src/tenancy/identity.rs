@@ -2,6 +2,7 @@
 //! digests and compared in constant time; [`Identity`] never holds the key itself.
 
 use std::collections::HashMap;
+use std::sync::RwLock;
 
 use crate::util::sha256_hex;
 
@@ -103,6 +104,58 @@ impl KeyTable {
             }
         }
         found
+    }
+}
+
+impl FromIterator<(String, Identity)> for KeyTable {
+    /// A table of (digest, identity) pairs.
+    fn from_iter<I: IntoIterator<Item = (String, Identity)>>(pairs: I) -> Self {
+        Self {
+            by_digest: pairs.into_iter().collect(),
+        }
+    }
+}
+
+/// A [`KeyTable`] that changes while the server runs: the keys created and revoked through
+/// the admin API, as a store holds them.
+#[derive(Debug, Default)]
+pub struct LiveKeys(RwLock<KeyTable>);
+
+impl LiveKeys {
+    pub fn new(table: KeyTable) -> Self {
+        Self(RwLock::new(table))
+    }
+
+    /// The identity of `key`, if it is one of these.
+    pub fn lookup(&self, key: &str) -> Option<Identity> {
+        self.0.read().ok()?.lookup(key).cloned()
+    }
+
+    /// Every identity, by name.
+    pub fn identities(&self) -> Vec<Identity> {
+        self.0
+            .read()
+            .map(|t| t.names().into_iter().cloned().collect())
+            .unwrap_or_default()
+    }
+
+    pub fn insert(&self, digest: String, identity: Identity) {
+        if let Ok(mut table) = self.0.write() {
+            table.insert(digest, identity);
+        }
+    }
+
+    pub fn remove_named(&self, name: &str) {
+        if let Ok(mut table) = self.0.write() {
+            table.remove_named(name);
+        }
+    }
+
+    /// Replaces every key (a fresh read of the store's truth).
+    pub fn replace(&self, table: KeyTable) {
+        if let Ok(mut current) = self.0.write() {
+            *current = table;
+        }
     }
 }
 

@@ -14,7 +14,7 @@ use router_serve::state::CliOverrides;
 use serde_json::{Value, json};
 
 use crate::common::{Binary, Fake, chat_body, config_text, merge};
-use crate::tenants::tenant_tables;
+use crate::tenants::tenants_with;
 
 /// Redis and PostgreSQL for one test, stopped when dropped.
 pub struct Services {
@@ -125,12 +125,6 @@ impl Drop for Services {
     }
 }
 
-/// The test tenants (keys, tiers, `budgets`) without the embedded ledger.
-fn tenants(budgets: &str) -> String {
-    let marker = Path::new("/LEDGER-UNUSED");
-    tenant_tables(marker, true, budgets).replace("ledger = \"/LEDGER-UNUSED\"", "")
-}
-
 /// One replica, in this process.
 pub struct Replica {
     pub server: Server,
@@ -188,7 +182,7 @@ fn replica_config(
 ) -> String {
     let tables = format!(
         "{}{}",
-        tenants(budgets),
+        tenants_with(None, true, budgets),
         services.store_table(dir, store_extra)
     );
     config_text(fake, dir, "", &tables)

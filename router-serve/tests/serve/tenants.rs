@@ -21,11 +21,20 @@ pub(crate) fn sha(key: &str) -> String {
 
 /// Tables appended to the test config: keys, tiers, a rule, `budgets` as given, a ledger.
 pub(crate) fn tenant_tables(ledger: &Path, required: bool, budgets: &str) -> String {
+    tenants_with(Some(ledger), required, budgets)
+}
+
+/// The tables of [`tenant_tables`], with the SQLite ledger only if `ledger` is given (the
+/// shared store keeps its ledger in PostgreSQL).
+pub(crate) fn tenants_with(ledger: Option<&Path>, required: bool, budgets: &str) -> String {
+    let ledger = ledger
+        .map(|l| format!("ledger = \"{}\"", l.display()))
+        .unwrap_or_default();
     format!(
         r#"
 [auth]
 required = {required}
-ledger = "{ledger}"
+{ledger}
 
 [[keys]]
 name = "free-key"
@@ -80,7 +89,6 @@ mode = "cost"
 band = 1.0
 {budgets}
 "#,
-        ledger = ledger.display(),
         free = sha("sk-free"),
         pro = sha("sk-pro"),
         limited = sha("sk-limited"),

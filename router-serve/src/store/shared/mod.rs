@@ -16,7 +16,7 @@ mod postgres;
 mod spool;
 mod writer;
 
-use std::sync::{Arc, Mutex, RwLock, Weak};
+use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
@@ -35,7 +35,7 @@ use crate::store::ledger::{GroupBy, SpendGroup, SpendRow, StoredKey};
 use crate::store::{OpenError, RateVerdict, Store, StoreError};
 use crate::tenancy::budget::{BudgetHit, BudgetState, Reservation, Status};
 use crate::tenancy::config::BudgetConfig;
-use crate::tenancy::identity::{Identity, KeyTable};
+use crate::tenancy::identity::{Identity, LiveKeys};
 
 /// How often the spool and queued settlements are retried.
 const RETRY_EVERY: Duration = Duration::from_millis(500);
@@ -51,7 +51,7 @@ pub struct Shared {
     writer: LedgerWriter,
     spool: Arc<Spool>,
     /// Admin-created keys as last read from PostgreSQL (plus those created here since).
-    keys: RwLock<KeyTable>,
+    keys: LiveKeys,
     /// This replica's share of the limits, and the feedback index, while Redis is away.
     local: Embedded,
     /// Settlements Redis did not take yet.
@@ -85,7 +85,7 @@ impl Shared {
             redis,
             writer: LedgerWriter::spawn(pg.clone()),
             pg,
-            keys: RwLock::new(KeyTable::default()),
+            keys: LiveKeys::default(),
             pending: Mutex::new(Vec::new()),
             pg_down_until: Mutex::new(None),
             metrics,
@@ -113,13 +113,8 @@ impl Shared {
     /// Re-reads the admin-created keys from PostgreSQL.
     async fn refresh_keys(&self) -> Result<(), String> {
         let stored = self.pg.keys().await?;
-        let mut table = KeyTable::default();
-        for key in stored {
-            table.insert(key.digest, key.identity);
-        }
-        if let Ok(mut keys) = self.keys.write() {
-            *keys = table;
-        }
+        self.keys
+            .replace(stored.into_iter().map(|k| (k.digest, k.identity)).collect());
         Ok(())
     }
 
@@ -285,14 +280,11 @@ impl Store for Shared {
     }
 
     fn lookup_key(&self, key: &str) -> Option<Identity> {
-        self.keys.read().ok()?.lookup(key).cloned()
+        self.keys.lookup(key)
     }
 
     fn created_keys(&self) -> Vec<Identity> {
-        self.keys
-            .read()
-            .map(|t| t.names().into_iter().cloned().collect())
-            .unwrap_or_default()
+        self.keys.identities()
     }
 
     async fn create_key(&self, key: StoredKey) -> Result<(), StoreError> {
@@ -304,9 +296,7 @@ impl Store for Shared {
                 StoreError::Unavailable(format!("PostgreSQL: {e}"))
             }
         })?;
-        if let Ok(mut table) = self.keys.write() {
-            table.insert(key.digest, key.identity);
-        }
+        self.keys.insert(key.digest, key.identity);
         Ok(())
     }
 
@@ -315,9 +305,7 @@ impl Store for Shared {
             self.pg_failed("delete_key", &e);
             StoreError::Unavailable(format!("PostgreSQL: {e}"))
         })?;
-        if let Ok(mut table) = self.keys.write() {
-            table.remove_named(name);
-        }
+        self.keys.remove_named(name);
         Ok(removed)
     }
 
