@@ -12,6 +12,7 @@ use arc_swap::ArcSwap;
 use router_core::artifact::Router;
 use router_core::device::parse_device;
 use router_core::encoder::Encoder;
+use tokio_util::sync::DropGuard;
 use tokio_util::task::TaskTracker;
 
 use crate::config::{ConfigError, ServeConfig};
@@ -21,6 +22,7 @@ use crate::routing::batcher::{Batcher, Prediction};
 use crate::routing::cache::DecisionCache;
 use crate::routing::explore::Explorer;
 use crate::store::Store;
+use crate::upstream::pool::Pools;
 
 /// Why an engine could not be built.
 #[derive(Debug, thiserror::Error)]
@@ -56,7 +58,10 @@ pub struct Engine {
     /// Predictions by exact embedded text.
     pub cache: DecisionCache,
     pub metrics: Arc<Metrics>,
-    clients: HashMap<String, reqwest::Client>,
+    /// Each served model's pool of upstream endpoints.
+    pub pools: Pools,
+    /// Stops the endpoints' scrapes and active checks when the engine is dropped.
+    _background: Option<DropGuard>,
     /// Per artifact model: the policy may choose it.
     pub routable: Vec<bool>,
     /// Served when the router fails.
@@ -101,6 +106,8 @@ impl Engine {
         check_prices(&config, &router)?;
         let fail_open_model = fail_open_model(&config, &router, &routable)?;
         let clients = upstream_clients(&config)?;
+        let pools = Pools::build(&config, &clients, &metrics);
+        let background = crate::upstream::scrape::start(&pools);
         let batcher = Batcher::spawn(
             encoder.clone(),
             router.clone(),
@@ -124,7 +131,8 @@ impl Engine {
             batcher,
             cache,
             metrics,
-            clients,
+            pools,
+            _background: background,
             routable,
             fail_open_model,
             explorer,
@@ -144,10 +152,6 @@ impl Engine {
             .await
             .map_err(|_| "the encoder thread dropped the request".to_owned())?;
         prediction
-    }
-
-    pub fn client(&self, upstream: &str) -> Option<&reqwest::Client> {
-        self.clients.get(upstream)
     }
 
     /// The counterfactual of the savings figures: the routable model with the best mean
@@ -197,8 +201,9 @@ fn routable_models(config: &ServeConfig, router: &Router) -> Result<Vec<bool>, L
         .zip(&artifact_routable)
         .map(|(m, &ok)| {
             ok && config
-                .upstream_for(&m.name)
-                .is_some_and(|(u, _)| u.has_credentials() || !any_credentials)
+                .upstreams_for(&m.name)
+                .iter()
+                .any(|(u, _)| u.has_credentials() || !any_credentials)
         })
         .collect();
     if !routable.iter().any(|&r| r) {

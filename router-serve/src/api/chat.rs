@@ -40,6 +40,9 @@ pub struct ChatRequest {
     pub user: Option<String>,
     /// The OpenAI `metadata` field, logged as given.
     pub metadata: Option<Value>,
+    /// `x-router-criticality: sheddable`: refuse (503) rather than queue when every endpoint
+    /// is saturated. A header can only lower a request's criticality, never raise its tier's.
+    pub sheddable: bool,
 }
 
 /// What a request needs of the model that answers it, beyond text.
@@ -180,6 +183,7 @@ pub fn parse_chat(bytes: &[u8], headers: &HeaderMap) -> Result<ChatRequest, ApiE
     let needs = Needs::of(&body);
     let user = body.get("user").and_then(Value::as_str).map(str::to_owned);
     let metadata = body.get("metadata").cloned();
+    let sheddable = sheddable(headers)?;
     let mut overrides = header_overrides(headers)?;
     if let Some(field) = body.remove(ROUTER_FIELD) {
         merge_body_overrides(&mut overrides, field)?;
@@ -196,7 +200,27 @@ pub fn parse_chat(bytes: &[u8], headers: &HeaderMap) -> Result<ChatRequest, ApiE
         needs,
         user,
         metadata,
+        sheddable,
     })
+}
+
+/// `x-router-criticality`: `critical` (the default) or `sheddable`.
+fn sheddable(headers: &HeaderMap) -> Result<bool, ApiError> {
+    let Some(value) = headers.get("x-router-criticality") else {
+        return Ok(false);
+    };
+    match value
+        .to_str()
+        .map(|v| v.trim().to_ascii_lowercase())
+        .as_deref()
+    {
+        Ok("critical") => Ok(false),
+        Ok("sheddable") => Ok(true),
+        _ => Err(ApiError::invalid(
+            format!("x-router-criticality must be `critical` or `sheddable`, got {value:?}"),
+            None,
+        )),
+    }
 }
 
 /// An integer field from 1 to `max` (`None` for null); anything else is a 400 naming it.

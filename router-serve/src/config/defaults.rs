@@ -4,7 +4,7 @@ use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
-use super::{AuthStyle, EmbedText};
+use super::EmbedText;
 
 pub(super) fn default_listen() -> SocketAddr {
     SocketAddr::from(([127, 0, 0, 1], 8080))
@@ -72,31 +72,4 @@ pub(super) fn default_recent_requests() -> usize {
 }
 pub(super) fn default_feedback_scores() -> [f64; 2] {
     [0.0, 1.0]
-}
-pub(super) fn default_auth() -> AuthStyle {
-    AuthStyle::Bearer
-}
-pub(super) fn default_connect_timeout_ms() -> u64 {
-    5_000
-}
-pub(super) fn default_first_byte_timeout_ms() -> u64 {
-    60_000
-}
-pub(super) fn default_total_timeout_ms() -> u64 {
-    600_000
-}
-pub(super) fn default_stream_idle_timeout_ms() -> u64 {
-    60_000
-}
-pub(super) fn default_max_retries() -> u32 {
-    1
-}
-pub(super) fn default_backoff_base_ms() -> u64 {
-    200
-}
-pub(super) fn default_backoff_max_ms() -> u64 {
-    5_000
-}
-pub(super) fn default_retry_after_max_ms() -> u64 {
-    10_000
 }

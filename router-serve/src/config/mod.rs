@@ -12,9 +12,11 @@ use serde::Deserialize;
 
 mod defaults;
 pub mod store;
+pub mod upstream;
 
 use self::defaults::*;
 use self::store::StoreConfig;
+pub use self::upstream::{AuthStyle, ModelMap, PoolConfig, Strategy, UpstreamConfig};
 use crate::tenancy::config::{AuthConfig, BudgetConfig, KeyConfig, Tenants, TierConfig};
 use crate::tenancy::rules::RuleConfig;
 
@@ -88,6 +90,9 @@ pub struct ServeConfig {
     pub models: BTreeMap<String, Capabilities>,
     /// `[store]`: embedded or shared (Redis + PostgreSQL) state.
     pub store: StoreConfig,
+    /// `[pools.MODEL]`: how a model's upstreams share its requests (default for each model:
+    /// least outstanding).
+    pub pools: BTreeMap<String, PoolConfig>,
 }
 
 /// `[models.MODEL]`: what a model can serve. A request is routed only among the models that
@@ -282,82 +287,6 @@ pub struct LogConfig {
     pub feedback_scores: [f64; 2],
 }
 
-/// How the key is sent upstream.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum AuthStyle {
-    /// `Authorization: Bearer KEY` (OpenAI, vLLM, Ollama, NVIDIA, most servers).
-    Bearer,
-    /// `api-key: KEY` (Azure OpenAI).
-    ApiKey,
-}
-
-/// Model names an upstream serves: a list (same name upstream) or a table router name →
-/// upstream name.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(untagged)]
-pub enum ModelMap {
-    Same(Vec<String>),
-    Renamed(BTreeMap<String, String>),
-}
-
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct UpstreamConfig {
-    pub name: String,
-    /// OpenAI-compatible base URL, ending before `/chat/completions` (e.g.
-    /// `https://api.openai.com/v1`, `http://localhost:11434/v1`).
-    pub base_url: String,
-    /// Environment variable holding the key; unset for servers that need none.
-    #[serde(default)]
-    pub api_key_env: Option<String>,
-    #[serde(default = "default_auth")]
-    pub auth: AuthStyle,
-    /// Extra query parameters (Azure's `api-version`).
-    #[serde(default)]
-    pub query: BTreeMap<String, String>,
-    pub models: ModelMap,
-    #[serde(default = "default_connect_timeout_ms")]
-    pub connect_timeout_ms: u64,
-    /// Until the response headers arrive.
-    #[serde(default = "default_first_byte_timeout_ms")]
-    pub first_byte_timeout_ms: u64,
-    /// The whole exchange, body included.
-    #[serde(default = "default_total_timeout_ms")]
-    pub total_timeout_ms: u64,
-    /// Longest silence between two stream chunks.
-    #[serde(default = "default_stream_idle_timeout_ms")]
-    pub stream_idle_timeout_ms: u64,
-    /// Retries on the same upstream before falling back to the next model.
-    #[serde(default = "default_max_retries")]
-    pub max_retries: u32,
-    #[serde(default = "default_backoff_base_ms")]
-    pub backoff_base_ms: u64,
-    #[serde(default = "default_backoff_max_ms")]
-    pub backoff_max_ms: u64,
-    /// A `retry-after` longer than this is not waited for: the next model is tried instead.
-    #[serde(default = "default_retry_after_max_ms")]
-    pub retry_after_max_ms: u64,
-    /// The key, read from `api_key_env` at load time.
-    #[serde(skip)]
-    pub api_key: Option<ApiKey>,
-}
-
-impl UpstreamConfig {
-    /// Router model name → upstream model name.
-    pub fn model_map(&self) -> BTreeMap<String, String> {
-        match &self.models {
-            ModelMap::Same(names) => names.iter().map(|n| (n.clone(), n.clone())).collect(),
-            ModelMap::Renamed(map) => map.clone(),
-        }
-    }
-
-    /// Whether requests can be sent: it needs no key, or its key is set.
-    pub fn has_credentials(&self) -> bool {
-        self.api_key_env.is_none() || self.api_key.is_some()
-    }
-}
-
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawConfig {
@@ -381,6 +310,8 @@ struct RawConfig {
     #[serde(default)]
     models: BTreeMap<String, Capabilities>,
     store: Option<StoreConfig>,
+    #[serde(default)]
+    pools: BTreeMap<String, PoolConfig>,
 }
 
 impl ServeConfig {
@@ -444,6 +375,7 @@ impl ServeConfig {
             prices: raw.prices,
             models: raw.models,
             store,
+            pools: raw.pools,
         };
         config.validate(origin)?;
         config.read_keys();
@@ -470,7 +402,8 @@ impl ServeConfig {
 
     fn validate(&self, origin: &str) -> Result<(), ConfigError> {
         self.check_settings()
-            .and_then(|()| self.check_upstreams())
+            .and_then(|()| upstream::check_upstreams(&self.upstreams))
+            .and_then(|()| upstream::check_pools(&self.pools, &self.upstreams))
             .and_then(|()| self.check_prices())
             .and_then(|()| self.check_store())
             .map_err(|(key, message)| ConfigError::Invalid {
@@ -632,62 +565,6 @@ impl ServeConfig {
         Ok(())
     }
 
-    /// The `[[upstreams]]`: unique names, http(s) URLs, positive timeouts, each model served
-    /// once; an error is (key, message).
-    fn check_upstreams(&self) -> Result<(), (String, String)> {
-        let invalid = |key: &str, message: String| (key.to_owned(), message);
-        let mut names = std::collections::BTreeSet::new();
-        let mut served: BTreeMap<String, String> = BTreeMap::new();
-        for (i, u) in self.upstreams.iter().enumerate() {
-            let key = |field: &str| format!("upstreams[{i}].{field}");
-            if u.name.is_empty() {
-                return Err(invalid(&key("name"), "must not be empty".into()));
-            }
-            if !names.insert(u.name.clone()) {
-                return Err(invalid(&key("name"), format!("`{}` is used twice", u.name)));
-            }
-            match reqwest::Url::parse(&u.base_url) {
-                Ok(url) if matches!(url.scheme(), "http" | "https") => {}
-                Ok(url) => {
-                    return Err(invalid(
-                        &key("base_url"),
-                        format!("scheme `{}` is not http or https", url.scheme()),
-                    ));
-                }
-                Err(e) => return Err(invalid(&key("base_url"), format!("`{}`: {e}", u.base_url))),
-            }
-            for (field, value) in [
-                ("connect_timeout_ms", u.connect_timeout_ms),
-                ("first_byte_timeout_ms", u.first_byte_timeout_ms),
-                ("total_timeout_ms", u.total_timeout_ms),
-                ("stream_idle_timeout_ms", u.stream_idle_timeout_ms),
-            ] {
-                if value == 0 {
-                    return Err(invalid(&key(field), "must be positive".into()));
-                }
-            }
-            let map = u.model_map();
-            if map.is_empty() {
-                return Err(invalid(&key("models"), "lists no model".into()));
-            }
-            for model in map.keys() {
-                if model.starts_with("router") {
-                    return Err(invalid(
-                        &key("models"),
-                        format!("`{model}`: names starting with `router` are the router's own"),
-                    ));
-                }
-                if let Some(other) = served.insert(model.clone(), u.name.clone()) {
-                    return Err(invalid(
-                        &key("models"),
-                        format!("`{model}` is already served by upstream `{other}`"),
-                    ));
-                }
-            }
-        }
-        Ok(())
-    }
-
     /// Encoder threads to run: `batching.workers`, or for 0 one per core on CPU (at most 8)
     /// and one on a GPU.
     pub fn encoder_workers(&self) -> usize {
@@ -705,15 +582,23 @@ impl ServeConfig {
         self.routing.modes.get(name).copied()
     }
 
-    /// The upstream serving router model `model`, and the name to send it.
+    /// The first upstream serving router model `model`, and the name to send it.
     pub fn upstream_for(&self, model: &str) -> Option<(&UpstreamConfig, String)> {
-        self.upstreams.iter().find_map(|u| match &u.models {
-            ModelMap::Same(names) => names
-                .iter()
-                .any(|n| n == model)
-                .then(|| (u, model.to_owned())),
-            ModelMap::Renamed(map) => map.get(model).map(|m| (u, m.clone())),
-        })
+        self.upstreams_for(model).into_iter().next()
+    }
+
+    /// Every upstream serving router model `model` (its pool), in file order, each with the
+    /// name to send it.
+    pub fn upstreams_for(&self, model: &str) -> Vec<(&UpstreamConfig, String)> {
+        self.upstreams
+            .iter()
+            .filter_map(|u| u.serves(model).map(|name| (u, name)))
+            .collect()
+    }
+
+    /// `[pools.MODEL]`, or the default pool settings.
+    pub fn pool_config(&self, model: &str) -> PoolConfig {
+        self.pools.get(model).cloned().unwrap_or_default()
     }
 }
 
@@ -792,8 +677,8 @@ mod tests {
             ),
             (
                 "[[upstreams]]\nname = \"a\"\nbase_url = \"http://x\"\nmodels = [\"m\"]\n\
-                 [[upstreams]]\nname = \"b\"\nbase_url = \"http://y\"\nmodels = [\"m\"]",
-                "already served",
+                 [[upstreams]]\nname = \"a\"\nbase_url = \"http://y\"\nmodels = [\"m\"]",
+                "used twice",
             ),
             (
                 "[[upstreams]]\nname = \"a\"\nbase_url = \"http://x\"\nmodels = [\"router-x\"]",

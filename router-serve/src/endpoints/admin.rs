@@ -207,3 +207,9 @@ pub async fn delete_key(state: &AppState, name: String) -> Result<Value, ApiErro
     }
     Ok(json!({"name": name, "deleted": true}))
 }
+
+/// Every model's pool of upstream endpoints: strategy, and per endpoint its health (ejected,
+/// cooldown left, last error), what is in flight, latency average and scraped load.
+pub fn upstreams(state: &AppState) -> Value {
+    json!({"pools": state.engine().pools.report()})
+}

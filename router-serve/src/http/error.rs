@@ -71,6 +71,9 @@ pub enum ApiError {
     /// The shared store cannot be reached: retry, another replica may answer.
     #[error("{0}")]
     StoreUnavailable(String),
+    /// A sheddable request while every endpoint of every model it could go to is saturated.
+    #[error("{0}")]
+    Overloaded(String),
 }
 
 impl From<crate::store::error::StoreError> for ApiError {
@@ -103,6 +106,16 @@ pub struct ErrorDetail<'a> {
 }
 
 impl ApiError {
+    /// The 503 for a sheddable request that none of `models`' endpoints can take now.
+    pub fn overloaded<'a>(models: impl Iterator<Item = &'a str>) -> Self {
+        let models: Vec<&str> = models.collect();
+        Self::Overloaded(format!(
+            "every endpoint of the models this request may go to ({}) is saturated and the \
+             request is sheddable; retry shortly",
+            models.join(", ")
+        ))
+    }
+
     pub fn invalid(message: impl Into<String>, param: Option<&'static str>) -> Self {
         Self::InvalidRequest {
             message: message.into(),
@@ -191,6 +204,7 @@ impl ApiError {
             Self::StoreUnavailable(_) => {
                 server(StatusCode::SERVICE_UNAVAILABLE, "store_unavailable")
             }
+            Self::Overloaded(_) => server(StatusCode::SERVICE_UNAVAILABLE, "overloaded"),
         }
     }
 
@@ -228,7 +242,7 @@ impl IntoResponse for ApiError {
             Self::RateLimited { info, .. } => info.retry_after.and_then(|d| {
                 HeaderValue::from_str(&d.as_secs_f64().ceil().max(1.0).to_string()).ok()
             }),
-            Self::StoreUnavailable(_) => Some(HeaderValue::from_static("1")),
+            Self::StoreUnavailable(_) | Self::Overloaded(_) => Some(HeaderValue::from_static("1")),
             _ => None,
         };
         let rate = match &self {

@@ -112,6 +112,10 @@ pub async fn budgets(State(state): State<Arc<AppState>>) -> Result<Response, Api
     Ok(Json(admin::budgets(&state).await?).into_response())
 }
 
+pub async fn upstreams(State(state): State<Arc<AppState>>) -> Response {
+    Json(admin::upstreams(&state)).into_response()
+}
+
 pub async fn list_keys(State(state): State<Arc<AppState>>) -> Result<Response, ApiError> {
     Ok(Json(admin::list_keys(&state)).into_response())
 }

@@ -9,7 +9,7 @@ use axum::routing::{delete, get, post};
 use super::handlers;
 use crate::state::AppState;
 
-/// Every endpoint of the server. The admin group (reload, keys, spend, budgets) sits behind
+/// Every endpoint of the server. The admin group (reload, keys, upstreams, spend, budgets) sits behind
 /// one authorisation layer.
 pub fn app(state: Arc<AppState>) -> Router {
     let admin = Router::new()
@@ -19,6 +19,7 @@ pub fn app(state: Arc<AppState>) -> Router {
             get(handlers::list_keys).post(handlers::create_key),
         )
         .route("/admin/keys/{name}", delete(handlers::delete_key))
+        .route("/admin/upstreams", get(handlers::upstreams))
         .route("/v1/spend", get(handlers::spend))
         .route("/v1/budgets", get(handlers::budgets))
         .route_layer(from_fn_with_state(state.clone(), handlers::require_admin));

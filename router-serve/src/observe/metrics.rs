@@ -1,8 +1,8 @@
 //! Prometheus metrics, all named `router_*`; durations are histograms in seconds.
 
 use prometheus::{
-    Encoder as _, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
-    Opts, Registry, TextEncoder,
+    Encoder as _, GaugeVec, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec,
+    IntGauge, IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
 /// Every metric the server exports, registered in one registry.
@@ -44,6 +44,94 @@ pub struct Metrics {
     pub ledger_spooled: IntGauge,
     /// Spooled ledger rows written to PostgreSQL once it was back.
     pub ledger_replayed: IntCounter,
+    /// Upstream endpoints: health, load, picks, shed requests.
+    pub endpoints: EndpointMetrics,
+}
+
+/// Per upstream endpoint (an `[[upstreams]]` table): its health, what is in flight, its
+/// scraped load, and how often each pool picked it.
+pub struct EndpointMetrics {
+    /// By model and upstream: 1 while the endpoint takes the model's requests, 0 while it is
+    /// ejected for them.
+    pub healthy: IntGaugeVec,
+    pub ejections: IntCounterVec,
+    pub outstanding: IntGaugeVec,
+    /// Scraped waiting requests and KV-cache use (0–1), `load_aware` pools only.
+    pub queue: GaugeVec,
+    pub kv_cache: GaugeVec,
+    pub scrape_errors: IntCounterVec,
+    /// Picks by model and upstream.
+    pub picks: IntCounterVec,
+    /// Sheddable requests refused with 503 because every endpoint was saturated.
+    pub shed: IntCounter,
+}
+
+impl EndpointMetrics {
+    fn new(registry: &Registry) -> prometheus::Result<Self> {
+        let int_gauge = |name: &str, help: &str| -> prometheus::Result<IntGaugeVec> {
+            let g = IntGaugeVec::new(Opts::new(name, help), &["upstream"])?;
+            registry.register(Box::new(g.clone()))?;
+            Ok(g)
+        };
+        let float_gauge = |name: &str, help: &str| -> prometheus::Result<GaugeVec> {
+            let g = GaugeVec::new(Opts::new(name, help), &["upstream"])?;
+            registry.register(Box::new(g.clone()))?;
+            Ok(g)
+        };
+        let counter = |name: &str, help: &str, labels: &[&str]| {
+            let c = IntCounterVec::new(Opts::new(name, help), labels)?;
+            registry.register(Box::new(c.clone()))?;
+            Ok::<_, prometheus::Error>(c)
+        };
+        Ok(Self {
+            healthy: {
+                let g = IntGaugeVec::new(
+                    Opts::new(
+                        "router_upstream_healthy",
+                        "1 while the upstream endpoint takes the model's requests, 0 while it is ejected for them.",
+                    ),
+                    &["model", "upstream"],
+                )?;
+                registry.register(Box::new(g.clone()))?;
+                g
+            },
+            ejections: counter(
+                "router_upstream_ejections_total",
+                "Times the upstream endpoint was ejected for the model after consecutive failures.",
+                &["model", "upstream"],
+            )?,
+            outstanding: int_gauge(
+                "router_upstream_outstanding",
+                "Requests this replica has in flight at the upstream endpoint.",
+            )?,
+            queue: float_gauge(
+                "router_upstream_queue",
+                "Waiting requests the upstream endpoint reported at its last scrape.",
+            )?,
+            kv_cache: float_gauge(
+                "router_upstream_kv_cache",
+                "KV-cache use (0-1) the upstream endpoint reported at its last scrape.",
+            )?,
+            scrape_errors: counter(
+                "router_upstream_scrape_errors_total",
+                "Failed scrapes of the upstream endpoint's /metrics.",
+                &["upstream"],
+            )?,
+            picks: counter(
+                "router_upstream_picks_total",
+                "Requests sent to each upstream endpoint of a model's pool.",
+                &["model", "upstream"],
+            )?,
+            shed: {
+                let c = IntCounter::new(
+                    "router_shed_total",
+                    "Sheddable requests refused (503) because every eligible endpoint was saturated.",
+                )?;
+                registry.register(Box::new(c.clone()))?;
+                c
+            },
+        })
+    }
 }
 
 const LATENCY_BUCKETS: &[f64] = &[
@@ -194,6 +282,7 @@ impl Metrics {
             store_local,
             ledger_spooled,
             ledger_replayed,
+            endpoints: EndpointMetrics::new(&registry)?,
             registry,
         };
         Ok(metrics)

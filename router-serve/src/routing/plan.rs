@@ -133,10 +133,7 @@ fn passthrough(
     policy: &Policy,
     text: String,
 ) -> Result<Plan, ApiError> {
-    let (upstream, upstream_model) = engine
-        .config
-        .upstream_for(&req.model)
-        .ok_or_else(|| unknown_model(engine, &req.model))?;
+    let target = target(engine, &req.model).ok_or_else(|| unknown_model(engine, &req.model))?;
     if let Some(models) = &policy.models
         && !models.contains(&req.model)
     {
@@ -164,11 +161,7 @@ fn passthrough(
         band: None,
         reason: "passthrough",
         decision: None,
-        targets: vec![Target {
-            model: req.model.clone(),
-            upstream: upstream.clone(),
-            upstream_model,
-        }],
+        targets: vec![target],
         input_tokens,
         embed_text: text,
         decision_ms: 0.0,
@@ -414,14 +407,10 @@ fn allowed_mask(engine: &Engine, subset: Option<&[String]>) -> Result<Vec<bool>,
 }
 
 fn target(engine: &Engine, model: &str) -> Option<Target> {
-    engine
-        .config
-        .upstream_for(model)
-        .map(|(u, upstream_model)| Target {
-            model: model.to_owned(),
-            upstream: u.clone(),
-            upstream_model,
-        })
+    engine.pools.get(model).map(|pool| Target {
+        model: model.to_owned(),
+        pool: pool.clone(),
+    })
 }
 
 /// The fail-open model first, then the other allowed models by mean training score.

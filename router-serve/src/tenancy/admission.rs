@@ -8,6 +8,7 @@ use crate::http::error::ApiError;
 use crate::state::Engine;
 use crate::store::Store;
 use crate::tenancy::budget::Status;
+use crate::tenancy::config::Criticality;
 use crate::tenancy::identity::Identity;
 use crate::tenancy::rate_limit::RateInfo;
 use crate::tenancy::rules::RuleInput;
@@ -148,6 +149,8 @@ pub struct Policy {
     pub reason: Option<&'static str>,
     /// The rule that matched.
     pub rule: Option<String>,
+    /// The tier is sheddable (see [`crate::tenancy::config::Criticality`]).
+    pub sheddable: bool,
 }
 
 fn intersect(a: Option<Vec<String>>, b: Option<&Vec<String>>) -> Option<Vec<String>> {
@@ -192,6 +195,7 @@ pub fn policy(
             (a, b) => a.or(b),
         },
         rule: rule.map(|r| r.config.name.clone()),
+        sheddable: tier.is_some_and(|t| t.criticality == Criticality::Sheddable),
         ..Policy::default()
     };
     match status {

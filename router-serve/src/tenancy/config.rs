@@ -103,6 +103,19 @@ pub struct TierConfig {
     pub rpm: Option<u32>,
     #[serde(default)]
     pub tpm: Option<u64>,
+    /// `sheddable`: its requests get 503 (with `retry-after`) when every endpoint they could
+    /// go to is saturated, leaving the capacity to `critical` traffic (the default).
+    #[serde(default)]
+    pub criticality: Criticality,
+}
+
+/// Whether a request may be refused when the endpoints are saturated.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Criticality {
+    #[default]
+    Critical,
+    Sheddable,
 }
 
 /// Whose spend a budget counts.

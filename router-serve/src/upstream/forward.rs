@@ -1,10 +1,13 @@
 //! Forwarding to OpenAI-compatible upstreams: one adapter for OpenAI, Azure OpenAI, vLLM,
-//! Ollama, NVIDIA and the rest. Each target model is tried with retries (backoff with jitter,
-//! `retry-after` honoured up to a cap) on connect errors, timeouts, 408, 429 and 5xx before the
-//! first byte; then the next target. Other 4xx answers are the request's fault and go back to
-//! the client as they are.
+//! Ollama, NVIDIA and the rest. Each target model's pool picks an endpoint
+//! ([`super::pool`]); an attempt that fails (connect error, timeout, 408, 429, 5xx before the
+//! first byte) is tried again on another endpoint of the pool at once, and only when every
+//! endpoint has been tried on one of them again (backoff with jitter, `retry-after` honoured up
+//! to a cap), up to its `max_retries`; then the next target model. Other 4xx answers are the
+//! request's fault and go back to the client as they are. Every outcome feeds the endpoint's
+//! health, so an endpoint that keeps failing is ejected and skipped by later requests.
 
-use std::sync::LazyLock;
+use std::sync::{Arc, LazyLock};
 use std::time::{Duration, Instant};
 
 use axum::http::{HeaderValue, StatusCode};
@@ -12,33 +15,45 @@ use bytes::Bytes;
 use regex::Regex;
 use serde_json::{Map, Value};
 
+use super::endpoint::{Endpoint, Lease};
+use super::pool::{Pick, Pool};
 use crate::api::response::is_chat_completion;
 use crate::config::{AuthStyle, UpstreamConfig};
 use crate::http::error::ApiError;
 use crate::observe::log::Attempt;
 use crate::observe::metrics::Metrics;
-use crate::state::Engine;
 
-/// A model to try and where it lives.
-#[derive(Debug, Clone)]
+/// A model to try and the pool of endpoints serving it.
+#[derive(Clone)]
 pub struct Target {
     /// The router's name for the model.
     pub model: String,
-    pub upstream: UpstreamConfig,
-    /// The name the upstream knows it by.
-    pub upstream_model: String,
+    pub pool: Arc<Pool>,
+}
+
+impl std::fmt::Debug for Target {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Target")
+            .field("model", &self.model)
+            .finish()
+    }
+}
+
+/// The request as it goes upstream.
+pub struct Outgoing<'a> {
+    /// The client's body (`model` is replaced per endpoint).
+    pub body: &'a Map<String, Value>,
+    pub stream: bool,
+    /// Refused (503) rather than queued when every endpoint of every target is saturated.
+    pub sheddable: bool,
 }
 
 /// The outcome of forwarding one request.
 pub enum Forwarded {
     /// A complete (non-stream) answer from `targets[target]`.
     Complete { target: usize, body: Bytes },
-    /// A stream whose headers arrived from `targets[target]`; the body is still to be relayed.
-    Stream {
-        target: usize,
-        response: reqwest::Response,
-        deadline: Instant,
-    },
+    /// A stream whose headers arrived; the body is still to be relayed.
+    Stream(Streaming),
     /// The upstream refused the request itself (4xx other than 401/403/404/408/429).
     Rejected {
         target: usize,
@@ -49,69 +64,161 @@ pub enum Forwarded {
     Failed(ApiError),
 }
 
+/// A stream whose headers arrived from `targets[target]`.
+pub struct Streaming {
+    pub target: usize,
+    pub response: reqwest::Response,
+    pub deadline: Instant,
+    /// The endpoint's longest silence between chunks.
+    pub idle: Duration,
+    /// Counts the stream in flight at its endpoint until the relay ends; a stream that breaks
+    /// counts against the endpoint's health.
+    pub lease: Lease,
+}
+
 enum AttemptResult {
     Done(Forwarded),
-    /// Worth retrying on this upstream, after at least this delay (`retry-after`).
+    /// Worth retrying on this endpoint, after at least this delay (`retry-after`).
     Retry(Option<Duration>),
-    /// Try the next target.
+    /// This endpoint cannot serve the request (401, 403, 404): try another.
     Next,
 }
 
-/// Sends `body` (an OpenAI request, `model` replaced per target) to each target in turn until
-/// one answers; every attempt is appended to `attempts`.
+/// What the attempts of one request have found so far.
+#[derive(Default)]
+struct Trial {
+    /// Variables naming missing upstream keys.
+    missing: Vec<String>,
+    last_retry_after: Option<Duration>,
+    /// Whether any endpoint was picked (else every pool was out).
+    picked: bool,
+}
+
+/// Sends the request to each target in turn until one answers; every attempt is appended to
+/// `attempts`. When every endpoint of every target is ejected, they are tried anyway (one
+/// pass), except for sheddable requests, which get 503.
 pub async fn forward(
-    engine: &Engine,
     targets: &[Target],
-    body: &Map<String, Value>,
-    stream: bool,
+    out: &Outgoing<'_>,
     attempts: &mut Vec<Attempt>,
     metrics: &Metrics,
 ) -> Forwarded {
-    let mut missing = Vec::new();
-    let mut last_retry_after = None;
-    for (index, target) in targets.iter().enumerate() {
-        let upstream = &target.upstream;
-        if !upstream.has_credentials() {
-            let var = upstream.api_key_env.clone().unwrap_or_default();
-            attempts.push(Attempt {
-                model: target.model.clone(),
-                upstream: upstream.name.clone(),
-                status: None,
-                outcome: "missing_credentials".into(),
-                error: Some(format!("{var} is not set")),
-                ms: 0.0,
-                unusable_body_bytes: None,
-            });
-            let named = format!("{var} (upstream `{}`)", upstream.name);
-            if !missing.contains(&named) {
-                missing.push(named);
+    let mut trial = Trial::default();
+    for panic in [false, true] {
+        let mut shed = 0;
+        for (index, target) in targets.iter().enumerate() {
+            if out.sheddable && target.pool.saturated(Instant::now()) {
+                shed += 1;
+                continue;
             }
+            let tried = try_target(index, target, out, panic, &mut trial, attempts, metrics);
+            if let Some(done) = tried.await {
+                return done;
+            }
+        }
+        if out.sheddable && shed == targets.len() {
+            metrics.endpoints.shed.inc();
+            return Forwarded::Failed(ApiError::overloaded(
+                targets.iter().map(|t| t.model.as_str()),
+            ));
+        }
+        if trial.picked || out.sheddable {
+            break;
+        }
+    }
+    Forwarded::Failed(failure(attempts, &trial.missing, trial.last_retry_after))
+}
+
+/// Tries `target`'s endpoints: each not yet tried first, then retries, until one answers or
+/// every endpoint is spent (`None`).
+async fn try_target(
+    index: usize,
+    target: &Target,
+    out: &Outgoing<'_>,
+    panic: bool,
+    trial: &mut Trial,
+    attempts: &mut Vec<Attempt>,
+    metrics: &Metrics,
+) -> Option<Forwarded> {
+    let pool = &target.pool;
+    let prefix = pool.prefix_of(|| prompt_text(out.body));
+    let n = pool.members.len();
+    let mut tries = vec![0u32; n];
+    let mut spent = vec![false; n];
+    let mut delay: Vec<Option<Duration>> = vec![None; n];
+    loop {
+        let untried: Vec<bool> = (0..n).map(|i| spent[i] || tries[i] > 0).collect();
+        let Pick { member, lease } = pool
+            .pick(&prefix, &untried, panic)
+            .or_else(|| pool.pick(&prefix, &spent, panic))?;
+        trial.picked = true;
+        let endpoint = lease.endpoint().clone();
+        let upstream = &endpoint.config;
+        if !upstream.has_credentials() {
+            missing_credentials(target, upstream, trial, attempts);
+            spent[member] = true;
             continue;
         }
-        let Some(client) = engine.client(&upstream.name) else {
-            continue;
-        };
-        let payload = payload_for(body, &target.upstream_model, stream);
-        for retry in 0..=upstream.max_retries {
-            let result = attempt(client, target, index, &payload, stream, attempts, metrics).await;
-            let delay = match result {
-                AttemptResult::Done(done) => return done,
-                AttemptResult::Next => break,
-                AttemptResult::Retry(retry_after) => retry_after,
-            };
-            last_retry_after = delay;
-            if retry == upstream.max_retries {
-                break;
-            }
-            let wait = match delay {
-                Some(d) if d > Duration::from_millis(upstream.retry_after_max_ms) => break,
+        if tries[member] > 0 {
+            let wait = match delay[member] {
+                Some(d) if d > Duration::from_millis(upstream.retry_after_max_ms) => {
+                    spent[member] = true;
+                    continue;
+                }
                 Some(d) => d,
-                None => backoff(upstream, retry),
+                None => backoff(upstream, tries[member] - 1),
             };
             tokio::time::sleep(wait).await;
         }
+        tries[member] += 1;
+        let payload = payload_for(out.body, &pool.members[member].upstream_model, out.stream);
+        let sent = Sent {
+            endpoint: &endpoint,
+            model: &target.model,
+            index,
+            payload: &payload,
+            stream: out.stream,
+        };
+        match attempt(sent, lease, attempts, metrics).await {
+            AttemptResult::Done(done) => return Some(done),
+            AttemptResult::Next => spent[member] = true,
+            AttemptResult::Retry(retry_after) => {
+                delay[member] = retry_after;
+                trial.last_retry_after = retry_after;
+                spent[member] |= tries[member] > upstream.max_retries;
+            }
+        }
     }
-    Forwarded::Failed(failure(attempts, &missing, last_retry_after))
+}
+
+/// An endpoint whose key is not set: recorded, and named in the error if nothing answers.
+fn missing_credentials(
+    target: &Target,
+    upstream: &UpstreamConfig,
+    trial: &mut Trial,
+    attempts: &mut Vec<Attempt>,
+) {
+    let var = upstream.api_key_env.clone().unwrap_or_default();
+    attempts.push(Attempt {
+        model: target.model.clone(),
+        upstream: upstream.name.clone(),
+        status: None,
+        outcome: "missing_credentials".into(),
+        error: Some(format!("{var} is not set")),
+        ms: 0.0,
+        unusable_body_bytes: None,
+    });
+    let named = format!("{var} (upstream `{}`)", upstream.name);
+    if !trial.missing.contains(&named) {
+        trial.missing.push(named);
+    }
+}
+
+/// The conversation as prefix affinity hashes it: the messages' JSON, in order.
+fn prompt_text(body: &Map<String, Value>) -> String {
+    body.get("messages")
+        .map(|m| serde_json::to_string(m).unwrap_or_default())
+        .unwrap_or_default()
 }
 
 /// The body sent upstream: the client's, with the upstream's model name, and for streams the
@@ -130,9 +237,22 @@ fn payload_for(body: &Map<String, Value>, upstream_model: &str, stream: bool) ->
     Bytes::from(serde_json::to_vec(&Value::Object(payload)).unwrap_or_default())
 }
 
-/// Records one attempt: its outcome in the metrics and in the request's attempts.
+/// One attempt's request: where it goes and what it carries.
+struct Sent<'a> {
+    endpoint: &'a Arc<Endpoint>,
+    /// The router's model name.
+    model: &'a str,
+    /// The target's index.
+    index: usize,
+    payload: &'a Bytes,
+    stream: bool,
+}
+
+/// Records one attempt: its outcome in the metrics, in the request's attempts and in the
+/// endpoint's health (through its lease).
 struct Recorder<'a> {
-    target: &'a Target,
+    model: &'a str,
+    upstream: &'a UpstreamConfig,
     start: Instant,
     attempts: &'a mut Vec<Attempt>,
     metrics: &'a Metrics,
@@ -141,20 +261,19 @@ struct Recorder<'a> {
 impl Recorder<'_> {
     fn record(&mut self, status: Option<u16>, outcome: &str, error: Option<String>) {
         let ms = self.start.elapsed().as_secs_f64() * 1e3;
-        let model = self.target.model.as_str();
         if outcome != "ok" {
             self.metrics
                 .upstream_failures
-                .with_label_values(&[model, outcome])
+                .with_label_values(&[self.model, outcome])
                 .inc();
         }
         self.metrics
             .upstream_seconds
-            .with_label_values(&[model])
+            .with_label_values(&[self.model])
             .observe(ms / 1e3);
         self.attempts.push(Attempt {
-            model: self.target.model.clone(),
-            upstream: self.target.upstream.name.clone(),
+            model: self.model.to_owned(),
+            upstream: self.upstream.name.clone(),
             status,
             outcome: outcome.to_owned(),
             error,
@@ -162,11 +281,21 @@ impl Recorder<'_> {
             unusable_body_bytes: None,
         });
     }
+
+    /// Records a failure of the endpoint, in the attempts and in its health.
+    fn failure(&mut self, lease: &mut Lease, status: Option<u16>, outcome: &str, error: String) {
+        let what = status.map_or_else(|| outcome.to_owned(), |s| format!("{outcome} {s}"));
+        lease.failed(&format!("{what}: {error}"));
+        self.record(status, outcome, Some(error));
+    }
 }
 
-/// The request to `target`'s upstream, with its key.
-fn request(client: &reqwest::Client, target: &Target, payload: &Bytes) -> reqwest::RequestBuilder {
-    let upstream = &target.upstream;
+/// The request to `upstream`, with its key.
+fn request(
+    client: &reqwest::Client,
+    upstream: &UpstreamConfig,
+    payload: &Bytes,
+) -> reqwest::RequestBuilder {
     let url = format!(
         "{}/chat/completions",
         upstream.base_url.trim_end_matches('/')
@@ -183,31 +312,31 @@ fn request(client: &reqwest::Client, target: &Target, payload: &Bytes) -> reqwes
     }
 }
 
-/// One try of `target`: send, wait for the headers, then take the answer or classify the
+/// One try of an endpoint: send, wait for the headers, then take the answer or classify the
 /// failure.
 async fn attempt(
-    client: &reqwest::Client,
-    target: &Target,
-    index: usize,
-    payload: &Bytes,
-    stream: bool,
+    sent: Sent<'_>,
+    mut lease: Lease,
     attempts: &mut Vec<Attempt>,
     metrics: &Metrics,
 ) -> AttemptResult {
+    let upstream = &sent.endpoint.config;
     let start = Instant::now();
-    let deadline = start + Duration::from_millis(target.upstream.total_timeout_ms);
-    let first_byte = Duration::from_millis(target.upstream.first_byte_timeout_ms);
+    let deadline = start + Duration::from_millis(upstream.total_timeout_ms);
+    let first_byte = Duration::from_millis(upstream.first_byte_timeout_ms);
     let mut recorder = Recorder {
-        target,
+        model: sent.model,
+        upstream,
         start,
         attempts,
         metrics,
     };
-    let sent = tokio::time::timeout(first_byte, request(client, target, payload).send()).await;
-    let response = match sent {
+    let client = &sent.endpoint.client;
+    let sending = request(client, upstream, sent.payload).send();
+    let response = match tokio::time::timeout(first_byte, sending).await {
         Err(_) => {
             let error = format!("no response within {} ms", first_byte.as_millis());
-            recorder.record(None, "timeout", Some(error));
+            recorder.failure(&mut lease, None, "timeout", error);
             return AttemptResult::Retry(None);
         }
         Ok(Err(e)) => {
@@ -218,27 +347,46 @@ async fn attempt(
             } else {
                 "request"
             };
-            recorder.record(None, outcome, Some(error_chain(&e)));
+            recorder.failure(&mut lease, None, outcome, error_chain(&e));
             return AttemptResult::Retry(None);
         }
         Ok(Ok(response)) => response,
     };
+    let ttfb = start.elapsed();
     let status =
         StatusCode::from_u16(response.status().as_u16()).unwrap_or(StatusCode::BAD_GATEWAY);
     if !status.is_success() {
-        return refused(response, status, index, deadline, &mut recorder).await;
+        return refused(response, status, sent.index, deadline, &mut recorder, lease).await;
     }
-    if stream {
+    if sent.stream {
+        lease.succeeded(Some(ttfb));
         recorder.record(Some(status.as_u16()), "ok", None);
-        return AttemptResult::Done(Forwarded::Stream {
-            target: index,
+        return AttemptResult::Done(Forwarded::Stream(Streaming {
+            target: sent.index,
             response,
             deadline,
-        });
+            idle: Duration::from_millis(upstream.stream_idle_timeout_ms),
+            lease,
+        }));
     }
-    match tokio::time::timeout_at(deadline.into(), response.bytes()).await {
+    let body = tokio::time::timeout_at(deadline.into(), response.bytes()).await;
+    complete(body, status, sent.index, ttfb, &mut recorder, lease)
+}
+
+/// A 2xx answer's body: a chat completion, or a failure.
+fn complete(
+    body: Result<reqwest::Result<Bytes>, tokio::time::error::Elapsed>,
+    status: StatusCode,
+    index: usize,
+    ttfb: Duration,
+    recorder: &mut Recorder<'_>,
+    mut lease: Lease,
+) -> AttemptResult {
+    let code = Some(status.as_u16());
+    match body {
         Ok(Ok(body)) if is_chat_completion(&body) => {
-            recorder.record(Some(status.as_u16()), "ok", None);
+            lease.succeeded(Some(ttfb));
+            recorder.record(code, "ok", None);
             AttemptResult::Done(Forwarded::Complete {
                 target: index,
                 body,
@@ -250,34 +398,36 @@ async fn attempt(
             let error = format!(
                 "the {} body is not a chat completion: {}",
                 status.as_u16(),
-                scrub(&upstream_message(&body), &target.upstream)
+                scrub(&upstream_message(&body), recorder.upstream)
             );
-            recorder.record(Some(status.as_u16()), "unusable_body", Some(error));
+            recorder.failure(&mut lease, code, "unusable_body", error);
             if let Some(last) = recorder.attempts.last_mut() {
                 last.unusable_body_bytes = Some(body.len());
             }
             AttemptResult::Retry(None)
         }
         Ok(Err(e)) => {
-            recorder.record(Some(status.as_u16()), "body", Some(error_chain(&e)));
+            recorder.failure(&mut lease, code, "body", error_chain(&e));
             AttemptResult::Retry(None)
         }
         Err(_) => {
             let error = "body not complete within total_timeout_ms".to_owned();
-            recorder.record(Some(status.as_u16()), "timeout", Some(error));
+            recorder.failure(&mut lease, code, "timeout", error);
             AttemptResult::Retry(None)
         }
     }
 }
 
 /// An upstream's error status: 408, 429 and 5xx are retried (after `retry-after`), 401, 403
-/// and 404 send the request to the next model, other 4xx are the request's fault.
+/// and 404 send the request to another endpoint, other 4xx are the request's fault. All but
+/// 429 and the request's own faults count against the endpoint's health.
 async fn refused(
     response: reqwest::Response,
     status: StatusCode,
     index: usize,
     deadline: Instant,
     recorder: &mut Recorder<'_>,
+    mut lease: Lease,
 ) -> AttemptResult {
     let retry_after = response
         .headers()
@@ -289,20 +439,26 @@ async fn refused(
         .ok()
         .and_then(Result::ok)
         .unwrap_or_default();
-    let message = scrub(&upstream_message(&body), &recorder.target.upstream);
+    let message = scrub(&upstream_message(&body), recorder.upstream);
+    let code = Some(status.as_u16());
     match status.as_u16() {
-        408 | 429 | 500..=599 => {
-            recorder.record(Some(status.as_u16()), "status", Some(message));
+        429 => {
+            recorder.record(code, "status", Some(message));
+            AttemptResult::Retry(retry_after)
+        }
+        408 | 500..=599 => {
+            recorder.failure(&mut lease, code, "status", message);
             AttemptResult::Retry(retry_after)
         }
         401 | 403 | 404 => {
-            recorder.record(Some(status.as_u16()), "status", Some(message));
+            recorder.failure(&mut lease, code, "status", message);
             AttemptResult::Next
         }
         _ => {
-            recorder.record(Some(status.as_u16()), "rejected", Some(message));
+            lease.succeeded(None);
+            recorder.record(code, "rejected", Some(message));
             let text = String::from_utf8_lossy(&body);
-            let clean = scrub(&text, &recorder.target.upstream);
+            let clean = scrub(&text, recorder.upstream);
             let body = if clean == text {
                 body
             } else {

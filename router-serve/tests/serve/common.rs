@@ -82,6 +82,8 @@ pub struct FakeState {
     pub behaviour: Mutex<HashMap<String, Behaviour>>,
     pub seen: Mutex<Vec<Seen>>,
     pub calls: Mutex<HashMap<String, usize>>,
+    /// (waiting requests, KV-cache use) its `/metrics` reports, as vLLM names them.
+    pub load: Mutex<(f64, f64)>,
 }
 
 /// The fake OpenAI-compatible upstream.
@@ -95,6 +97,11 @@ impl Fake {
         let state = Arc::new(FakeState::default());
         let app = axum::Router::new()
             .route("/v1/chat/completions", axum::routing::post(fake_chat))
+            .route("/metrics", axum::routing::get(fake_metrics))
+            .route(
+                "/v1/models",
+                axum::routing::get(|| async { "{\"data\":[]}" }),
+            )
             .with_state(state.clone());
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
@@ -108,6 +115,16 @@ impl Fake {
             .lock()
             .unwrap()
             .insert(model.to_owned(), behaviour);
+    }
+
+    /// Sets what its `/metrics` reports: waiting requests and KV-cache use (0–1).
+    pub fn set_load(&self, waiting: f64, kv_cache: f64) {
+        *self.state.load.lock().unwrap() = (waiting, kv_cache);
+    }
+
+    /// Chat requests received so far.
+    pub fn calls(&self) -> usize {
+        self.state.seen.lock().unwrap().len()
     }
 
     pub fn seen(&self) -> Vec<Seen> {
@@ -131,6 +148,17 @@ fn chunk(model: &str, delta: Value, finish: Option<&str>, usage: bool) -> String
         c["usage"] = Value::Null;
     }
     format!("data: {c}\n\n")
+}
+
+/// A vLLM-like `/metrics`: the waiting-requests and KV-cache gauges.
+async fn fake_metrics(State(state): State<Arc<FakeState>>) -> String {
+    let (waiting, kv) = *state.load.lock().unwrap();
+    format!(
+        "# TYPE vllm:num_requests_waiting gauge\n\
+         vllm:num_requests_waiting{{model_name=\"m\"}} {waiting}\n\
+         # TYPE vllm:kv_cache_usage_perc gauge\n\
+         vllm:kv_cache_usage_perc{{model_name=\"m\"}} {kv}\n"
+    )
 }
 
 async fn fake_chat(

@@ -45,6 +45,7 @@ fn default_config_keys() -> BTreeSet<String> {
                 Some(("tiers", _)) => "tiers.NAME".to_owned(),
                 Some(("prices", _)) => "prices.MODEL".to_owned(),
                 Some(("models", _)) => "models.MODEL".to_owned(),
+                Some(("pools", _)) => "pools.MODEL".to_owned(),
                 Some(("upstreams", sub)) => {
                     keys.insert(format!("upstreams.{sub}"));
                     "upstreams.map".to_owned()

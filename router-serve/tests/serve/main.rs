@@ -13,6 +13,7 @@ mod hardening;
 mod layout;
 mod openai_sdk;
 mod ops;
+mod pools;
 mod readme;
 mod route;
 mod shared;

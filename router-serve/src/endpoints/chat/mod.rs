@@ -30,7 +30,7 @@ use crate::routing::plan::{Plan, plan};
 use crate::state::{AppState, Engine};
 use crate::tenancy::admission::{self, Admission, Policy};
 use crate::tenancy::rate_limit::RateInfo;
-use crate::upstream::forward::forward;
+use crate::upstream::forward::{Outgoing, forward};
 use crate::util::{ms_since, new_request_id, now_unix};
 
 use self::respond::Exchange;
@@ -138,21 +138,20 @@ async fn serve(
         .metrics
         .decision_seconds
         .observe(plan.decision_ms / 1e3);
+    let sheddable = req.sheddable || admitted.admission.policy.sheddable;
+    shed_if_saturated(state, &plan, sheddable)?;
     let record = decision_record(state, id, &req, &plan, &admitted);
     let mut bill = reserve(state, &engine, &admitted, &plan, &record).await?;
     bill.forwarded();
 
     let forward_started = Instant::now();
     let mut attempts = Vec::new();
-    let forwarded = forward(
-        &engine,
-        &plan.targets,
-        &req.body,
-        req.stream,
-        &mut attempts,
-        &state.metrics,
-    )
-    .await;
+    let out = Outgoing {
+        body: &req.body,
+        stream: req.stream,
+        sheddable,
+    };
+    let forwarded = forward(&plan.targets, &out, &mut attempts, &state.metrics).await;
     let exchange = Exchange {
         state: state.clone(),
         id: id.to_owned(),
@@ -168,6 +167,19 @@ async fn serve(
         bill: Some(bill),
     };
     Ok(exchange.respond(forwarded, in_flight).await)
+}
+
+/// A sheddable request is refused (503, before any money is reserved) when every endpoint of
+/// every model it may go to is saturated or ejected.
+fn shed_if_saturated(state: &AppState, plan: &Plan, sheddable: bool) -> Result<(), ApiError> {
+    let now = Instant::now();
+    if sheddable && plan.targets.iter().all(|t| t.pool.saturated(now)) {
+        state.metrics.endpoints.shed.inc();
+        return Err(ApiError::overloaded(
+            plan.targets.iter().map(|t| t.model.as_str()),
+        ));
+    }
+    Ok(())
 }
 
 /// A request that passed admission: who, what they may do, their rate-limit state, the
@@ -268,9 +280,11 @@ fn refused(state: &AppState, error: ApiError, id: &str, started: Instant) -> Res
         .with_label_values(&["chat", "", status.as_str(), "refused"])
         .inc();
     let mut record = DecisionRecord::new(id, "chat.completions");
-    record.status = match status {
-        StatusCode::UNAUTHORIZED => "unauthorized",
-        StatusCode::TOO_MANY_REQUESTS => "limited",
+    record.status = match (&error, status) {
+        (ApiError::Overloaded(_), _) => "shed",
+        (ApiError::StoreUnavailable(_), _) => "store_unavailable",
+        (_, StatusCode::UNAUTHORIZED) => "unauthorized",
+        (_, StatusCode::TOO_MANY_REQUESTS) => "limited",
         _ => "invalid_request",
     }
     .into();

@@ -4,7 +4,7 @@
 
 use std::convert::Infallible;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use axum::body::Body;
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
@@ -20,7 +20,7 @@ use crate::observe::record::finish;
 use crate::routing::plan::Plan;
 use crate::state::AppState;
 use crate::tenancy::rate_limit::RateInfo;
-use crate::upstream::forward::Forwarded;
+use crate::upstream::forward::{Forwarded, Streaming};
 use crate::upstream::stream::{StreamSpec, relay};
 use crate::util::ms_since;
 
@@ -52,11 +52,7 @@ impl Exchange {
         let upstream_ms = ms_since(self.forward_started);
         match forwarded {
             Forwarded::Complete { target, body } => self.complete(target, body, upstream_ms).await,
-            Forwarded::Stream {
-                target,
-                response,
-                deadline,
-            } => self.stream(target, response, deadline, in_flight),
+            Forwarded::Stream(streaming) => self.stream(streaming, in_flight),
             Forwarded::Rejected {
                 target,
                 status,
@@ -175,15 +171,15 @@ impl Exchange {
 
     /// Relays the stream on a task of its own (graceful shutdown waits for it), which settles
     /// and records the request when the stream ends, before `[DONE]` is sent.
-    fn stream(
-        mut self,
-        target: usize,
-        upstream: reqwest::Response,
-        deadline: Instant,
-        in_flight: InFlight,
-    ) -> Response {
-        let t = &self.plan.targets[target];
-        let model = t.model.clone();
+    fn stream(mut self, streaming: Streaming, in_flight: InFlight) -> Response {
+        let Streaming {
+            target,
+            response: upstream,
+            deadline,
+            idle,
+            mut lease,
+        } = streaming;
+        let model = self.plan.targets[target].model.clone();
         let reason = self.reason_for(target);
         self.count_fallback(target);
         self.record.model = Some(model.clone());
@@ -191,7 +187,7 @@ impl Exchange {
         let spec = StreamSpec {
             model: model.clone(),
             client_wants_usage: self.client_wants_usage,
-            idle: Duration::from_millis(t.upstream.stream_idle_timeout_ms),
+            idle,
             deadline,
         };
         let pre_forward_ms = (self.forward_started - self.started).as_secs_f64() * 1e3;
@@ -203,6 +199,12 @@ impl Exchange {
             async move {
                 let _in_flight = in_flight;
                 let end = relay(upstream, &tx, spec, self.forward_started).await;
+                if let ("stream_interrupted" | "stream_stalled" | "stream_bad_event", Some(e)) =
+                    (end.status, &end.error)
+                {
+                    lease.failed(e);
+                }
+                drop(lease);
                 // A client that left before the usage chunk is billed on what was relayed.
                 self.record.status = end.status.to_owned();
                 self.record.http_status = 200;

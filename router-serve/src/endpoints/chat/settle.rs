@@ -379,8 +379,7 @@ hard_usd = 1.0
             decision: None,
             targets: vec![Target {
                 model: MODEL.into(),
-                upstream: engine.config.upstreams[0].clone(),
-                upstream_model: MODEL.into(),
+                pool: engine.pools.get(MODEL).unwrap().clone(),
             }],
             input_tokens: 100,
             embed_text: "x".into(),
