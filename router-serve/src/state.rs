@@ -222,7 +222,7 @@ fn check_prices(config: &ServeConfig, router: &Router) -> Result<(), LoadError> 
     if config.tenants.budgets.is_empty() && !config.has_ledger() {
         return Ok(());
     }
-    let unpriced: Vec<String> = config
+    let unpriced: std::collections::BTreeSet<String> = config
         .upstreams
         .iter()
         .flat_map(|u| u.model_map().into_keys())
@@ -234,7 +234,7 @@ fn check_prices(config: &ServeConfig, router: &Router) -> Result<(), LoadError> 
     Err(LoadError::Invalid(format!(
         "budgets or a ledger are configured, and these served models have no price: {} \
          (add [prices.\"MODEL\"] input_per_million = …, output_per_million = …)",
-        unpriced.join(", ")
+        Vec::from_iter(unpriced).join(", ")
     )))
 }
 

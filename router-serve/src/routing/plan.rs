@@ -371,8 +371,13 @@ pub fn model_ids(engine: &Engine) -> Vec<(String, String)> {
             .keys()
             .map(|m| (format!("router-{m}"), "router".to_owned())),
     );
+    // A model served by several upstreams (a pool) is listed once, owned by the first.
     for u in &engine.config.upstreams {
-        ids.extend(u.model_map().into_keys().map(|m| (m, u.name.clone())));
+        for model in u.model_map().into_keys() {
+            if !ids.iter().any(|(id, _)| *id == model) {
+                ids.push((model, u.name.clone()));
+            }
+        }
     }
     ids
 }

@@ -231,13 +231,19 @@ mod tests {
         assert_eq!(h.availability(t3), Availability::Ready);
     }
 
-    #[test]
-    fn a_probe_without_a_verdict_lets_the_next_request_probe() {
+    /// Health just ejected by two failures at `t0`.
+    fn ejected() -> (UpstreamConfig, Instant, Health) {
         let c = config();
         let t0 = Instant::now();
         let mut h = Health::new(t0);
         h.failure(t0, &c, "500");
         h.failure(t0, &c, "500");
+        (c, t0, h)
+    }
+
+    #[test]
+    fn a_probe_without_a_verdict_lets_the_next_request_probe() {
+        let (_, t0, mut h) = ejected();
         let t1 = t0 + Duration::from_millis(100);
         h.start_probe();
         h.end_probe();
@@ -246,11 +252,7 @@ mod tests {
 
     #[test]
     fn a_long_healthy_spell_starts_the_cooldown_over() {
-        let c = config();
-        let t0 = Instant::now();
-        let mut h = Health::new(t0);
-        h.failure(t0, &c, "500");
-        h.failure(t0, &c, "500");
+        let (c, t0, mut h) = ejected();
         let t1 = t0 + Duration::from_millis(100);
         h.start_probe();
         h.success(t1);

@@ -70,6 +70,18 @@ fn delta(after: &[usize], before: &[usize]) -> Vec<usize> {
     after.iter().zip(before).map(|(a, b)| a - b).collect()
 }
 
+/// [`MODEL`]'s pool as `/admin/upstreams` reports it.
+async fn pool_report(t: &TestServer) -> Value {
+    let report = get_json(&t.url("/admin/upstreams")).await;
+    report["pools"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["model"] == MODEL)
+        .unwrap()
+        .clone()
+}
+
 /// Lets the scraper see the loads just set: two scrape intervals.
 async fn two_scrapes() {
     tokio::time::sleep(Duration::from_millis(2 * SCRAPE_MS + 20)).await;
@@ -100,15 +112,17 @@ async fn the_load_aware_picker_sends_requests_away_from_saturated_endpoints() {
     send(&t, "Be brief.", 60).await;
     let spread = delta(&calls(&eps), &before);
     assert!(spread[2] <= 6, "the full-cache endpoint got {spread:?}");
-    // The scraped load is shown to operators.
-    let report = get_json(&t.url("/admin/upstreams")).await;
-    let pool = &report["pools"]
+    // The pool's model is listed once.
+    let models = get_json(&t.url("/v1/models")).await;
+    let listed = models["data"]
         .as_array()
         .unwrap()
         .iter()
-        .find(|p| p["model"] == MODEL)
-        .unwrap()
-        .clone();
+        .filter(|m| m["id"] == MODEL)
+        .count();
+    assert_eq!(listed, 1, "{models}");
+    // The scraped load is shown to operators.
+    let pool = pool_report(&t).await;
     assert_eq!(pool["strategy"], "load_aware");
     assert_eq!(pool["endpoints"][2]["kv_cache"], 0.95);
     assert!(
@@ -155,13 +169,8 @@ async fn a_failing_endpoint_is_ejected_and_readmitted_and_no_client_sees_a_failu
         "the failing endpoint got {}",
         eps[1].calls()
     );
-    let report = get_json(&t.url("/admin/upstreams")).await;
-    let ep1 = &report["pools"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|p| p["model"] == MODEL)
-        .unwrap()["endpoints"][1];
+    let pool = pool_report(&t).await;
+    let ep1 = &pool["endpoints"][1];
     assert!(ep1["ejections"].as_u64().unwrap() >= 1, "{ep1}");
     assert!(ep1["last_error"].as_str().unwrap().contains("500"), "{ep1}");
     let m = metrics(&t.url("")).await;
@@ -177,15 +186,7 @@ async fn a_failing_endpoint_is_ejected_and_readmitted_and_no_client_sees_a_failu
     for _ in 0..60 {
         tokio::time::sleep(Duration::from_millis(100)).await;
         send(&t, "Be brief.", 1).await;
-        let report = get_json(&t.url("/admin/upstreams")).await;
-        let state = report["pools"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|p| p["model"] == MODEL)
-            .unwrap()["endpoints"][1]["state"]
-            .clone();
-        if state == "healthy" {
+        if pool_report(&t).await["endpoints"][1]["state"] == "healthy" {
             readmitted = true;
             break;
         }
@@ -240,14 +241,7 @@ async fn a_dead_endpoint_costs_clients_nothing_under_concurrent_load() {
         "clients saw failures while one endpoint was dead"
     );
     assert_eq!(eps[0].calls() + eps[1].calls(), 120);
-    let report = get_json(&t.url("/admin/upstreams")).await;
-    let pool = report["pools"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|p| p["model"] == MODEL)
-        .unwrap()
-        .clone();
+    let pool = pool_report(&t).await;
     assert_eq!(pool["endpoints"][1]["upstream"], "ep1");
     assert_ne!(pool["endpoints"][1]["state"], "healthy", "{pool}");
     // Every lease was returned, streams included.
@@ -348,14 +342,7 @@ async fn active_checks_eject_a_dead_endpoint_before_a_request_reaches_it() {
     let mut states = Value::Null;
     for _ in 0..40 {
         tokio::time::sleep(Duration::from_millis(50)).await;
-        let report = get_json(&t.url("/admin/upstreams")).await;
-        states = report["pools"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|p| p["model"] == MODEL)
-            .unwrap()["endpoints"]
-            .clone();
+        states = pool_report(&t).await["endpoints"].clone();
         if states[0]["state"] != "healthy" {
             break;
         }
