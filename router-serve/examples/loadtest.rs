@@ -42,7 +42,8 @@ struct Args {
         default_value = "passthrough,cached,decisions"
     )]
     only: Vec<String>,
-    /// Encoder threads (`batching.workers`; pair values above 1 with RAYON_NUM_THREADS=1).
+    /// Encoder threads (`batching.workers`; with more than one, each batch uses every core or
+    /// its own, as the others are idle or busy).
     #[arg(long, default_value_t = 1)]
     workers: usize,
     /// A LiteLLM proxy executable (`pip install 'litellm[proxy]'`): runs the passthrough

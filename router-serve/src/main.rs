@@ -66,7 +66,6 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         device: cli.device,
     };
     let config = read_config(cli.config.as_deref(), &overrides)?;
-    one_core_per_encoder_thread(config.encoder_workers());
     match cli.command {
         Some(Command::Route {
             prompt,
@@ -89,21 +88,6 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 server.run_until(router_serve::shutdown_signal()).await;
                 anyhow::Ok(())
             })
-        }
-    }
-}
-
-/// With several encoder threads, each runs its matrix products on one core (see
-/// `router_core::device::use_one_core_per_thread`).
-fn one_core_per_encoder_thread(workers: usize) {
-    if workers > 1 {
-        #[expect(
-            unsafe_code,
-            reason = "called from `run` before the tokio runtime or any encoder thread starts"
-        )]
-        // SAFETY: the process has one thread here.
-        unsafe {
-            router_core::device::use_one_core_per_thread();
         }
     }
 }

@@ -31,6 +31,11 @@ pub const SCHEME: u32 = 1;
 const NR: usize = 64;
 /// Rows per micro-kernel call.
 const MR: usize = 6;
+/// Channels per AVX2 sub-panel (two 8-lane vectors).
+const WIDE: usize = 16;
+/// Rows per AVX2 micro-kernel call (its accumulators, weights and broadcasts fill 14 of the
+/// 16 vector registers).
+const MR_WIDE: usize = 4;
 
 /// An activation applied to the layer's output in the epilogue.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -53,6 +58,8 @@ pub(crate) struct Int8Linear {
     w_offset: Vec<i32>,
     bias: Vec<f32>,
     activation: Activation,
+    /// The weights widened to 16 bits in the AVX2 kernel's layout, made on its first use.
+    wide: std::sync::OnceLock<Vec<i16>>,
 }
 
 /// Which kernel computes the integer products on this machine.
@@ -60,7 +67,8 @@ pub(crate) struct Int8Linear {
 pub enum Int8Kernel {
     /// AVX-512 VNNI (`vpdpbusd`): Intel Ice Lake and later, AMD Zen 4 and later.
     Avx512Vnni,
-    /// AVX2 and FMA (`vpmaddwd` on bytes widened to 16 bits).
+    /// AVX2 and FMA (`vpmaddwd` on bytes widened to 16 bits: exact, where `vpmaddubsw`
+    /// would saturate on 255 · 127 · 2).
     Avx2,
     /// Plain Rust, any CPU.
     Portable,
@@ -194,6 +202,28 @@ impl Int8Linear {
             w_offset,
             bias,
             activation,
+            wide: std::sync::OnceLock::new(),
+        })
+    }
+
+    /// The weights in the AVX2 kernel's layout (made once): per panel of `NR` channels, four
+    /// sub-panels of 16; in each, for every pair of inputs, 16 channels × 2 weights as `i16`
+    /// (two 8-lane vectors that `vpmaddwd` multiplies with a broadcast pair of inputs).
+    fn wide(&self) -> &[i16] {
+        self.wide.get_or_init(|| {
+            let k = self.k;
+            let (q, _) = self.quantized();
+            let mut wide = vec![0i16; self.n * k];
+            for (ch, row) in q.chunks_exact(k).enumerate() {
+                let (panel, sub, lane) = (ch / NR, (ch % NR) / WIDE, ch % WIDE);
+                let base = panel * k * NR + sub * k * WIDE;
+                for (pair, w) in row.chunks_exact(2).enumerate() {
+                    let at = base + pair * 2 * WIDE + lane * 2;
+                    wide[at] = i16::from(w[0]);
+                    wide[at + 1] = i16::from(w[1]);
+                }
+            }
+            wide
         })
     }
 
@@ -291,7 +321,9 @@ impl Int8Linear {
         let offsets = &self.w_offset[ch0..ch0 + NR];
         let bias = &self.bias[ch0..ch0 + NR];
         for j in 0..NR {
-            out[j] = (acc[j] - offsets[j]) as f32 * (x_scale * scales[j]) + bias[j];
+            // Wrapping: exact (|acc| < 2³¹ for k < 66,000), and without the overflow check
+            // the loop vectorises.
+            out[j] = acc[j].wrapping_sub(offsets[j]) as f32 * (x_scale * scales[j]) + bias[j];
         }
         if self.activation == Activation::GeluErf {
             for v in out.iter_mut() {
@@ -318,15 +350,42 @@ fn quantize_rows(x: &[f32], m: usize, k: usize) -> (Vec<u8>, Vec<f32>) {
     let mut scales = vec![0f32; m];
     for r in 0..m {
         let row = &x[r * k..(r + 1) * k];
-        let amax = row.iter().fold(0f32, |a, v| a.max(v.abs()));
+        let amax = abs_max(row);
         let scale = if amax > 0.0 { amax / 127.0 } else { 1.0 };
         let inv = 1.0 / scale;
         for (dst, &v) in q[r * k..(r + 1) * k].iter_mut().zip(row) {
-            *dst = ((v * inv).round().clamp(-127.0, 127.0) + 128.0) as u8;
+            // Through i32, without branches, so that the loop vectorises (a NaN gives 0 as a
+            // plain cast to u8 does; every other value is a whole number in [1, 255]).
+            *dst = (round_half_away(v * inv).clamp(-127.0, 127.0) + 128.0) as i32 as u8;
         }
         scales[r] = scale;
     }
     (q, scales)
+}
+
+/// `max |x|` (NaNs ignored, 0 for none), in 8 lanes so that it vectorises: `max` is exact,
+/// so the order does not change the result.
+#[inline(always)]
+fn abs_max(x: &[f32]) -> f32 {
+    let mut lanes = [0f32; 8];
+    let chunks = x.chunks_exact(8);
+    let rest = chunks.remainder();
+    for c in chunks {
+        for (l, v) in lanes.iter_mut().zip(c) {
+            *l = l.max(v.abs());
+        }
+    }
+    lanes.iter().chain(rest).fold(0f32, |m, v| m.max(v.abs()))
+}
+
+/// `y.round()` (halves away from zero), written so that loops over it vectorise: the
+/// truncation, then one step away from zero when the dropped part is at least a half (exact:
+/// `y − trunc(y)` is representable).
+#[inline(always)]
+fn round_half_away(y: f32) -> f32 {
+    let t = y.trunc();
+    let step = if (y - t).abs() >= 0.5 { 1f32 } else { 0.0 };
+    t + step.copysign(y)
 }
 
 /// `acc[r][j] = Σ_i x[r·k + i] · w[channel j, input i]` for `rows ≤ MR` rows of one panel.
@@ -349,7 +408,7 @@ fn dot_portable(x: &[u8], rows: usize, k: usize, w: &[i8], acc: &mut [[i32; NR];
 
 #[cfg(target_arch = "x86_64")]
 mod x86 {
-    use super::{Int8Linear, MR, NR};
+    use super::{Int8Linear, MR, MR_WIDE, NR, WIDE, quantize_rows};
     use std::arch::x86_64::*;
 
     #[target_feature(enable = "avx512f,avx512bw,avx512vnni,fma")]
@@ -370,22 +429,94 @@ mod x86 {
         });
     }
 
+    /// The AVX2 path: the same quantised rows, widened to 16 bits and interleaved once (per
+    /// block of [`MR_WIDE`] rows, for each pair of inputs each row's pair as one `i32`), then
+    /// per panel every sub-panel of 16 channels over all rows (the sub-panel stays in cache),
+    /// then the same epilogue.
     #[target_feature(enable = "avx2,fma")]
     pub(super) unsafe fn rows_avx2(layer: &Int8Linear, x: &[f32], out: &mut [f32]) {
-        layer.rows_with(x, out, |x, rows, k, w, acc| {
-            assert!(x.len() >= rows * k && w.len() == k * NR);
-            // SAFETY: the caller checked the CPU features; the lengths are asserted above.
-            unsafe {
-                match rows {
-                    1 => dot_avx2::<1>(x, k, w, acc),
-                    2 => dot_avx2::<2>(x, k, w, acc),
-                    3 => dot_avx2::<3>(x, k, w, acc),
-                    4 => dot_avx2::<4>(x, k, w, acc),
-                    5 => dot_avx2::<5>(x, k, w, acc),
-                    _ => dot_avx2::<6>(x, k, w, acc),
+        let (k, n) = (layer.k, layer.n);
+        let m = x.len() / k;
+        let (xq, x_scale) = quantize_rows(x, m, k);
+        let pairs = k / 2;
+        let mut xw = vec![0i32; m * pairs];
+        for r0 in (0..m).step_by(MR_WIDE) {
+            let rows = MR_WIDE.min(m - r0);
+            let block = &mut xw[r0 * pairs..(r0 + rows) * pairs];
+            for r in 0..rows {
+                let row = &xq[(r0 + r) * k..(r0 + r + 1) * k];
+                for (p, two) in row.chunks_exact(2).enumerate() {
+                    let (lo, hi) = (i32::from(two[0]), i32::from(two[1]));
+                    block[p * rows + r] = lo | (hi << 16);
                 }
             }
-        });
+        }
+        let mut acc = vec![[0i32; NR]; m];
+        for (panel, w) in layer.wide().chunks_exact(k * NR).enumerate() {
+            for (sub, ws) in w.chunks_exact(k * WIDE).enumerate() {
+                for r0 in (0..m).step_by(MR_WIDE) {
+                    let rows = MR_WIDE.min(m - r0);
+                    let xs = &xw[r0 * pairs..(r0 + rows) * pairs];
+                    let acc = &mut acc[r0..r0 + rows];
+                    // SAFETY: the caller checked the CPU features; `xs` holds `rows` rows of
+                    // `pairs`, `ws` one sub-panel of `k · WIDE`, `acc` `rows` rows.
+                    unsafe {
+                        match rows {
+                            1 => dot_avx2::<1>(xs, pairs, ws, acc, sub),
+                            2 => dot_avx2::<2>(xs, pairs, ws, acc, sub),
+                            3 => dot_avx2::<3>(xs, pairs, ws, acc, sub),
+                            _ => dot_avx2::<4>(xs, pairs, ws, acc, sub),
+                        }
+                    }
+                }
+            }
+            let ch0 = panel * NR;
+            for (row, acc) in acc.iter().enumerate() {
+                let out = &mut out[row * n + ch0..row * n + ch0 + NR];
+                layer.epilogue(acc, x_scale[row], ch0, out);
+            }
+        }
+    }
+
+    /// AVX2 micro-kernel: `R` rows × 16 channels in 2 × R accumulators of 8 lanes (with 2
+    /// weight vectors and R broadcasts, 14 of the 16 registers at R = 4). Each step
+    /// broadcasts a row's pair of 16-bit inputs and `vpmaddwd`s it with 8 channels' pairs of
+    /// weights: exact, as 255 · 127 · 2 fits 32 bits.
+    #[target_feature(enable = "avx2")]
+    pub(super) unsafe fn dot_avx2<const R: usize>(
+        x: &[i32],
+        pairs: usize,
+        w: &[i16],
+        acc: &mut [[i32; NR]],
+        sub: usize,
+    ) {
+        assert!(x.len() >= R * pairs && w.len() >= pairs * 2 * WIDE && acc.len() >= R);
+        let mut sums = [[_mm256_setzero_si256(); 2]; R];
+        let mut xp = x.as_ptr();
+        let mut wp = w.as_ptr();
+        for _ in 0..pairs {
+            // SAFETY (whole loop): `pairs` steps of R inputs and 2 · WIDE weights stay within
+            // the lengths asserted above.
+            unsafe {
+                let w0 = _mm256_loadu_si256(wp.cast());
+                let w1 = _mm256_loadu_si256(wp.add(WIDE).cast());
+                for (r, s) in sums.iter_mut().enumerate() {
+                    let a = _mm256_set1_epi32(*xp.add(r));
+                    s[0] = _mm256_add_epi32(s[0], _mm256_madd_epi16(a, w0));
+                    s[1] = _mm256_add_epi32(s[1], _mm256_madd_epi16(a, w1));
+                }
+                xp = xp.add(R);
+                wp = wp.add(2 * WIDE);
+            }
+        }
+        for (s, acc) in sums.iter().zip(acc.iter_mut()) {
+            let lanes = &mut acc[sub * WIDE..(sub + 1) * WIDE];
+            // SAFETY: `lanes` holds 16 i32: two stores of 8.
+            unsafe {
+                _mm256_storeu_si256(lanes.as_mut_ptr().cast(), s[0]);
+                _mm256_storeu_si256(lanes[8..].as_mut_ptr().cast(), s[1]);
+            }
+        }
     }
 
     /// VNNI micro-kernel: `R` rows × 64 channels, 4 × R accumulators of 16 lanes.
@@ -423,52 +554,6 @@ mod x86 {
             }
         }
     }
-
-    /// AVX2 micro-kernel: bytes widened to 16 bits and multiplied in pairs with `vpmaddwd`.
-    ///
-    /// In the packed layout a 16-byte load is 4 channels × 4 inputs; widened, `vpmaddwd`
-    /// gives two partial sums per channel, added together once at the end.
-    #[target_feature(enable = "avx2")]
-    pub(super) unsafe fn dot_avx2<const R: usize>(
-        x: &[u8],
-        k: usize,
-        w: &[i8],
-        acc: &mut [[i32; NR]; MR],
-    ) {
-        // 16 vectors of 8 lanes per row: lanes (2c, 2c+1) of vector v are channel 4v + c.
-        let mut sums = [[_mm256_setzero_si256(); 16]; R];
-        let xp = x.as_ptr();
-        let wp = w.as_ptr();
-        for g in 0..k / 4 {
-            // SAFETY (whole loop): as in `dot_vnni`.
-            unsafe {
-                let wg = wp.add(g * NR * 4);
-                let mut a = [_mm256_setzero_si256(); R];
-                for (r, a) in a.iter_mut().enumerate() {
-                    // Four input bytes widened to 16 bits, repeated for every channel.
-                    let bytes = xp.add(r * k + g * 4).cast::<i32>().read_unaligned();
-                    let wide = _mm256_cvtepu8_epi16(_mm_set1_epi32(bytes));
-                    *a = wide;
-                }
-                for v in 0..16 {
-                    let wv = _mm256_cvtepi8_epi16(_mm_loadu_si128(wg.add(v * 16).cast()));
-                    for (s, a) in sums.iter_mut().zip(&a) {
-                        s[v] = _mm256_add_epi32(s[v], _mm256_madd_epi16(*a, wv));
-                    }
-                }
-            }
-        }
-        for (r, s) in sums.iter().enumerate() {
-            for (v, sv) in s.iter().enumerate() {
-                let mut lanes = [0i32; 8];
-                // SAFETY: `lanes` holds 8 i32.
-                unsafe { _mm256_storeu_si256(lanes.as_mut_ptr().cast(), *sv) };
-                for c in 0..4 {
-                    acc[r][v * 4 + c] = lanes[2 * c] + lanes[2 * c + 1];
-                }
-            }
-        }
-    }
 }
 
 /// `x · Φ(x)` with `erf` from a rational approximation (the one Eigen and XLA use for f32,
@@ -495,6 +580,28 @@ fn erf(x: f32) -> f32 {
     q = q.mul_add(x2, -7.373_329e-3);
     q = q.mul_add(x2, -1.426_474e-2);
     x * p / q
+}
+
+/// One int8 dense layer of `n × k` made-up weights, for benchmarks of the kernels
+/// (`benches/int8.rs`): the layer type itself stays private to the encoder.
+#[doc(hidden)]
+pub struct BenchLayer(Int8Linear);
+
+#[doc(hidden)]
+impl BenchLayer {
+    /// `None` on a shape the packing refuses.
+    pub fn new(n: usize, k: usize) -> Option<Self> {
+        let weight: Vec<f32> = (0..n * k)
+            .map(|i| ((i * 7919) % 255) as f32 - 127.0)
+            .collect();
+        let bias = vec![0.5; n];
+        Int8Linear::new(&weight, &bias, n, k, Activation::Identity).map(Self)
+    }
+
+    /// `out (m × n) = x (m × k) · Wᵀ + b` on `kernel`, on this thread.
+    pub fn forward(&self, kernel: Int8Kernel, x: &[f32], out: &mut [f32]) {
+        self.0.rows(kernel, x, out);
+    }
 }
 
 #[cfg(test)]
@@ -608,6 +715,29 @@ pub(crate) mod tests {
         assert!(Int8Linear::new(&w, &[0.0; 60], 60, 8, Activation::Identity).is_none());
         let w = vec![0.5f32; 64 * 6];
         assert!(Int8Linear::new(&w, &[0.0; 64], 64, 6, Activation::Identity).is_none());
+    }
+
+    #[test]
+    fn rounding_halves_away_from_zero_matches_round() {
+        let mut cases = vec![
+            0.5f32,
+            -0.5,
+            1.5,
+            -1.5,
+            2.5,
+            0.499_999_97,
+            -0.499_999_97,
+            126.5,
+        ];
+        cases.extend(noise(11, 10_000).iter().map(|v| v * 300.0));
+        cases.extend([f32::NAN, f32::INFINITY, f32::NEG_INFINITY, 0.0, -0.0]);
+        for y in cases {
+            let (want, got) = (y.round(), round_half_away(y));
+            assert!(
+                want == got || (want.is_nan() && got.is_nan()),
+                "{y}: {want} vs {got}"
+            );
+        }
     }
 
     #[test]

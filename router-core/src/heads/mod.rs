@@ -353,7 +353,8 @@ pub enum Head {
     Task(TaskMixture),
     Mlp(Mlp),
     Mf(Mf),
-    Knn(Knn),
+    /// Boxed: its int8 index makes it the largest head by far.
+    Knn(Box<Knn>),
     /// The mean of its members' logits (an ensemble, or the folds of a bagged head).
     Mean(Vec<Head>),
     /// The weighted mean of its members' logits (an ensemble with weights; they sum to 1).
@@ -473,14 +474,14 @@ impl Head {
                     }
                     Ok(v)
                 };
-                Self::Knn(Knn::new(
+                Self::Knn(Box::new(Knn::new(
                     index,
                     flat("knn.scores", n * n_models)?,
                     flat("knn.mask", n * n_models)?,
                     flat("knn.prior", n_models)?,
                     k,
                     alpha,
-                )?)
+                )?))
             }
         })
     }

@@ -254,8 +254,8 @@ pub struct BatchingConfig {
     #[serde(default)]
     pub max_wait_us: u64,
     /// Encoder threads sharing the queue; 0 (default) means one per core on CPU (at most 8)
-    /// and one on CUDA. With more than one, each should run its matrix products on one core:
-    /// the binary sets `RAYON_NUM_THREADS=1` at start when it is unset.
+    /// and one on CUDA. With more than one, a batch uses every core while the other threads
+    /// are idle and its own thread's core while another is busy.
     #[serde(default)]
     pub workers: usize,
     /// Predictions kept for repeated prompts (exact text); 0 disables the cache.

@@ -2,7 +2,13 @@
 //! channel: prompts that arrive while it is busy are embedded together (up to `max_batch`),
 //! grouped by length so that a short prompt does not pay for a long one's padding, and the head
 //! predicts every model's quality for the whole batch at once.
+//!
+//! With several encoder threads (the default on CPU: one per core), a thread that starts a
+//! batch while the others are idle runs its matrix products on every core (the lowest latency
+//! for one prompt); one that starts while another is busy runs on its own core (the highest
+//! throughput under load, without threads fighting over the cores).
 
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender, TrySendError, sync_channel};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
@@ -34,9 +40,8 @@ pub struct Batcher {
 const QUEUE_CAPACITY: usize = 4096;
 
 impl Batcher {
-    /// Starts `workers` encoder threads sharing one queue. More than one pays off only with
-    /// `RAYON_NUM_THREADS=1` (each thread then runs its own batch on one core: more
-    /// throughput, longer single-prompt latency); see the README.
+    /// Starts `workers` encoder threads sharing one queue; with more than one, each batch
+    /// runs on every core or on its thread's alone, as the other threads are idle or busy.
     pub fn spawn(
         encoder: Arc<Encoder>,
         router: Arc<Router>,
@@ -47,14 +52,27 @@ impl Batcher {
     ) -> std::io::Result<Self> {
         let (tx, rx) = sync_channel(QUEUE_CAPACITY);
         let rx = Arc::new(Mutex::new(rx));
+        let busy = Arc::new(AtomicUsize::new(0));
+        let shared = workers > 1;
         let threads = (0..workers.max(1))
             .map(|i| {
-                let (rx, encoder, router, metrics) =
-                    (rx.clone(), encoder.clone(), router.clone(), metrics.clone());
+                let (rx, encoder, router, metrics, busy) = (
+                    rx.clone(),
+                    encoder.clone(),
+                    router.clone(),
+                    metrics.clone(),
+                    busy.clone(),
+                );
                 std::thread::Builder::new()
                     .name(format!("router-encoder-{i}"))
                     .spawn(move || {
-                        run(&rx, &encoder, &router, max_batch.max(1), max_wait, &metrics)
+                        let worker = Worker {
+                            encoder: &encoder,
+                            router: &router,
+                            metrics: &metrics,
+                            cores: Cores::new(shared, &busy),
+                        };
+                        worker.run(&rx, max_batch.max(1), max_wait)
                     })
             })
             .collect::<std::io::Result<Vec<_>>>()?;
@@ -111,34 +129,87 @@ fn next_batch(rx: &Mutex<Receiver<Job>>, max_batch: usize, max_wait: Duration) -
     Some(jobs)
 }
 
-fn run(
-    rx: &Mutex<Receiver<Job>>,
-    encoder: &Encoder,
-    router: &Router,
-    max_batch: usize,
-    max_wait: Duration,
-    metrics: &Metrics,
-) {
-    while let Some(mut jobs) = next_batch(rx, max_batch, max_wait) {
-        // Requests whose caller has gone (deadline passed) are not embedded.
-        jobs.retain(|j| !j.reply.is_closed());
-        if jobs.is_empty() {
-            continue;
-        }
-        metrics.batch_size.observe(jobs.len() as f64);
-        jobs.sort_by_key(|j| j.tokens.ids.len());
-        let ranges = length_buckets(&jobs);
-        let mut jobs = jobs.into_iter();
-        for range in ranges {
-            let mut batch = Vec::with_capacity(range.len());
-            let mut lexical = Vec::with_capacity(range.len());
-            let mut replies = Vec::with_capacity(range.len());
-            for job in jobs.by_ref().take(range.len()) {
-                batch.push(job.tokens);
-                lexical.push(job.lexical);
-                replies.push(job.reply);
+/// Which cores a batch runs on: every core while the other encoder threads are idle, this
+/// thread's own (a one-thread pool) while another is busy.
+struct Cores<'a> {
+    /// Encoder threads embedding now (shared by all of them).
+    busy: &'a AtomicUsize,
+    /// `None` with a single encoder thread: every batch uses every core.
+    own: Option<rayon::ThreadPool>,
+}
+
+impl<'a> Cores<'a> {
+    fn new(shared: bool, busy: &'a AtomicUsize) -> Self {
+        let own = shared
+            .then(|| {
+                // A pool of its own thread would make this thread a pool worker for good
+                // (`current_num_threads` would say 1 everywhere): a separate thread it is.
+                rayon::ThreadPoolBuilder::new()
+                    .num_threads(1)
+                    .thread_name(|_| "router-encoder-core".into())
+                    .build()
+            })
+            .and_then(|pool| {
+                pool.inspect_err(
+                    |e| tracing::warn!(error = %e, "no one-core pool: batches use every core"),
+                )
+                .ok()
+            });
+        Self { busy, own }
+    }
+
+    /// Runs `work` on every core if no other encoder thread is busy, else on this one.
+    fn run<T: Send>(&self, work: impl FnOnce() -> T + Send) -> T {
+        let others = self.busy.fetch_add(1, Ordering::SeqCst);
+        let result = match &self.own {
+            Some(pool) if others > 0 => pool.install(work),
+            _ => work(),
+        };
+        self.busy.fetch_sub(1, Ordering::SeqCst);
+        result
+    }
+}
+
+/// One encoder thread.
+struct Worker<'a> {
+    encoder: &'a Encoder,
+    router: &'a Router,
+    metrics: &'a Metrics,
+    cores: Cores<'a>,
+}
+
+impl Worker<'_> {
+    fn run(&self, rx: &Mutex<Receiver<Job>>, max_batch: usize, max_wait: Duration) {
+        while let Some(mut jobs) = next_batch(rx, max_batch, max_wait) {
+            // Requests whose caller has gone (deadline passed) are not embedded.
+            jobs.retain(|j| !j.reply.is_closed());
+            if jobs.is_empty() {
+                continue;
             }
-            let result = encoder
+            self.metrics.batch_size.observe(jobs.len() as f64);
+            jobs.sort_by_key(|j| j.tokens.ids.len());
+            let ranges = length_buckets(&jobs);
+            let mut jobs = jobs.into_iter();
+            for range in ranges {
+                let bucket: Vec<Job> = jobs.by_ref().take(range.len()).collect();
+                self.predict(bucket);
+            }
+        }
+    }
+
+    /// Embeds one bucket of jobs, predicts, and answers each.
+    fn predict(&self, bucket: Vec<Job>) {
+        let mut batch = Vec::with_capacity(bucket.len());
+        let mut lexical = Vec::with_capacity(bucket.len());
+        let mut replies = Vec::with_capacity(bucket.len());
+        for job in bucket {
+            batch.push(job.tokens);
+            lexical.push(job.lexical);
+            replies.push(job.reply);
+        }
+        let (encoder, router) = (self.encoder, self.router);
+        let result = self.cores.run(|| {
+            encoder
                 .embed_tokenized(&batch)
                 .and_then(|mut inputs| {
                     for (input, lexical) in inputs.iter_mut().zip(&lexical) {
@@ -146,19 +217,19 @@ fn run(
                     }
                     router.predict_inputs(&inputs)
                 })
-                .map_err(|e| e.to_string());
-            // A caller may have given up (decision deadline): its send fails, nothing to do.
-            match result {
-                Ok(rows) => {
-                    for (reply, row) in replies.into_iter().zip(rows) {
-                        let _ = reply.send(Ok(row));
-                    }
+                .map_err(|e| e.to_string())
+        });
+        // A caller may have given up (decision deadline): its send fails, nothing to do.
+        match result {
+            Ok(rows) => {
+                for (reply, row) in replies.into_iter().zip(rows) {
+                    let _ = reply.send(Ok(row));
                 }
-                Err(message) => {
-                    tracing::error!(error = %message, "embedding failed");
-                    for reply in replies {
-                        let _ = reply.send(Err(message.clone()));
-                    }
+            }
+            Err(message) => {
+                tracing::error!(error = %message, "embedding failed");
+                for reply in replies {
+                    let _ = reply.send(Err(message.clone()));
                 }
             }
         }

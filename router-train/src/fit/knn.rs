@@ -134,7 +134,7 @@ pub(super) fn knn_fitted(
     let keys = knn.keys();
     Ok(Fitted {
         spec: HeadSpec::Knn { k, alpha },
-        head: Head::Knn(knn),
+        head: Head::Knn(Box::new(knn)),
         tensors,
         hyperparameters: BTreeMap::from([
             ("k".into(), k as f64),
