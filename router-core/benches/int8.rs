@@ -1,25 +1,17 @@
 //! The int8 kernels alone, on one thread, on the shapes of all-MiniLM-L6-v2's dense layers
 //! for a 64-token prompt: `cargo bench -p router-core --profile dev --bench int8`. Criterion's
 //! throughput is in multiply-adds × 2 per second, so `Gelem/s` reads as GOP/s. Every kernel
-//! this CPU runs is measured (a VNNI machine measures the AVX2 kernel too).
+//! this CPU runs is measured (a VNNI machine measures the AVX2 kernel too, an ARM one with
+//! `sdot` the plain NEON kernel).
 
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
-use router_core::encoder::int8::{BenchLayer, Int8Kernel};
+use router_int8::{Activation, Int8Kernel, Int8Linear};
 
 fn bench(c: &mut Criterion) {
-    let best = Int8Kernel::detect();
-    let kernels: Vec<Int8Kernel> = [
-        Int8Kernel::Avx512Vnni,
-        Int8Kernel::Avx2,
-        Int8Kernel::Portable,
-    ]
-    .into_iter()
-    .filter(|k| match (best, k) {
-        (_, Int8Kernel::Portable) => true,
-        (Int8Kernel::Avx512Vnni, _) => true,
-        (b, k) => b == *k,
-    })
-    .collect();
+    let kernels: Vec<Int8Kernel> = Int8Kernel::ALL
+        .into_iter()
+        .filter(|k| k.runs_here())
+        .collect();
     let m = 64;
     // qkv, attention output, intermediate, output.
     for (name, n, k) in [
@@ -28,7 +20,11 @@ fn bench(c: &mut Criterion) {
         ("up_1536x384", 1536, 384),
         ("down_384x1536", 384, 1536),
     ] {
-        let Some(layer) = BenchLayer::new(n, k) else {
+        let weight: Vec<f32> = (0..n * k)
+            .map(|i| ((i * 7919) % 255) as f32 - 127.0)
+            .collect();
+        let Some(layer) = Int8Linear::new(&weight, &vec![0.5; n], n, k, Activation::Identity)
+        else {
             continue;
         };
         let x: Vec<f32> = (0..m * k)

@@ -12,7 +12,7 @@ use candle_transformers::models::bert::{Config as BertConfig, HiddenAct};
 
 use super::Pooling;
 use super::cpu_ops::{self, Heads};
-use super::int8::{Activation, Int8Kernel, Int8Linear};
+use super::int8::{self, Activation, Int8Kernel, Int8Linear};
 
 struct Norm {
     weight: Vec<f32>,
@@ -159,7 +159,7 @@ impl QuantizedBert {
             head_dim,
             hidden: h,
             eps: config.layer_norm_eps as f32,
-            kernel: Int8Kernel::from_env_or_detect(),
+            kernel: int8::kernel_from_env(),
         })
     }
 
@@ -241,7 +241,7 @@ impl QuantizedBert {
         // No layer after the last pooled one is needed.
         let last = layers.last().copied().unwrap_or(self.layers.len());
         for (depth, layer) in (1..).zip(&self.layers).take(last) {
-            layer.qkv.forward(kernel, &x, total, &mut qkv);
+            int8::forward(&layer.qkv, kernel, &x, total, &mut qkv);
             let mut offset = 0;
             for seq in sequences {
                 let rows = offset..offset + seq.len();
@@ -253,15 +253,11 @@ impl QuantizedBert {
                 );
                 offset = rows.end;
             }
-            layer
-                .attention_out
-                .forward(kernel, &context, total, &mut attended);
+            int8::forward(&layer.attention_out, kernel, &context, total, &mut attended);
             norm(&mut attended, Some(&x), &layer.attention_norm);
             inner.resize(total * layer.intermediate.out_features(), 0.0);
-            layer
-                .intermediate
-                .forward(kernel, &attended, total, &mut inner);
-            layer.output.forward(kernel, &inner, total, &mut x);
+            int8::forward(&layer.intermediate, kernel, &attended, total, &mut inner);
+            int8::forward(&layer.output, kernel, &inner, total, &mut x);
             norm(&mut x, Some(&attended), &layer.output_norm);
             pool_at(depth, &x, &mut pooled);
         }

@@ -8,7 +8,7 @@
 //! products are exact, so the similarities are the same on every CPU and the same at training
 //! and at serving: the neighbours a router was tuned with are the ones it serves with.
 
-use crate::encoder::int8::{Activation, Int8Kernel, Int8Linear};
+use crate::encoder::int8::{self, Activation, Int8Kernel, Int8Linear};
 use crate::error::{Error, Result};
 
 /// Keys are padded with zero rows to a multiple of this ([`Int8Linear`]'s panel width).
@@ -77,7 +77,7 @@ impl KeyIndex {
         Ok(Self {
             n,
             dim,
-            kernel: Int8Kernel::from_env_or_detect(),
+            kernel: int8::kernel_from_env(),
             keys,
         })
     }
@@ -113,10 +113,10 @@ impl KeyIndex {
         let n_pad = self.keys.out_features();
         let mut out = vec![0f32; m * n_pad];
         if dim_pad == self.dim {
-            self.keys.forward(self.kernel, queries, m, &mut out);
+            int8::forward(&self.keys, self.kernel, queries, m, &mut out);
         } else {
             let queries = pad(queries, self.dim, m, dim_pad);
-            self.keys.forward(self.kernel, &queries, m, &mut out);
+            int8::forward(&self.keys, self.kernel, &queries, m, &mut out);
         }
         if n_pad != self.n {
             out = unpad(&out, n_pad, m, self.n);
