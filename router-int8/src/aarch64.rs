@@ -112,6 +112,22 @@ fn rows(
     }
 }
 
+/// The micro-kernels' contract: `rows` rows of `k16 ≥ 4·groups` inputs, a whole panel of
+/// weights, `rows` accumulator rows and a sub-panel inside the panel. The unsafe loads rely on it.
+#[inline(always)]
+fn check_block(
+    rows: usize,
+    x: &[i8],
+    k16: usize,
+    w: &[i8],
+    groups: usize,
+    acc: &[[i32; NR]],
+    sub: usize,
+) {
+    assert!(x.len() >= rows * k16 && k16 >= groups * 4 && w.len() >= groups * NR * 4);
+    assert!(acc.len() >= rows && sub < NR / SUB);
+}
+
 /// `acc += w · x[lane]` on 4 channels: `sdot` by element (the intrinsic is not stable in Rust
 /// yet, the instruction is).
 macro_rules! sdot_lane {
@@ -137,8 +153,7 @@ unsafe fn dot_sdot<const R: usize>(
     acc: &mut [[i32; NR]],
     sub: usize,
 ) {
-    assert!(x.len() >= R * k16 && k16 >= groups * 4 && w.len() >= groups * NR * 4);
-    assert!(acc.len() >= R && sub < NR / SUB);
+    check_block(R, x, k16, w, groups, acc, sub);
     // SAFETY (whole body): x rows are k16 ≥ 4·groups bytes, so every 16-byte load at a group
     // g < groups (a multiple of 4) stays in its row; a weight load at group g < groups and
     // sub-panel `sub` ends at (g·NR + sub·16 + 16)·4 ≤ groups·NR·4 ≤ w.len().
@@ -210,8 +225,7 @@ fn dot_mull<const R: usize>(
     acc: &mut [[i32; NR]],
     sub: usize,
 ) {
-    assert!(x.len() >= R * k16 && k16 >= groups * 4 && w.len() >= groups * NR * 4);
-    assert!(acc.len() >= R && sub < NR / SUB);
+    check_block(R, x, k16, w, groups, acc, sub);
     // SAFETY (whole body): NEON is part of AArch64; a 4-byte input load at group g < groups
     // stays in its row (k16 ≥ 4·groups), a weight load at group g and sub-panel `sub` ends at
     // (g·NR + sub·16 + 16)·4 ≤ w.len().

@@ -308,23 +308,25 @@ fn dot_portable(x: &[u8], rows: usize, k: usize, w: &[i8], acc: &mut [[i32; NR];
     }
 }
 
+/// A deterministic pseudo-random sequence in [-1, 1) (xorshift), for tests here and in
+/// router-core, so that they need no crate.
+#[doc(hidden)]
+pub fn noise(seed: u64, n: usize) -> Vec<f32> {
+    let mut s = seed.max(1);
+    (0..n)
+        .map(|_| {
+            s ^= s << 13;
+            s ^= s >> 7;
+            s ^= s << 17;
+            (s >> 40) as f32 / (1u64 << 23) as f32 - 1.0
+        })
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::gelu::erf;
-
-    /// A deterministic pseudo-random sequence in [-1, 1) (xorshift), so tests need no crate.
-    fn noise(seed: u64, n: usize) -> Vec<f32> {
-        let mut s = seed.max(1);
-        (0..n)
-            .map(|_| {
-                s ^= s << 13;
-                s ^= s >> 7;
-                s ^= s << 17;
-                (s >> 40) as f32 / (1u64 << 23) as f32 - 1.0
-            })
-            .collect()
-    }
 
     fn reference(w: &[f32], b: &[f32], x: &[f32], m: usize, n: usize, k: usize) -> Vec<f32> {
         let mut y = vec![0f32; m * n];

@@ -61,18 +61,7 @@ pub(crate) fn forward(
 pub(crate) mod tests {
     use super::*;
 
-    /// A deterministic pseudo-random sequence in [-1, 1) (xorshift), so tests need no crate.
-    pub(crate) fn noise(seed: u64, n: usize) -> Vec<f32> {
-        let mut s = seed.max(1);
-        (0..n)
-            .map(|_| {
-                s ^= s << 13;
-                s ^= s >> 7;
-                s ^= s << 17;
-                (s >> 40) as f32 / (1u64 << 23) as f32 - 1.0
-            })
-            .collect()
-    }
+    pub(crate) use router_int8::noise;
 
     #[test]
     fn rows_split_across_threads_give_the_same_outputs() {
