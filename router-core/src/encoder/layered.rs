@@ -12,6 +12,54 @@ use candle_core::{DType, Tensor};
 use candle_nn::VarBuilder;
 use candle_transformers::models::bert::{BertEncoder, BertModel, Config as BertConfig};
 
+use super::Pooling;
+use super::mpnet::Mpnet;
+
+/// The f32 models: Candle's BERT, or our MPNet.
+pub(crate) enum F32Model {
+    Bert(LayeredBert),
+    Mpnet(Mpnet),
+}
+
+impl F32Model {
+    /// The hidden states `(batch, width, hidden)` at each pooled depth, in order; `mask` is
+    /// `(batch, width)` of 1 (token) and 0 (padding).
+    pub(crate) fn forward(&self, ids: &Tensor, mask: &Tensor) -> candle_core::Result<Vec<Tensor>> {
+        match self {
+            Self::Bert(model) => model.forward(ids, &ids.zeros_like()?, mask),
+            Self::Mpnet(model) => model.forward(ids, mask),
+        }
+    }
+}
+
+/// Each state pooled over the mask (or its first token) and L2-normalised: `(batch, hidden)`.
+pub(crate) fn pool_states(
+    states: &[Tensor],
+    mask: &Tensor,
+    pooling: Pooling,
+) -> candle_core::Result<Vec<Tensor>> {
+    let mask = mask.to_dtype(DType::F32)?.unsqueeze(2)?;
+    let counts = mask.sum(1)?.clamp(1e-9, f64::MAX)?;
+    states
+        .iter()
+        .map(|hidden| {
+            let pooled = match pooling {
+                Pooling::Mean => hidden
+                    .broadcast_mul(&mask)?
+                    .sum(1)?
+                    .broadcast_div(&counts)?,
+                Pooling::Cls => hidden.narrow(1, 0, 1)?.squeeze(1)?,
+            };
+            let norms = pooled
+                .sqr()?
+                .sum_keepdim(1)?
+                .sqrt()?
+                .clamp(1e-12, f64::MAX)?;
+            pooled.broadcast_div(&norms)
+        })
+        .collect()
+}
+
 pub(crate) struct LayeredBert {
     /// The model up to the first pooled depth (depth 0: the embedding layer alone).
     first: BertModel,

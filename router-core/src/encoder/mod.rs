@@ -11,6 +11,7 @@
 mod cpu_ops;
 pub mod int8;
 mod layered;
+mod mpnet;
 mod quantized;
 mod resolve;
 
@@ -103,8 +104,8 @@ impl std::fmt::Display for Precision {
 }
 
 enum Backbone {
-    /// Candle's BERT, with the pooled depths' states from one pass.
-    F32(layered::LayeredBert),
+    /// Candle's BERT or our MPNet, with the pooled depths' states from one pass.
+    F32(layered::F32Model),
     /// The model and the depths it pools, in one pass.
     Int8(quantized::QuantizedBert, Vec<usize>),
 }
@@ -460,17 +461,10 @@ impl Encoder {
         let int8 = precision == Precision::Int8
             && device.is_cpu()
             && quantized::QuantizedBert::supports(&config);
-        if arch == quantized::Arch::Mpnet && !int8 {
-            return Err(Error::InvalidInput(format!(
-                "{} is an MPNet model, which runs in int8 on the CPU only for now (asked for \
-                 {precision} on {device:?}); the f32 and GPU path is not written yet",
-                resolved.model_id
-            )));
-        }
         if precision == Precision::Int8 && !int8 {
             tracing::warn!(
                 device = ?device,
-                "int8 encoder runs on the CPU for GELU BERT models only; using f32"
+                "int8 encoder runs on the CPU for GELU BERT and MPNet models only; using f32"
             );
         }
         // The depths pooled: no layers asked for is the last one.
@@ -485,7 +479,15 @@ impl Encoder {
             tracing::debug!(kernel = model.kernel().as_str(), "int8 encoder");
             Backbone::Int8(model, depths)
         } else {
-            Backbone::F32(layered::LayeredBert::load(vb, &config, &depths).map_err(weights_err)?)
+            let model = match arch {
+                quantized::Arch::Bert => layered::F32Model::Bert(
+                    layered::LayeredBert::load(vb, &config, &depths).map_err(weights_err)?,
+                ),
+                quantized::Arch::Mpnet => layered::F32Model::Mpnet(
+                    mpnet::Mpnet::load(vb, &config, &depths).map_err(weights_err)?,
+                ),
+            };
+            Backbone::F32(model)
         };
 
         Ok(Self {
@@ -626,11 +628,11 @@ impl Encoder {
         }
     }
 
-    /// Candle's BERT over the batch padded to its longest text: each pooled depth's state
+    /// The f32 model over the batch padded to its longest text: each pooled depth's state
     /// pooled over the mask and L2-normalised.
     fn embed_padded(
         &self,
-        model: &layered::LayeredBert,
+        model: &layered::F32Model,
         batch: &[TokenizedText],
     ) -> Result<Vec<Tensor>> {
         let n = batch.len();
@@ -646,27 +648,8 @@ impl Encoder {
         }
         let ids = Tensor::from_vec(ids, (n, width), &self.device)?;
         let mask = Tensor::from_vec(mask, (n, width), &self.device)?;
-        let states = model.forward(&ids, &ids.zeros_like()?, &mask)?;
-        let mask = mask.to_dtype(DType::F32)?.unsqueeze(2)?;
-        let counts = mask.sum(1)?.clamp(1e-9, f64::MAX)?;
-        states
-            .iter()
-            .map(|hidden| {
-                let pooled = match self.pooling {
-                    Pooling::Mean => hidden
-                        .broadcast_mul(&mask)?
-                        .sum(1)?
-                        .broadcast_div(&counts)?,
-                    Pooling::Cls => hidden.narrow(1, 0, 1)?.squeeze(1)?,
-                };
-                let norms = pooled
-                    .sqr()?
-                    .sum_keepdim(1)?
-                    .sqrt()?
-                    .clamp(1e-12, f64::MAX)?;
-                Ok(pooled.broadcast_div(&norms)?)
-            })
-            .collect()
+        let states = model.forward(&ids, &mask)?;
+        Ok(layered::pool_states(&states, &mask, self.pooling)?)
     }
 }
 

@@ -49,43 +49,39 @@ pub(crate) enum Arch {
     Mpnet,
 }
 
-/// MPNet's relative-position bias, shared by every layer.
+/// MPNet's relative-position bias, shared by every layer: `MPNET_BUCKETS × heads`, row-major.
 struct RelativeBias {
-    /// `buckets × heads`, row-major.
     table: Vec<f32>,
-    buckets: usize,
-    max_distance: usize,
+}
+
+/// The bucket of `t − i` (key minus query position), as `MPNetEncoder.
+/// relative_position_bucket` with its fixed 32 buckets and distance 128: half the buckets for
+/// keys after the query; in each half, exact distances below 8, logarithmic ones up to 128. In
+/// f64, where the boundaries (distances 16, 32, 64) come out whole, as they do in torch's f32.
+pub(crate) fn mpnet_bucket(relative: i64) -> usize {
+    let half = (MPNET_BUCKETS / 2) as i64;
+    let exact = half / 2;
+    let n = -relative;
+    let base = if n < 0 { half } else { 0 };
+    let n = n.abs();
+    let offset = if n < exact {
+        n
+    } else {
+        let ratio =
+            (n as f64 / exact as f64).ln() / (MPNET_MAX_DISTANCE as f64 / exact as f64).ln();
+        (exact + (ratio * (half - exact) as f64) as i64).min(half - 1)
+    };
+    (base + offset) as usize
 }
 
 impl RelativeBias {
-    /// The bucket of `t − i` (key minus query position), as `MPNetEncoder.
-    /// relative_position_bucket`: half the buckets for keys after the query; in each half,
-    /// exact distances below a quarter of the buckets, logarithmic ones up to `max_distance`.
-    /// In f64, where the boundaries (distances 16, 32, 64 for 32 buckets) come out whole, as
-    /// they do in torch's f32.
-    fn bucket(&self, relative: i64) -> usize {
-        let half = (self.buckets / 2) as i64;
-        let exact = half / 2;
-        let n = -relative;
-        let base = if n < 0 { half } else { 0 };
-        let n = n.abs();
-        let offset = if n < exact {
-            n
-        } else {
-            let ratio =
-                (n as f64 / exact as f64).ln() / (self.max_distance as f64 / exact as f64).ln();
-            (exact + (ratio * (half - exact) as f64) as i64).min(half - 1)
-        };
-        (base + offset) as usize
-    }
-
     /// Per head, the `2·len − 1` offsets for relative positions `−(len − 1) ..= len − 1`
     /// ([`cpu_ops::attention`]'s layout).
     fn offsets(&self, heads: usize, len: usize) -> Vec<f32> {
         let span = 2 * len - 1;
         let mut out = vec![0f32; heads * span];
         for at in 0..span {
-            let bucket = self.bucket(at as i64 - (len as i64 - 1));
+            let bucket = mpnet_bucket(at as i64 - (len as i64 - 1));
             for head in 0..heads {
                 out[head * span + at] = self.table[bucket * heads + head];
             }
@@ -189,7 +185,7 @@ impl MpnetConfig {
 
 /// MPNet's relative-position buckets and the distance where the last one starts (fixed in
 /// `transformers`' `MPNetEncoder`; the bias tensor's shape checks the first).
-const MPNET_BUCKETS: usize = 32;
+pub(crate) const MPNET_BUCKETS: usize = 32;
 const MPNET_MAX_DISTANCE: usize = 128;
 
 /// Where a layer keeps its attention tensors, under `encoder.layer.N.attention`.
@@ -275,11 +271,7 @@ impl QuantizedBert {
                     .get((buckets, heads), "encoder.relative_attention_bias.weight")?
                     .flatten_all()?
                     .to_vec1()?;
-                let relative = RelativeBias {
-                    table,
-                    buckets,
-                    max_distance: MPNET_MAX_DISTANCE,
-                };
+                let relative = RelativeBias { table };
                 (config.pad_token_id + 1, Some(relative))
             }
         };
@@ -523,14 +515,9 @@ mod tests {
             (128, 31),
             (500, 31),
         ];
-        let bias = RelativeBias {
-            table: Vec::new(),
-            buckets: MPNET_BUCKETS,
-            max_distance: MPNET_MAX_DISTANCE,
-        };
         for (relative, bucket) in want {
             assert_eq!(
-                bias.bucket(relative),
+                mpnet_bucket(relative),
                 bucket,
                 "relative position {relative}"
             );
