@@ -175,36 +175,28 @@ unsafe fn dot_sdot<const R: usize>(
             for (r, v) in xv.iter_mut().enumerate() {
                 *v = vld1q_s8(x.as_ptr().add(r * k16 + g * 4));
             }
-            let left = groups - g;
-            let ws = weights(g);
-            for (s, xv) in sums.iter_mut().zip(&xv) {
-                for (s, w) in s.iter_mut().zip(&ws) {
-                    sdot_lane!(*s, *w, *xv, 0);
-                }
-            }
-            if left > 1 {
-                let ws = weights(g + 1);
-                for (s, xv) in sums.iter_mut().zip(&xv) {
-                    for (s, w) in s.iter_mut().zip(&ws) {
-                        sdot_lane!(*s, *w, *xv, 1);
+            // Group g + L of every row is lane L of its load; the lanes past `groups` are not
+            // read (their weights do not exist).
+            macro_rules! lane {
+                ($lane:literal) => {{
+                    let ws = weights(g + $lane);
+                    for (s, xv) in sums.iter_mut().zip(&xv) {
+                        for (s, w) in s.iter_mut().zip(&ws) {
+                            sdot_lane!(*s, *w, *xv, $lane);
+                        }
                     }
-                }
+                }};
+            }
+            let left = groups - g;
+            lane!(0);
+            if left > 1 {
+                lane!(1);
             }
             if left > 2 {
-                let ws = weights(g + 2);
-                for (s, xv) in sums.iter_mut().zip(&xv) {
-                    for (s, w) in s.iter_mut().zip(&ws) {
-                        sdot_lane!(*s, *w, *xv, 2);
-                    }
-                }
+                lane!(2);
             }
             if left > 3 {
-                let ws = weights(g + 3);
-                for (s, xv) in sums.iter_mut().zip(&xv) {
-                    for (s, w) in s.iter_mut().zip(&ws) {
-                        sdot_lane!(*s, *w, *xv, 3);
-                    }
-                }
+                lane!(3);
             }
             g += 4;
         }
