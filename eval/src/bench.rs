@@ -9,7 +9,7 @@ use router_core::encoder::{EncoderSource, Layers, Precision};
 use router_core::lexical::LexicalSpec;
 use router_core::policy::Policy;
 use router_train::fit::parse_pairwise_weight;
-use router_train::{FitConfig, HeadChoice, HeadParams, run_fit};
+use router_train::{FinetuneParams, FitConfig, HeadChoice, HeadParams, run_fit};
 
 use crate::report::{PairedDifference, RouterReport, pct};
 use crate::{EvalConfig, EvalError, Result, run_eval, write_file};
@@ -89,6 +89,10 @@ pub const PAIRWISE_WEIGHT: &str = "/pw=";
 /// head on that encoder's embeddings, so that two encoders are compared in one run, paired.
 pub const WITH_ENCODER: &str = "/enc=";
 
+/// A head name ending in this and a number N (`ensemble/ft=1`) fine-tunes the encoder's top N
+/// layers before fitting the head (router-train's `--finetune-layers`).
+pub const FINETUNE: &str = "/ft=";
+
 /// A bench head: [`head_choice`] of the name and what its suffixes ask for.
 #[derive(Debug, Clone, PartialEq)]
 struct BenchHead {
@@ -103,12 +107,25 @@ struct BenchHead {
     pairwise_weight: f64,
     /// `/enc=…`: the encoder (`None`: the bench's).
     encoder: Option<EncoderSource>,
+    /// `/ft=N`: the encoder layers fine-tuned (0: none).
+    finetune: usize,
 }
 
-/// Parses `head[/enc=E][/layers=L.…][/lex][/cfK][/pw=μ]`: the suffixes in that order, each at
-/// most once. The encoder comes first because a hub id holds a `/` itself.
+/// Parses `head[/enc=E][/layers=L.…][/lex][/cfK][/pw=μ][/ft=N]`: the suffixes in that order,
+/// each at most once. The encoder comes first because a hub id holds a `/` itself.
 fn bench_head(name: &str) -> Result<BenchHead> {
     let invalid = |why: &str| EvalError::Invalid(format!("`{name}`: {why}"));
+    let (name, finetune) = match name.rsplit_once(FINETUNE) {
+        Some((base, n)) => match n.parse::<usize>() {
+            Ok(n) if n >= 1 => (base, n),
+            _ => {
+                return Err(invalid(&format!(
+                    "fine-tuning needs a number of layers ≥ 1 (`{FINETUNE}1`)"
+                )));
+            }
+        },
+        None => (name, 0),
+    };
     let (name, pairwise_weight) = match name.rsplit_once(PAIRWISE_WEIGHT) {
         Some((base, mu)) => match parse_pairwise_weight(mu) {
             Ok(mu) => (base, mu),
@@ -159,6 +176,7 @@ fn bench_head(name: &str) -> Result<BenchHead> {
         layers,
         pairwise_weight,
         encoder,
+        finetune,
     })
 }
 
@@ -365,6 +383,10 @@ fn bench_dataset(
         fit.lexical = spec.lexical;
         fit.net.folds = spec.folds;
         fit.net.pairwise_weight = spec.pairwise_weight;
+        fit.finetune = (spec.finetune > 0).then_some(FinetuneParams {
+            layers: spec.finetune,
+            ..FinetuneParams::DEFAULT
+        });
         if let Some(layers) = spec.layers {
             fit.encoder_options.layers = layers;
         }
@@ -409,6 +431,7 @@ fn bench_dataset(
                 layers: Some(Layers::Last),
                 pairwise_weight: 0.0,
                 encoder: Some(EncoderSource::default()),
+                finetune: 0,
             };
             refs.routers
                 .push(train(&format!("reference-{suffix}"), spec)?);
@@ -602,6 +625,9 @@ mod tests {
         assert_eq!(mu("ensemble/pw=1").ok(), Some((0, 1.0)));
         assert_eq!(mu("ensemble/cf5/pw=0.5").ok(), Some((5, 0.5)));
         assert_eq!(mu("ensemble").ok(), Some((0, 0.0)));
+        let ft = |name: &str| bench_head(name).map(|h| (h.folds, h.pairwise_weight, h.finetune));
+        assert_eq!(ft("ensemble/ft=1").ok(), Some((0, 0.0, 1)));
+        assert_eq!(ft("ensemble/cf5/pw=1/ft=2").ok(), Some((5, 1.0, 2)));
         let enc = |name: &str| bench_head(name).map(|h| (h.encoder, h.layers, h.folds));
         assert_eq!(enc("ensemble").ok(), Some((None, None, 0)));
         assert_eq!(
@@ -638,6 +664,9 @@ mod tests {
             "ensemble/enc=",
             "ensemble/enc=/layers=2",
             "ensemble/layers=2/enc=BAAI/bge-small-en-v1.5",
+            "ensemble/ft=0",
+            "ensemble/ft=x",
+            "ensemble/ft=1/pw=1",
         ] {
             assert!(bench_head(bad).is_err(), "{bad}");
         }

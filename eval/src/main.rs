@@ -102,7 +102,8 @@ struct BenchArgs {
     /// `/lex` with lexical features beside the embedding (`ensemble/lex`; see router-train's
     /// `--lexical-dim`), `/cfK` with K-fold cross-fitting (`ensemble/cf5`; see router-train's
     /// `--folds`), `/pw=μ` with the networks' pairwise weight μ (`ensemble/pw=1`; see
-    /// router-train's `--pairwise-weight`).
+    /// router-train's `--pairwise-weight`), `/ft=N` with the encoder's top N layers
+    /// fine-tuned first (`ensemble/ft=1`; see router-train's `--finetune-layers`).
     #[arg(long, value_delimiter = ',', default_value = "mlp,mf,knn,ensemble")]
     heads: Vec<String>,
     /// Output folder: routers/, one report folder per dataset, summary.md.

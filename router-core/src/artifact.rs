@@ -11,7 +11,8 @@ use candle_core::{Device, Tensor};
 use serde::{Deserialize, Serialize};
 
 use crate::encoder::{
-    Encoder, EncoderOptions, EncoderSource, Layers, Pooling, Precision, Truncation,
+    DELTA_FILE, Encoder, EncoderOptions, EncoderSource, Layers, Pooling, Precision, Truncation,
+    sha256_file,
 };
 use crate::error::{Error, Result};
 use crate::heads::calibration::Platt;
@@ -46,6 +47,19 @@ pub struct EncoderSpec {
     /// With `int8`: the version of the int8 arithmetic ([`crate::encoder::int8::SCHEME`]).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub int8_scheme: Option<u32>,
+    /// Fine-tuned layers over the base weights, in [`DELTA_FILE`] beside the manifest.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub finetune: Option<FinetuneSpec>,
+}
+
+/// The encoder layers a router fine-tuned ([`crate::encoder::delta`]).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FinetuneSpec {
+    /// The replaced transformer layers, 0-based.
+    pub layers: Vec<usize>,
+    /// The digest of [`DELTA_FILE`].
+    pub sha256: String,
 }
 
 impl EncoderSpec {
@@ -62,6 +76,10 @@ impl EncoderSpec {
             layers: encoder.layers().to_vec(),
             precision: encoder.precision(),
             int8_scheme: encoder.int8_scheme(),
+            finetune: encoder.delta().map(|d| FinetuneSpec {
+                layers: d.layers.clone(),
+                sha256: d.sha256.clone(),
+            }),
         }
     }
 }
@@ -286,6 +304,7 @@ impl Router {
     ) -> Result<Self> {
         manifest.validate(&dir.join(MANIFEST_FILE))?;
         std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
+        check_delta_file(dir, manifest)?;
         let head_path = dir.join(HEAD_FILE);
         candle_core::safetensors::save(tensors, &head_path).map_err(|e| Error::Artifact {
             path: head_path.clone(),
@@ -339,12 +358,26 @@ impl Router {
             truncation: spec.truncation,
             precision: spec.precision,
             layers: Layers::These(spec.layers.clone()),
+            delta: spec.finetune.as_ref().map(|_| self.dir.join(DELTA_FILE)),
         };
         let encoder = Encoder::from_source(source, device, &options)?;
         let fail = |message: String| Error::Artifact {
             path: self.dir.join(MANIFEST_FILE),
             message,
         };
+        if let (Some(want), Some(got)) = (&spec.finetune, encoder.delta())
+            && (want.sha256 != got.sha256 || want.layers != got.layers)
+        {
+            return Err(fail(format!(
+                "the router's fine-tuned layers {:?} have sha256 {}, but {} holds layers {:?} \
+                 with sha256 {}",
+                want.layers,
+                want.sha256,
+                got.path.display(),
+                got.layers,
+                got.sha256
+            )));
+        }
         if encoder.weights_sha256() != spec.weights_sha256 {
             return Err(fail(format!(
                 "the router was trained with encoder weights sha256 {}, but {} has {}",
@@ -471,6 +504,32 @@ impl Router {
     }
 }
 
+/// A router with fine-tuned layers needs its delta beside the manifest, with the digest the
+/// manifest gives; one without them must not leave an earlier router's delta there.
+fn check_delta_file(dir: &Path, manifest: &Manifest) -> Result<()> {
+    let path = dir.join(DELTA_FILE);
+    match &manifest.encoder.finetune {
+        None => match std::fs::remove_file(&path) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(Error::io(&path, e)),
+            _ => Ok(()),
+        },
+        Some(spec) => {
+            let found = sha256_file(&path)?;
+            if found == spec.sha256 {
+                Ok(())
+            } else {
+                Err(Error::Artifact {
+                    path,
+                    message: format!(
+                        "the manifest gives the fine-tuned layers sha256 {}, the file has {found}",
+                        spec.sha256
+                    ),
+                })
+            }
+        }
+    }
+}
+
 /// Seconds since the Unix epoch as an RFC 3339 UTC timestamp.
 pub fn rfc3339_utc(secs: u64) -> String {
     let days = (secs / 86_400) as i64;
@@ -550,6 +609,7 @@ mod tests {
                 layers: Vec::new(),
                 precision: Precision::F32,
                 int8_scheme: None,
+                finetune: None,
             },
             lexical: None,
             head: HeadSpec::Mf { dim: 2 },

@@ -120,15 +120,7 @@ fn with_layers(precision: Precision, layers: &[usize]) -> Result<Encoder, Error>
 }
 
 fn with(precision: Precision, layers: Layers) -> Result<Encoder, Error> {
-    Encoder::load_dir(
-        &common::encoder_dir(),
-        &Device::Cpu,
-        &EncoderOptions {
-            truncation: Truncation::Head,
-            precision,
-            layers,
-        },
-    )
+    common::load(precision, layers, None)
 }
 
 #[test]

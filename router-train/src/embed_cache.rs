@@ -1,7 +1,7 @@
 //! Prompt embeddings, computed once and cached on disk.
 //!
 //! The cache is one append-only file per encoder identity (id, revision, weights digest,
-//! truncation mode, window, precision, pooled layers): records of
+//! truncation mode, window, precision, pooled layers, fine-tuned layers' digest): records of
 //! `[sha256(text); 32 bytes][dim × f32 LE]`. A second run on the same data encodes nothing. A
 //! torn last record (a crash mid-write) is ignored when reading and cut off before the next
 //! append; each batch is appended in one write, so two processes filling the same cache do not
@@ -41,6 +41,10 @@ pub fn cache_file(dir: &Path, encoder: &Encoder) -> PathBuf {
     // Files of the last layer alone keep the name they had before layers could be chosen.
     if !encoder.layers().is_empty() {
         identity.push_str(&format!("\nlayers {:?}", encoder.layers()));
+    }
+    // Fine-tuned layers: one file per delta.
+    if let Some(delta) = encoder.delta() {
+        identity.push_str(&format!("\ndelta {}", delta.sha256));
     }
     let digest = format!("{:x}", Sha256::digest(identity.as_bytes()));
     dir.join(format!("{}-{}.bin", &digest[..16], encoder.dim()))

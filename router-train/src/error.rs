@@ -62,6 +62,8 @@ pub enum TrainError {
         #[source]
         source: std::io::Error,
     },
+    #[error("--finetune-layers: {0}")]
+    Finetune(String),
     #[error(transparent)]
     Core(#[from] router_core::Error),
     #[error(transparent)]

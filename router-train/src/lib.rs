@@ -22,6 +22,7 @@
 pub mod data;
 pub mod embed_cache;
 pub mod error;
+pub mod finetune;
 pub mod fit;
 pub mod metrics;
 pub mod prices;
@@ -42,6 +43,7 @@ use router_core::models::{CHARS_PER_TOKEN, DEFAULT_EXPECTED_OUTPUT_TOKENS, Model
 use router_core::split::{Split, assign_fold};
 
 pub use error::{Result, TrainError};
+pub use finetune::FinetuneParams;
 pub use fit::{Calibration, DEFAULT_ENSEMBLE, HeadChoice, HeadParams};
 
 /// The encoder layers pooled into the embedding by default: a third, two thirds and all of
@@ -96,6 +98,8 @@ pub struct FitConfig {
     pub propensity_cap: f64,
     /// What to do with a model the price table gives no price.
     pub missing_price: prices::MissingPrice,
+    /// Fine-tune the encoder's top layers before fitting the head (`None`: the base encoder).
+    pub finetune: Option<FinetuneParams>,
 }
 
 impl FitConfig {
@@ -111,6 +115,7 @@ impl FitConfig {
                 truncation: Truncation::HeadTail,
                 precision: Precision::Int8,
                 layers: DEFAULT_LAYERS,
+                delta: None,
             },
             device: "cpu".to_owned(),
             lexical: None,
@@ -137,6 +142,7 @@ impl FitConfig {
             propensity_weights: false,
             propensity_cap: DEFAULT_PROPENSITY_CAP,
             missing_price: prices::MissingPrice::Drop,
+            finetune: None,
         }
     }
 
@@ -190,7 +196,7 @@ pub struct FitReport {
 
 /// The rows `rows` of the table with their embeddings; `task_names` are the table's tasks,
 /// sorted (see [`task_names`]).
-fn split_data(
+pub(crate) fn split_data(
     table: &Table,
     rows: &[usize],
     embeddings: &HashMap<usize, Vec<f32>>,
@@ -365,6 +371,17 @@ pub fn run_fit(config: &FitConfig) -> Result<FitReport> {
     )?;
     let mut embeddings: HashMap<usize, Vec<f32>> = wanted.iter().copied().zip(vectors).collect();
     lap(&mut stages, "embed");
+    let (encoder, finetuned) = match &config.finetune {
+        None => (encoder, BTreeMap::new()),
+        Some(params) => {
+            let rows = (train_rows.as_slice(), val_rows.as_slice());
+            let tuned =
+                finetune::finetune_fit(config, params, &encoder, &table, rows, &embeddings)?;
+            embeddings = tuned.embeddings;
+            lap(&mut stages, "finetune");
+            (tuned.encoder, tuned.hyperparameters)
+        }
+    };
 
     // The head reads [embedding ‖ lexical features]; the idf comes from the training and
     // validation prompts (their texts only, no labels).
@@ -447,6 +464,7 @@ pub fn run_fit(config: &FitConfig) -> Result<FitReport> {
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_secs());
     let mut hyperparameters = fitted.hyperparameters.clone();
+    hyperparameters.extend(finetuned);
     hyperparameters.insert("encode_batch_size".into(), config.encode_batch_size as f64);
     if config.propensity_weights {
         hyperparameters.insert(

@@ -10,7 +10,7 @@ use router_core::encoder::{
 use router_core::lexical::LexicalSpec;
 use router_train::data::{LoadOptions, parse_score_range};
 use router_train::fit::{NetParams, parse_pairwise_weight};
-use router_train::{Calibration, FitConfig, HeadChoice, HeadParams, run_fit};
+use router_train::{Calibration, FinetuneParams, FitConfig, HeadChoice, HeadParams, run_fit};
 
 #[derive(Parser)]
 #[command(
@@ -198,6 +198,20 @@ struct FitArgs {
     /// here, before normalising).
     #[arg(long, default_value_t = router_train::DEFAULT_PROPENSITY_CAP)]
     propensity_cap: f64,
+    /// Fine-tune the encoder's top N transformer layers on the routing loss (BCE + μ ·
+    /// pairwise, with a linear probe) before fitting the head; the router stores the changed
+    /// layers (encoder-delta.safetensors) beside the base encoder's identity. 0: no fine-tuning.
+    #[arg(long, default_value_t = 0, env = "ROUTER_TRAIN_FINETUNE_LAYERS")]
+    finetune_layers: usize,
+    /// With --finetune-layers: AdamW's learning rate for the layers.
+    #[arg(long, default_value_t = FinetuneParams::DEFAULT.learning_rate)]
+    finetune_lr: f64,
+    /// With --finetune-layers: the most epochs (early stopping on the validation loss).
+    #[arg(long, default_value_t = FinetuneParams::DEFAULT.max_epochs)]
+    finetune_epochs: usize,
+    /// With --finetune-layers: μ of the fine-tuning loss's pairwise term.
+    #[arg(long, default_value_t = FinetuneParams::DEFAULT.pairwise_weight, value_parser = parse_pairwise_weight)]
+    finetune_pairwise_weight: f64,
     /// Hide the progress bar.
     #[arg(long)]
     quiet: bool,
@@ -232,6 +246,7 @@ impl FitArgs {
             truncation: self.truncation.parse::<Truncation>()?,
             precision: self.precision.parse::<Precision>()?,
             layers: self.layers,
+            delta: None,
         };
         config.lexical = (self.lexical_dim > 0).then(|| LexicalSpec {
             dim: self.lexical_dim,
@@ -282,6 +297,18 @@ impl FitArgs {
             folds: self.folds,
             pairwise_weight: self.pairwise_weight,
         };
+        anyhow::ensure!(
+            self.finetune_lr > 0.0 && self.finetune_lr.is_finite() && self.finetune_epochs > 0,
+            "--finetune-lr must be a positive number and --finetune-epochs at least 1"
+        );
+        config.finetune = (self.finetune_layers > 0).then_some(FinetuneParams {
+            layers: self.finetune_layers,
+            learning_rate: self.finetune_lr,
+            max_epochs: self.finetune_epochs,
+            pairwise_weight: self.finetune_pairwise_weight,
+            seed: self.seed,
+            ..FinetuneParams::DEFAULT
+        });
         config.progress = !self.quiet;
         config.prune_dominated = self.prune_dominated;
         config.calibration = self.calibration;

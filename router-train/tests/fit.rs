@@ -1,47 +1,18 @@
 //! router-train end to end on a slice of the real llmrouter data with the real encoder, and
 //! every bad-input case.
 
+mod common;
+
 use std::path::{Path, PathBuf};
 
 use polars::prelude::*;
 use router_core::artifact::Router;
-use router_core::encoder::{Encoder, Layers, Precision};
+use router_core::encoder::{Layers, Precision};
 use router_core::lexical::LexicalSpec;
 use router_train::data::{LoadOptions, expand_inputs, load, read_frame};
 use router_train::{FitConfig, HeadChoice, HeadParams, TrainError, run_fit};
 
-fn repo_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .map(Path::to_owned)
-        .unwrap_or_default()
-}
-
-fn llmrouter() -> (PathBuf, PathBuf) {
-    let dir = repo_root().join("datasets/llmrouter");
-    (dir.join("labels.parquet"), dir.join("models.csv"))
-}
-
-/// The first `prompts` prompts (all their models) of llmrouter, as CSV in `dir`.
-fn slice_csv(dir: &Path, prompts: usize) -> anyhow::Result<PathBuf> {
-    let (labels, _) = llmrouter();
-    let df = read_frame(&labels)?;
-    let ids = df.column("prompt_id")?.str()?.clone();
-    let mut keep = std::collections::HashSet::new();
-    let mut mask = Vec::with_capacity(df.height());
-    for id in ids.iter() {
-        let id = id.unwrap_or_default().to_owned();
-        if keep.len() < prompts {
-            keep.insert(id.clone());
-        }
-        mask.push(keep.contains(&id));
-    }
-    let mask = BooleanChunked::from_slice("keep".into(), &mask);
-    let mut slice = df.filter(&mask)?;
-    let path = dir.join("slice.csv");
-    CsvWriter::new(std::fs::File::create(&path)?).finish(&mut slice)?;
-    Ok(path)
-}
+use common::{linear_and_knn, llmrouter, predicts_what_it_validated, slice_csv};
 
 fn quick_config(data: &Path, prices: &Path, out: &Path, cache: &Path) -> FitConfig {
     let mut config = FitConfig::new(
@@ -57,43 +28,6 @@ fn quick_config(data: &Path, prices: &Path, out: &Path, cache: &Path) -> FitConf
         dropout: 0.1,
     };
     config
-}
-
-/// A small ensemble that fits in a second: per-model logistic regression and a fixed kNN.
-fn linear_and_knn() -> HeadChoice {
-    HeadChoice::Ensemble(vec![
-        HeadChoice::Linear,
-        HeadChoice::Knn {
-            k: Some(10),
-            alpha: Some(1.0),
-            max_keys: HeadParams::DEFAULT.knn_max_keys,
-        },
-    ])
-}
-
-/// Loads the router at `out` and checks that it predicts, from the validation prompts' text,
-/// what training validated (to 1e-5); returns the router, its encoder and the predictions.
-fn predicts_what_it_validated(
-    out: &Path,
-    report: &router_train::FitReport,
-) -> anyhow::Result<(Router, Encoder, Vec<Vec<f32>>)> {
-    let router = Router::load(out)?;
-    let encoder = router.load_encoder(&candle_core::Device::Cpu)?;
-    let texts: Vec<&str> = report
-        .validation_prompts
-        .iter()
-        .map(String::as_str)
-        .collect();
-    let predicted = router.predict(&texts, &encoder.embed(&texts)?)?;
-    assert_eq!(predicted.len(), report.validation_predictions.len());
-    for (a, b) in predicted
-        .iter()
-        .flatten()
-        .zip(report.validation_predictions.iter().flatten())
-    {
-        assert!((a - b).abs() <= 1e-5, "{a} vs {b}");
-    }
-    Ok((router, encoder, predicted))
 }
 
 #[test]
@@ -844,7 +778,7 @@ fn bad_flags_are_cli_errors_before_anything_is_read() -> anyhow::Result<()> {
     let tmp = tempfile::tempdir()?;
     let (labels, prices) = llmrouter();
     let out = tmp.path().join("out");
-    let cases: [(&[&str], &str); 4] = [
+    let cases: [(&[&str], &str); 6] = [
         (&["--head", "mlp+svm"], "--head mlp+svm: unknown head `svm`"),
         (
             &["--propensity-weights", "--propensity-cap", "0.5"],
@@ -857,6 +791,14 @@ fn bad_flags_are_cli_errors_before_anything_is_read() -> anyhow::Result<()> {
         (
             &["--pairwise-weight=NaN"],
             "invalid value 'NaN' for '--pairwise-weight <PAIRWISE_WEIGHT>': the pairwise weight is a number ≥ 0, got `NaN`",
+        ),
+        (
+            &["--finetune-layers", "1", "--finetune-lr", "0"],
+            "--finetune-lr must be a positive number",
+        ),
+        (
+            &["--finetune-layers", "1", "--finetune-epochs", "0"],
+            "--finetune-epochs at least 1",
         ),
     ];
     for (flags, message) in cases {

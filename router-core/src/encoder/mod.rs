@@ -9,13 +9,15 @@
 //! a GPU, or with [`Precision::F32`], the model is Candle's `BertModel` in f32.
 
 mod cpu_ops;
+pub mod delta;
 pub mod int8;
 mod layered;
 mod mpnet;
 mod quantized;
 mod resolve;
+mod truncation;
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::str::FromStr;
 
 use candle_core::{DType, Device, Tensor};
@@ -31,44 +33,9 @@ pub use resolve::{
 };
 
 use crate::error::{Error, Result};
-
-/// How a text longer than `max_seq_length` tokens is cut.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Truncation {
-    /// Keep the first tokens (what sentence-transformers does).
-    #[default]
-    Head,
-    /// Keep the first and the last halves, joined by the separator token: in few-shot prompts
-    /// the part that tells prompts apart is the tail.
-    HeadTail,
-    /// Keep the last tokens: the question of a few-shot prompt, the latest turn of a long
-    /// conversation.
-    Tail,
-}
-
-impl FromStr for Truncation {
-    type Err = Error;
-
-    fn from_str(s: &str) -> Result<Self> {
-        match s {
-            "head" => Ok(Self::Head),
-            "head_tail" | "head-tail" => Ok(Self::HeadTail),
-            "tail" => Ok(Self::Tail),
-            other => Err(Error::UnknownTruncation(other.to_owned())),
-        }
-    }
-}
-
-impl std::fmt::Display for Truncation {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(match self {
-            Self::Head => "head",
-            Self::HeadTail => "head_tail",
-            Self::Tail => "tail",
-        })
-    }
-}
+pub use delta::{DELTA_FILE, Delta};
+pub use truncation::Truncation;
+use truncation::truncate_ids;
 
 /// The arithmetic of the encoder's dense layers.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
@@ -117,6 +84,8 @@ pub struct EncoderOptions {
     pub precision: Precision,
     /// The hidden layers whose pooled states make the embedding.
     pub layers: Layers,
+    /// Fine-tuned layers that replace the base model's ([`delta`]); `None`: the base model.
+    pub delta: Option<PathBuf>,
 }
 
 impl EncoderOptions {
@@ -125,6 +94,7 @@ impl EncoderOptions {
             truncation,
             precision,
             layers: Layers::Last,
+            delta: None,
         }
     }
 }
@@ -225,6 +195,46 @@ pub struct Encoder {
     model_id: String,
     revision: String,
     weights_sha256: String,
+    delta: Option<Delta>,
+    shape: Shape,
+}
+
+/// Embeddings and the hidden states below them ([`Encoder::embed_with_states`]).
+#[derive(Debug, Clone)]
+pub struct WithStates {
+    /// One embedding per text.
+    pub embeddings: Vec<Vec<f32>>,
+    /// One `tokens × hidden` state per text, row-major.
+    pub states: Vec<Vec<f32>>,
+}
+
+/// What fine-tuning needs to know of the model: its architecture and where its weights are.
+#[derive(Debug, Clone)]
+pub struct Shape {
+    pub config: BertConfig,
+    /// BERT (not MPNet): the only architecture fine-tuning trains.
+    pub is_bert: bool,
+    /// The base model's `model.safetensors`.
+    pub weights: PathBuf,
+    /// The prefix of the base file's tensor names (`bert.` or nothing).
+    pub prefix: String,
+}
+
+impl Shape {
+    fn of(config: &BertConfig, arch: quantized::Arch, weights: &Path, vb: &VarBuilder) -> Self {
+        let prefixed = vb.contains_tensor("bert.embeddings.word_embeddings.weight");
+        Self {
+            config: config.clone(),
+            is_bert: matches!(arch, quantized::Arch::Bert),
+            weights: weights.to_owned(),
+            prefix: if prefixed { "bert." } else { "" }.to_owned(),
+        }
+    }
+
+    /// The name of tensor `name` of transformer layer `layer` (0-based) in the base file.
+    pub fn layer_tensor(&self, layer: usize, name: &str) -> String {
+        format!("{}encoder.layer.{layer}.{name}", self.prefix)
+    }
 }
 
 impl std::fmt::Debug for Encoder {
@@ -327,6 +337,7 @@ impl Encoder {
             truncation,
             precision,
             ref layers,
+            delta: ref delta_path,
         } = *options;
         let dir = &resolved.dir;
         if !dir.is_dir() {
@@ -448,6 +459,13 @@ impl Encoder {
             path: weights_path.clone(),
             source,
         };
+        let delta = delta_path
+            .as_deref()
+            .map(|path| delta::check(path, &weights_path))
+            .transpose()?;
+        // The delta's tensors win over the base file's of the same name.
+        let mut files = vec![weights_path.as_path()];
+        files.extend(delta.as_ref().map(|d| d.path.as_path()));
         #[expect(
             unsafe_code,
             reason = "mmap of the safetensors file; it is not modified while the encoder lives"
@@ -455,8 +473,7 @@ impl Encoder {
         // SAFETY: the file is opened read-only and the project never writes to model files
         // it has loaded.
         let vb = unsafe {
-            VarBuilder::from_mmaped_safetensors(&[&weights_path], DType::F32, device)
-                .map_err(weights_err)?
+            VarBuilder::from_mmaped_safetensors(&files, DType::F32, device).map_err(weights_err)?
         };
         let int8 = precision == Precision::Int8
             && device.is_cpu()
@@ -474,6 +491,7 @@ impl Encoder {
             layers.clone()
         };
         let dim = config.hidden_size * depths.len();
+        let shape = Shape::of(&config, arch, &weights_path, &vb);
         let model = if int8 {
             let model = quantized::QuantizedBert::load(vb, &config, arch).map_err(weights_err)?;
             tracing::debug!(kernel = model.kernel().as_str(), "int8 encoder");
@@ -503,6 +521,8 @@ impl Encoder {
             model_id: resolved.model_id.clone(),
             revision: resolved.revision.clone(),
             weights_sha256,
+            delta,
+            shape,
         })
     }
 
@@ -560,6 +580,43 @@ impl Encoder {
 
     pub fn weights_sha256(&self) -> &str {
         &self.weights_sha256
+    }
+
+    /// The fine-tuned layers that replace the base model's, if any.
+    pub fn delta(&self) -> Option<&Delta> {
+        self.delta.as_ref()
+    }
+
+    /// The model's architecture and weights file, for fine-tuning.
+    pub fn shape(&self) -> &Shape {
+        &self.shape
+    }
+
+    /// [`Encoder::embed_tokenized`], and each text's hidden state after `depth` layers
+    /// (`tokens × hidden`, row-major): the input of the layers above `depth` when they are
+    /// fine-tuned. Int8 path only (what serving runs on the CPU).
+    pub fn embed_with_states(&self, batch: &[TokenizedText], depth: usize) -> Result<WithStates> {
+        let Backbone::Int8(model, depths) = &self.model else {
+            return Err(Error::InvalidInput(
+                "hidden states are read from the int8 encoder only (CPU, precision int8)"
+                    .to_owned(),
+            ));
+        };
+        let sequences: Vec<&[u32]> = batch.iter().map(|t| t.ids.as_slice()).collect();
+        let (pooled, states) =
+            model.embed_capturing(&sequences, self.pooling, depths, Some(depth))?;
+        let h = self.shape.config.hidden_size;
+        let mut offset = 0;
+        let states = sequences
+            .iter()
+            .map(|seq| {
+                let rows = states[offset * h..(offset + seq.len()) * h].to_vec();
+                offset += seq.len();
+                rows
+            })
+            .collect();
+        let embeddings = pooled.chunks_exact(self.dim).map(<[f32]>::to_vec).collect();
+        Ok(WithStates { embeddings, states })
     }
 
     pub fn device(&self) -> &Device {
@@ -653,59 +710,9 @@ impl Encoder {
     }
 }
 
-/// Cuts token ids (with their special-token mask) to `max_len` tokens.
-fn truncate_ids(ids: &[u32], specials: &[u32], max_len: usize, mode: Truncation) -> Vec<u32> {
-    if ids.len() <= max_len {
-        return ids.to_vec();
-    }
-    let prefix = specials.iter().take_while(|&&s| s == 1).count();
-    let suffix = specials[prefix..]
-        .iter()
-        .rev()
-        .take_while(|&&s| s == 1)
-        .count();
-    let content = &ids[prefix..ids.len() - suffix];
-    let (head, tail) = (&ids[..prefix], &ids[ids.len() - suffix..]);
-    let mut out = Vec::with_capacity(max_len);
-    out.extend_from_slice(head);
-    match mode {
-        Truncation::Head => {
-            let budget = max_len.saturating_sub(prefix + suffix);
-            out.extend_from_slice(&content[..budget.min(content.len())]);
-        }
-        Truncation::HeadTail => {
-            // One separator between the halves: the first trailing special token ([SEP]).
-            let separator = tail.first().copied();
-            let budget = max_len.saturating_sub(prefix + suffix + usize::from(separator.is_some()));
-            let first = budget.div_ceil(2);
-            let last = budget - first;
-            out.extend_from_slice(&content[..first]);
-            out.extend(separator);
-            out.extend_from_slice(&content[content.len() - last..]);
-        }
-        Truncation::Tail => {
-            let budget = max_len.saturating_sub(prefix + suffix).min(content.len());
-            out.extend_from_slice(&content[content.len() - budget..]);
-        }
-    }
-    out.extend_from_slice(tail);
-    out
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    // [CLS]=101, [SEP]=102, content 1..=10
-    fn sample() -> (Vec<u32>, Vec<u32>) {
-        let mut ids = vec![101];
-        ids.extend(1..=10);
-        ids.push(102);
-        let mut specials = vec![1];
-        specials.extend(std::iter::repeat_n(0, 10));
-        specials.push(1);
-        (ids, specials)
-    }
 
     #[test]
     fn layer_choices_resolve_parse_and_print() {
@@ -735,50 +742,5 @@ mod tests {
         for bad in ["", "2,x", "2,,4", "first", "-1"] {
             assert!(bad.parse::<Layers>().is_err(), "{bad:?}");
         }
-    }
-
-    #[test]
-    fn short_texts_are_untouched() {
-        let (ids, specials) = sample();
-        assert_eq!(truncate_ids(&ids, &specials, 12, Truncation::Head), ids);
-        assert_eq!(truncate_ids(&ids, &specials, 64, Truncation::HeadTail), ids);
-    }
-
-    #[test]
-    fn head_keeps_the_first_tokens() {
-        let (ids, specials) = sample();
-        assert_eq!(
-            truncate_ids(&ids, &specials, 6, Truncation::Head),
-            vec![101, 1, 2, 3, 4, 102]
-        );
-    }
-
-    #[test]
-    fn tail_keeps_the_last_tokens_inside_cls_and_sep() {
-        let (ids, specials) = sample();
-        assert_eq!(
-            truncate_ids(&ids, &specials, 6, Truncation::Tail),
-            vec![101, 7, 8, 9, 10, 102]
-        );
-    }
-
-    #[test]
-    fn head_tail_keeps_both_ends_joined_by_sep() {
-        let (ids, specials) = sample();
-        // budget = 8 - 3 = 5 → first 3, last 2
-        assert_eq!(
-            truncate_ids(&ids, &specials, 8, Truncation::HeadTail),
-            vec![101, 1, 2, 3, 102, 9, 10, 102]
-        );
-    }
-
-    #[test]
-    fn truncation_parses() {
-        assert_eq!("head".parse::<Truncation>().ok(), Some(Truncation::Head));
-        assert_eq!(
-            "head_tail".parse::<Truncation>().ok(),
-            Some(Truncation::HeadTail)
-        );
-        assert!("middle".parse::<Truncation>().is_err());
     }
 }

