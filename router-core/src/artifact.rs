@@ -12,7 +12,6 @@ use serde::{Deserialize, Serialize};
 
 use crate::encoder::{
     DELTA_FILE, Encoder, EncoderOptions, EncoderSource, Layers, Pooling, Precision, Truncation,
-    sha256_file,
 };
 use crate::error::{Error, Result};
 use crate::heads::calibration::Platt;
@@ -304,7 +303,12 @@ impl Router {
     ) -> Result<Self> {
         manifest.validate(&dir.join(MANIFEST_FILE))?;
         std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
-        check_delta_file(dir, manifest)?;
+        let expected = manifest
+            .encoder
+            .finetune
+            .as_ref()
+            .map(|f| f.sha256.as_str());
+        crate::encoder::delta::check_stored(&dir.join(DELTA_FILE), expected)?;
         let head_path = dir.join(HEAD_FILE);
         candle_core::safetensors::save(tensors, &head_path).map_err(|e| Error::Artifact {
             path: head_path.clone(),
@@ -501,32 +505,6 @@ impl Router {
             .iter()
             .map(|m| m.expected_cost(input_tokens))
             .collect()
-    }
-}
-
-/// A router with fine-tuned layers needs its delta beside the manifest, with the digest the
-/// manifest gives; one without them must not leave an earlier router's delta there.
-fn check_delta_file(dir: &Path, manifest: &Manifest) -> Result<()> {
-    let path = dir.join(DELTA_FILE);
-    match &manifest.encoder.finetune {
-        None => match std::fs::remove_file(&path) {
-            Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(Error::io(&path, e)),
-            _ => Ok(()),
-        },
-        Some(spec) => {
-            let found = sha256_file(&path)?;
-            if found == spec.sha256 {
-                Ok(())
-            } else {
-                Err(Error::Artifact {
-                    path,
-                    message: format!(
-                        "the manifest gives the fine-tuned layers sha256 {}, the file has {found}",
-                        spec.sha256
-                    ),
-                })
-            }
-        }
     }
 }
 

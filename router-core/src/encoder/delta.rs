@@ -93,6 +93,27 @@ pub(crate) fn check(delta: &Path, base: &Path) -> Result<Delta> {
     })
 }
 
+/// What a router on disk must hold at `path`: with `expected`, a delta of that digest; without,
+/// none (an earlier router's delta left there is removed).
+pub(crate) fn check_stored(path: &Path, expected: Option<&str>) -> Result<()> {
+    let Some(expected) = expected else {
+        return match std::fs::remove_file(path) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(Error::io(path, e)),
+            _ => Ok(()),
+        };
+    };
+    let found = super::sha256_file(path)?;
+    if found == expected {
+        return Ok(());
+    }
+    Err(Error::Artifact {
+        path: path.to_owned(),
+        message: format!(
+            "the manifest gives the fine-tuned layers sha256 {expected}, the file has {found}"
+        ),
+    })
+}
+
 /// The transformer layer a tensor belongs to: N in `[bert.]encoder.layer.N.…`.
 pub fn layer_of(name: &str) -> Option<usize> {
     let rest = name.strip_prefix("bert.").unwrap_or(name);
